@@ -1,0 +1,94 @@
+"""Builds the faust App of a worker, and ``main()`` for the ``reranker`` console script."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from models import ModelBundle
+from streams.agents import register_agents
+from streams.metrics import WorkerMetrics
+from streams.processing import Processor
+from streams.settings import Settings
+from streams.tables import TableStateStore, define_user_state_table
+from streams.topics import Topics, define_topics
+from streams.transport import transport_with_fetch_wait
+
+log = logging.getLogger(__name__)
+
+
+class RerankerApp(faust.App):
+    """faust.App whose consumer fetch wait is a setting (faust itself hard-codes 1.5 s)."""
+
+    fetch_wait_ms: int = 1500
+
+    def _new_transport(self):  # type: ignore[no-untyped-def]
+        transport_cls = transport_with_fetch_wait(self.fetch_wait_ms)
+        return transport_cls(self.conf.broker_consumer, self)
+
+
+@dataclass
+class Worker:
+    app: RerankerApp
+    topics: Topics
+    table: faust.Table
+    processor: Processor
+    metrics: WorkerMetrics
+
+
+def build_worker(settings: Settings, bundle: ModelBundle, *, web_port: int, data_dir: Path,
+                 metrics: WorkerMetrics | None = None) -> Worker:
+    """A configured App with its topics, table and agent, serving ``bundle``.
+
+    Args:
+        settings: service settings.
+        bundle: the model to serve.
+        web_port: faust's web server port; also names the default data directory.
+        data_dir: this worker's own directory (table stores); never shared by two workers.
+    """
+    app = RerankerApp(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store=settings.store,
+        datadir=str(data_dir),
+        autodiscover=False,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=web_port,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=settings.producer_linger_ms / 1000.0,
+        # Standbys only pay off with several workers; the changelog restores state either way.
+        table_standby_replicas=0,
+    )
+    app.fetch_wait_ms = settings.consumer_fetch_wait_ms
+    topics = define_topics(app, settings)
+    table = define_user_state_table(app, settings)
+    metrics = metrics or WorkerMetrics()
+    metrics.model_info.labels(bundle.name, bundle.version).set(1)
+    processor = Processor(bundle, settings, TableStateStore(table), metrics)
+    register_agents(app, settings, topics, processor)
+    return Worker(app, topics, table, processor, metrics)
+
+
+def run_worker(worker: Worker, log_level: str = "INFO") -> None:
+    """Run the worker in the foreground until SIGINT/SIGTERM."""
+    from faust.worker import Worker as FaustWorker
+
+    FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
+
+
+def main() -> None:
+    """Entry point of the ``reranker`` console script."""
+    from streams.cli import main as cli_main
+
+    cli_main()

@@ -1,0 +1,222 @@
+"""The ``reranker`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+from streams.settings import Settings, SettingsError
+
+log = logging.getLogger("reranker")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", help="HOST:PORT of Kafka (default: RERANKER_BROKER, else localhost:9092)")
+    parser.add_argument("--config", help="TOML settings file (see reranker.example.toml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reranker", description="Streaming re-ranker on Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092)
+
+    p = sub.add_parser("worker", help="run a faust worker serving a model")
+    _common(p)
+    p.add_argument("--model", required=True, help="model artifact directory")
+    p.add_argument("--web-port", type=int, help="faust web port (default: first free from 6066)")
+    p.add_argument("--web-host", help="address of faust's web server")
+    p.add_argument("--data-dir", help="this worker's data directory (default: var/worker-<web port>)")
+    p.add_argument("--store", help="table store: memory:// or rocksdb://")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
+    p.add_argument("--no-online-updates", action="store_true", help="serve the model frozen")
+    p.add_argument("--loglevel", help="log level (default from settings: INFO)")
+
+    p = sub.add_parser("train", help="train a model artifact from events")
+    _common(p)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", help="JSON-lines file of user events")
+    source.add_argument("--topic", help="read the events from this Kafka topic")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument("--kind", default="dnn", help="model kind from the registry")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, help="upper bound on training epochs")
+
+    p = sub.add_parser("produce", help="produce a JSON-lines file to a topic, keyed by user_id")
+    _common(p)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--file", required=True)
+
+    p = sub.add_parser("replay", help="send requests through Kafka and collect every result")
+    _common(p)
+    p.add_argument("--requests", required=True, help="JSON-lines file of re-rank requests")
+    p.add_argument("--out", required=True, help="results JSON-lines file, one per request")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for results")
+
+    p = sub.add_parser("score", help="score requests offline, without Kafka")
+    _common(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--requests", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--events", help="events that build user state before scoring")
+    p.add_argument("--no-online-updates", action="store_true")
+
+    p = sub.add_parser("demo", help="embedded broker + synthetic data + training + worker, live")
+    _common(p)
+    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until Ctrl-C)")
+    p.add_argument("--port", type=int, help="embedded broker port (default: a free one)")
+    return parser
+
+
+def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return Settings.load(args.config, overrides={"broker": args.broker, **overrides})
+
+
+def _write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        for record in records:
+            fh.write(orjson.dumps(record) + b"\n")
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import create_topics, start_embedded_broker
+
+    settings = load_settings(args, broker=f"{args.host}:{args.port}")
+    broker = start_embedded_broker(args.host, args.port)
+    created = create_topics(settings)
+    print(f"embedded broker on {broker.bootstrap} (memory storage; restart it for a clean state); "
+          f"topics created: {', '.join(created) or 'none'}", flush=True)
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    try:
+        while not stop and broker.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+    return 0 if stop else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from models import load_artifact
+    from streams.app import build_worker, run_worker
+    from streams.broker import create_topics
+    from streams.metrics import WorkerMetrics
+    from streams.ports import first_free_port
+    from streams.settings import default_data_dir
+
+    settings = load_settings(args, store=args.store, web_host=args.web_host, log_level=args.loglevel,
+                             online_updates=False if args.no_online_updates else None)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bundle = load_artifact(args.model)
+    web_port = args.web_port or settings.web_port or first_free_port(6066, settings.web_host)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    create_topics(settings)
+    metrics = WorkerMetrics()
+    metrics.serve(args.metrics_port, settings.web_host)
+    worker = build_worker(settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics)
+    log.info("worker: model %s %s, web port %d, data dir %s, online updates %s", bundle.name,
+             bundle.version, web_port, data_dir, "on" if settings.online_updates else "off")
+    run_worker(worker, settings.log_level)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.train import train_to_artifact
+
+    settings = load_settings(args)
+    started = time.monotonic()
+    if args.events:
+        from streams.kafka_io import iter_jsonl
+
+        events = list(iter_jsonl(args.events))
+        trained_through = None
+    else:
+        from streams.training_input import events_from_topic
+
+        events, trained_through = events_from_topic(settings, args.topic)
+    print(f"training {args.kind} on {len(events)} events", flush=True)
+    path = train_to_artifact(events, args.out, kind=args.kind, event_weights=settings.event_weights,
+                             seed=args.seed, trained_through=trained_through, max_epochs=args.max_epochs)
+    print(f"model written to {path} in {time.monotonic() - started:.1f}s", flush=True)
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.kafka_io import iter_jsonl, produce_records
+
+    settings = load_settings(args)
+    started = time.monotonic()
+    count = produce_records(settings, args.topic, iter_jsonl(args.file))
+    print(f"produced {count} records to {args.topic} in {time.monotonic() - started:.1f}s", flush=True)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import replay_requests
+
+    settings = load_settings(args)
+    requests = list(_read(args.requests))
+    started = time.monotonic()
+    results, missing = replay_requests(settings, requests, timeout=args.timeout)
+    _write_jsonl(args.out, results)
+    print(f"replayed {len(requests)} requests in {time.monotonic() - started:.1f}s: "
+          f"{len(results)} results, {len(missing)} missing", flush=True)
+    if missing:
+        print("missing request ids (first 10): " + ", ".join(missing[:10]), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from models import load_artifact
+    from streams.offline import score_offline
+
+    settings = load_settings(args, online_updates=False if args.no_online_updates else None)
+    bundle = load_artifact(args.model)
+    events = list(_read(args.events)) if args.events else []
+    started = time.monotonic()
+    results = score_offline(bundle, settings, _read(args.requests), events)
+    _write_jsonl(args.out, results)
+    print(f"scored {len(results)} requests offline in {time.monotonic() - started:.1f}s", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(load_settings(args), duration=args.duration, port=args.port)
+
+
+def _read(path: str):  # type: ignore[no-untyped-def]
+    from streams.kafka_io import iter_jsonl
+
+    return iter_jsonl(path)
+
+
+COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "train": cmd_train, "produce": cmd_produce,
+            "replay": cmd_replay, "score": cmd_score, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = COMMANDS[args.command](args)
+    except SettingsError as exc:
+        print(f"reranker: bad setting: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,215 @@
+"""confluent-kafka clients of the command line: bulk produce, replay, reading a topic for training.
+
+Producers use the ``murmur2_random`` partitioner: it places a key on the same
+partition as the Java client and faust (aiokafka) do, which the co-partitioned
+user state depends on. librdkafka's default (consistent_random, CRC32) would
+put keyed messages on other partitions and break the tables silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "partitioner": "murmur2_random",
+        "linger.ms": settings.producer_linger_ms,
+        "acks": "all",
+    }
+
+
+def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        # Required by the client even when partitions are assigned by hand (no group join).
+        "group.id": group_id or f"reranker-cli-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": max(1, settings.consumer_fetch_wait_ms),
+        "fetch.min.bytes": 1,
+        "fetch.queue.backoff.ms": 1,
+        "session.timeout.ms": int(settings.session_timeout_s * 1000),
+    }
+
+
+def iter_jsonl(path: str) -> Iterator[dict[str, Any]]:
+    """JSON objects of a JSON-lines file; blank lines are skipped.
+
+    Raises:
+        ValueError: a line that is not a JSON object, with its line number.
+    """
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object")
+            yield obj
+
+
+def message_key(record: dict[str, Any]) -> bytes | None:
+    user_id = record.get("user_id")
+    return str(user_id).encode() if user_id is not None else None
+
+
+class KafkaSender:
+    """A producer that fails loudly: delivery errors are collected and raised on flush."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.producer = Producer(producer_config(settings))
+        self.errors: list[str] = []
+        self.sent = 0
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+        self.sent += 1
+
+    def flush(self, timeout: float = 60.0) -> None:
+        remaining = self.producer.flush(timeout)
+        if remaining:
+            raise TimeoutError(f"{remaining} messages not delivered after {timeout}s")
+        if self.errors:
+            raise KafkaException(f"{len(self.errors)} messages failed, first: {self.errors[0]}")
+
+
+def produce_records(settings: Settings, topic: str, records: Iterable[dict[str, Any]]) -> int:
+    """Produce JSON records keyed by user_id (when present); returns how many were sent."""
+    sender = KafkaSender(settings)
+    for record in records:
+        sender.send(topic, message_key(record), orjson.dumps(record))
+    sender.flush()
+    return sender.sent
+
+
+def _partitions(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=timeout)
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise KafkaException(f"topic {topic!r} does not exist or has no partitions")
+    return sorted(info.partitions)
+
+
+def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
+            for p in _partitions(consumer, topic)}
+
+
+def read_topic(settings: Settings, topic: str, *, max_idle: float = 10.0
+               ) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
+    """Everything in ``topic`` up to its end at the time reading starts.
+
+    The end of each partition is the high watermark carried by fetch responses,
+    not a ListOffsets answer: the embedded broker answers ListOffsets(latest)
+    with the base offset of the last record batch, which would cut off the
+    newest records.
+
+    Returns:
+        ((partition, offset, value) in per-partition order, {partition: end offset}).
+        The end offsets are the exact log position the data reaches.
+    """
+    consumer = Consumer(consumer_config(settings))
+    try:
+        partitions = _partitions(consumer, topic)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        out: list[tuple[int, int, bytes | None]] = []
+        position = {p: 0 for p in partitions}
+        ends: dict[int, int] = {}
+        last_progress = time.monotonic()
+        while True:
+            if len(ends) < len(partitions):
+                for p in partitions:
+                    if p not in ends:
+                        high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+                        if high >= 0:
+                            ends[p] = high  # the snapshot: later writes are not read
+            if len(ends) == len(partitions) and all(position[p] >= ends[p] for p in partitions):
+                break
+            batch = consumer.consume(10_000, timeout=0.2)
+            if batch:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > max_idle:
+                raise TimeoutError(f"reading {topic}: no progress for {max_idle}s "
+                                   f"(positions {position}, ends {ends})")
+            for msg in batch:
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(msg.error())
+                p, off = msg.partition(), msg.offset()
+                position[p] = off + 1
+                if p not in ends or off < ends[p]:
+                    out.append((p, off, msg.value()))
+        out = [m for m in out if m[1] < ends[m[0]]]
+        return out, {str(p): end for p, end in sorted(ends.items())}
+    finally:
+        consumer.close()
+
+
+class ResultCollector:
+    """Reads a results topic from its current end, without joining a consumer group.
+
+    Create it before sending requests, so no answer can slip in before it starts.
+    """
+
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        self.topic = topic or settings.results_topic
+        self.consumer = Consumer(consumer_config(settings))
+        ends = end_offsets(self.consumer, self.topic)
+        self.consumer.assign([TopicPartition(self.topic, p, off) for p, off in ends.items()])
+
+    def poll(self, timeout: float) -> list[dict[str, Any]]:
+        out = []
+        for msg in self.consumer.consume(1000, timeout=timeout):
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(msg.error())
+            try:
+                out.append(orjson.loads(msg.value()))
+            except orjson.JSONDecodeError:
+                log.warning("skipping a non-JSON message on %s", self.topic)
+        return out
+
+    def wait_for(self, request_ids: Iterable[str], timeout: float,
+                 on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+        """Collect results until every id has one or ``timeout`` passes; the first result per id wins."""
+        wanted = set(request_ids)
+        got: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while wanted - got.keys() and time.monotonic() < deadline:
+            for result in self.poll(min(0.2, max(0.0, deadline - time.monotonic()))):
+                rid = result.get("request_id")
+                if rid in wanted and rid not in got:
+                    got[rid] = result
+                    if on_result:
+                        on_result(result)
+        return got
+
+    def close(self) -> None:
+        self.consumer.close()

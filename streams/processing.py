@@ -1,0 +1,219 @@
+"""The work of a worker, as plain functions over messages.
+
+The faust agent hands batches of consumed messages to :class:`Processor`; the
+offline ``reranker score`` command hands it messages read from files. Both get
+the same ordering, state handling and scoring, which is what makes live and
+offline results comparable.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import orjson
+
+from models import ModelBundle
+from streams.metrics import WorkerMetrics
+from streams.records import (ContractError, RerankRequest, encode_error_result, encode_result,
+                             parse_event, parse_request)
+from streams.scoring import ScoringInput, rerank_batch
+from streams.settings import Settings
+from streams.state import UserState, already_trained, apply_event, history_rows, initial_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InMessage:
+    """A consumed message.
+
+    Attributes:
+        timestamp: the Kafka timestamp in seconds, if known.
+        handle: the transport's own event object (the faust event), opaque here.
+    """
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    timestamp: float | None
+    key: bytes | None
+    value: bytes | None
+    handle: object = None
+
+
+@dataclass
+class OutMessage:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class StateStore(Protocol):
+    """Where user states live: a faust Table in a worker, a dict offline."""
+
+    def get(self, user_id: str, source: InMessage) -> UserState | None: ...
+
+    def put(self, user_id: str, state: UserState, source: InMessage) -> None: ...
+
+
+class DictStateStore:
+    """An in-memory store for offline scoring and tests."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, UserState] = {}
+
+    def get(self, user_id: str, source: InMessage) -> UserState | None:
+        return self.states.get(user_id)
+
+    def put(self, user_id: str, state: UserState, source: InMessage) -> None:
+        self.states[user_id] = state
+
+
+def dead_letter(settings: Settings, message: InMessage, reason: str, error: str) -> OutMessage:
+    """A dead-letter record that keeps the raw message, as text when it is UTF-8, else base64."""
+    raw = message.value or b""
+    try:
+        text, encoding = raw.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode(), "base64"
+    value = orjson.dumps({"topic": message.topic, "partition": message.partition,
+                          "offset": message.offset, "reason": reason, "error": error,
+                          "raw": text, "raw_encoding": encoding, "ts": time.time()})
+    return OutMessage(settings.dead_letter_topic, message.key, value)
+
+
+class Processor:
+    """Applies events to user state and answers re-rank requests, in message order.
+
+    Requests are collected and scored together in one forward pass; an event
+    for a user with a request still waiting flushes the waiting requests first,
+    so no request sees an interaction that came after it.
+    """
+
+    def __init__(self, bundle: ModelBundle, settings: Settings, store: StateStore,
+                 metrics: WorkerMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.bundle = bundle
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or WorkerMetrics()
+        self.clock = clock
+
+    def process(self, messages: Sequence[InMessage]) -> list[OutMessage]:
+        outputs: list[OutMessage] = []
+        pending: list[tuple[RerankRequest, InMessage]] = []
+        pending_users: set[str] = set()
+        for message in messages:
+            if message.topic == self.settings.requests_topic:
+                request = self._parse_request(message, outputs)
+                if request is not None:
+                    pending.append((request, message))
+                    pending_users.add(request.user_id)
+            elif message.topic == self.settings.events_topic:
+                try:
+                    event = parse_event(message.value, event_types=self.settings.event_weights,
+                                        max_bytes=self.settings.max_message_bytes)
+                except ContractError as exc:
+                    self.metrics.events.labels("invalid", exc.code).inc()
+                    self.metrics.dead_letters.labels(exc.code).inc()
+                    outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
+                    continue
+                if event.user_id in pending_users:
+                    self._answer(pending, outputs)
+                    pending, pending_users = [], set()
+                self._apply(event, message, outputs)
+        self._answer(pending, outputs)
+        return outputs
+
+    def _parse_request(self, message: InMessage, outputs: list[OutMessage]) -> RerankRequest | None:
+        try:
+            return parse_request(message.value, max_candidates=self.settings.max_candidates,
+                                 max_bytes=self.settings.max_message_bytes)
+        except ContractError as exc:
+            self.metrics.requests.labels(exc.code).inc()
+            self.metrics.dead_letters.labels(exc.code).inc()
+            outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
+            # Answer whenever the request can be identified, so the client stops waiting.
+            if exc.request_id is not None:
+                key = exc.user_id.encode() if exc.user_id is not None else message.key
+                outputs.append(OutMessage(self.settings.results_topic, key, encode_error_result(
+                    exc.request_id, exc.user_id, exc.code, exc.message, self.bundle.name,
+                    self.bundle.version, self.clock())))
+            return None
+
+    def _apply(self, event, message: InMessage, outputs: list[OutMessage]) -> None:
+        if already_trained(self.bundle.trained_through, message.topic, message.partition,
+                           message.offset, event.ts):
+            self.metrics.events.labels(event.event_type, "trained").inc()
+            return
+        try:
+            state = self.state_of(event.user_id, message)
+            updated = apply_event(
+                self.bundle, state, event.user_id, event.item_id, event.event_type, event.ts,
+                self.settings.event_weights[event.event_type], online=self.settings.online_updates,
+                steps=self.settings.online_steps, lr=self.settings.online_lr,
+                negatives=self.settings.online_negatives)
+            self.store.put(event.user_id, updated, message)
+        except Exception as exc:  # a bug must not stop the stream; the event is kept aside
+            log.exception("failed to apply event at %s[%s]@%s", message.topic, message.partition,
+                          message.offset)
+            self.metrics.events.labels(event.event_type, "error").inc()
+            self.metrics.dead_letters.labels("internal_error").inc()
+            outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
+            return
+        self.metrics.events.labels(event.event_type, "ok").inc()
+        if message.timestamp is not None:
+            self.metrics.state_update_lag.observe(max(0.0, self.clock() - message.timestamp))
+
+    def state_of(self, user_id: str, source: InMessage) -> UserState:
+        """The user's current state, or the state the model knows for them."""
+        state = self.store.get(user_id, source)
+        if state is None or state.model_version != self.bundle.version:
+            # A vector from another model lives in another space: start from this model's.
+            return initial_state(self.bundle, user_id)
+        return state
+
+    def _answer(self, pending: list[tuple[RerankRequest, InMessage]], outputs: list[OutMessage]) -> None:
+        if not pending:
+            return
+        metrics = self.metrics
+        started = time.perf_counter()
+        try:
+            inputs = []
+            for request, message in pending:
+                state = self.state_of(request.user_id, message)
+                inputs.append(ScoringInput(
+                    user_vector=state.vector,
+                    history=history_rows(self.bundle, state.history),
+                    candidates=[c.item_id for c in request.candidates],
+                    upstream=np.array([np.nan if c.score is None else c.score
+                                       for c in request.candidates], dtype=np.float64),
+                    k=request.k))
+            ranked = rerank_batch(self.bundle, inputs)
+        except Exception as exc:  # answer every waiting client rather than drop the batch
+            log.exception("scoring a batch of %d requests failed", len(pending))
+            for request, message in pending:
+                metrics.requests.labels("internal_error").inc()
+                metrics.dead_letters.labels("internal_error").inc()
+                outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
+                outputs.append(OutMessage(self.settings.results_topic, request.user_id.encode(),
+                                          encode_error_result(
+                                              request.request_id, request.user_id, "internal_error",
+                                              "the worker failed to score this request",
+                                              self.bundle.name, self.bundle.version, self.clock())))
+            return
+        metrics.score_duration.observe(time.perf_counter() - started)
+        metrics.batch_size.observe(len(pending))
+        now = self.clock()
+        for (request, message), items in zip(pending, ranked):
+            outputs.append(OutMessage(self.settings.results_topic, request.user_id.encode(),
+                                      encode_result(request.request_id, request.user_id, items,
+                                                    self.bundle.name, self.bundle.version, now)))
+            metrics.requests.labels("ok").inc()
+            metrics.candidates.observe(len(request.candidates))
+            if message.timestamp is not None:
+                metrics.request_latency.observe(max(0.0, now - message.timestamp))

@@ -1,0 +1,254 @@
+"""Wire contract: faust.Record schemas of the three topics, and strict parsing.
+
+Messages travel as JSON values (see docs/schemas/). Parsing is explicit, not
+left to faust's deserializer, so that a malformed message becomes a clear
+error (dead letter and, for a request, an error result) instead of an
+exception inside the agent, which faust would acknowledge and silently drop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Mapping, Optional
+
+import faust
+import orjson
+
+__all__ = [
+    "UserEvent",
+    "Candidate",
+    "RerankRequest",
+    "RankedItem",
+    "ModelRef",
+    "RerankResult",
+    "ContractError",
+    "parse_event",
+    "parse_request",
+    "encode_result",
+    "encode_error_result",
+    "recover_request_id",
+]
+
+
+class UserEvent(faust.Record, serializer="json"):
+    """An interaction, on ``user-events`` keyed by user_id."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    ts: float
+    value: Optional[float] = None
+    request_id: Optional[str] = None
+
+
+class Candidate(faust.Record, serializer="json"):
+    item_id: str
+    score: Optional[float] = None
+
+
+class RerankRequest(faust.Record, serializer="json"):
+    """A request to re-rank candidates for a user, on ``rerank-requests`` keyed by user_id."""
+
+    request_id: str
+    user_id: str
+    candidates: List[Candidate]
+    k: Optional[int] = None
+    ts: Optional[float] = None
+    context: Optional[dict] = None
+
+
+class RankedItem(faust.Record, serializer="json"):
+    item_id: str
+    score: float
+    rank: int
+
+
+class ModelRef(faust.Record, serializer="json"):
+    name: str
+    version: str
+
+
+class RerankResult(faust.Record, serializer="json"):
+    """The answer, on ``reranked-results`` keyed by user_id. ``error`` is set instead of items on failure."""
+
+    request_id: str
+    user_id: str
+    items: List[RankedItem]
+    model: ModelRef
+    ts: float
+    error: Optional[dict] = None
+
+
+class ContractError(ValueError):
+    """A message that breaks the wire contract.
+
+    Attributes:
+        code: stable machine-readable reason (also the dead-letter reason and metric label).
+        request_id: the request id, when it could be recovered from the bad message.
+        user_id: the user id, when it could be recovered.
+    """
+
+    def __init__(self, code: str, message: str, *, request_id: str | None = None,
+                 user_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.user_id = user_id
+
+
+def _load_object(raw: bytes | str | None, max_bytes: int) -> dict[str, Any]:
+    if raw is None:
+        raise ContractError("empty", "message has no value")
+    if len(raw) > max_bytes:
+        raise ContractError("too_large", f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError("invalid_json", f"value is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ContractError("invalid_type", f"value must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _id(obj: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise ContractError("missing_field", f"field {name!r} is required")
+        return None
+    # Integer ids are accepted and normalised: many catalogues use them.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ContractError("invalid_field", f"field {name!r} must be a string or integer")
+    text = str(value)
+    if not text or len(text) > 256:
+        raise ContractError("invalid_field", f"field {name!r} must have 1 to 256 characters")
+    return text
+
+
+def _number(obj: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise ContractError("missing_field", f"field {name!r} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ContractError("invalid_field", f"field {name!r} must be a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ContractError("invalid_field", f"field {name!r} must be finite")
+    return number
+
+
+def parse_event(raw: bytes | str | None, *, event_types: Mapping[str, float],
+                max_bytes: int = 1_048_576) -> UserEvent:
+    """Parse and validate a ``user-events`` value.
+
+    Args:
+        raw: the message value.
+        event_types: the known event types (the configured weights).
+        max_bytes: size limit of a message.
+
+    Raises:
+        ContractError: anything malformed, including an unknown event type.
+    """
+    obj = _load_object(raw, max_bytes)
+    user_id = _id(obj, "user_id")
+    item_id = _id(obj, "item_id")
+    event_type = obj.get("event_type")
+    if not isinstance(event_type, str):
+        raise ContractError("missing_field", "field 'event_type' is required and must be a string",
+                            user_id=user_id)
+    if event_type not in event_types:
+        raise ContractError("unknown_event_type",
+                            f"event_type {event_type!r} is not one of {sorted(event_types)}",
+                            user_id=user_id)
+    ts = _number(obj, "ts", required=True)
+    value = _number(obj, "value", required=False)
+    request_id = _id(obj, "request_id", required=False)
+    return UserEvent(user_id=user_id, item_id=item_id, event_type=event_type, ts=ts,
+                     value=value, request_id=request_id)
+
+
+def recover_request_id(raw: bytes | str | None) -> tuple[str | None, str | None]:
+    """Best effort (request_id, user_id) from a message that failed to parse."""
+    try:
+        obj = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    out = []
+    for name in ("request_id", "user_id"):
+        value = obj.get(name)
+        out.append(str(value) if isinstance(value, (str, int)) and not isinstance(value, bool)
+                   and 0 < len(str(value)) <= 256 else None)
+    return out[0], out[1]
+
+
+def parse_request(raw: bytes | str | None, *, max_candidates: int,
+                  max_bytes: int = 1_048_576) -> RerankRequest:
+    """Parse and validate a ``rerank-requests`` value.
+
+    Raises:
+        ContractError: anything malformed: missing ids, no or duplicate candidates,
+            more than ``max_candidates``, non-finite scores, a bad ``k``.
+    """
+    obj = _load_object(raw, max_bytes)
+    try:
+        request_id = _id(obj, "request_id")
+        user_id = _id(obj, "user_id")
+        candidates = obj.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            raise ContractError("no_candidates", "field 'candidates' must be a non-empty list")
+        if len(candidates) > max_candidates:
+            raise ContractError("too_many_candidates",
+                                f"{len(candidates)} candidates exceed the limit of {max_candidates}")
+        parsed: list[Candidate] = []
+        seen: set[str] = set()
+        for entry in candidates:
+            if not isinstance(entry, dict):
+                raise ContractError("invalid_field", "each candidate must be an object with 'item_id'")
+            item_id = _id(entry, "item_id")
+            if item_id in seen:
+                raise ContractError("duplicate_candidates", f"candidate {item_id!r} appears twice")
+            seen.add(item_id)
+            parsed.append(Candidate(item_id=item_id, score=_number(entry, "score", required=False)))
+        k = obj.get("k")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ContractError("invalid_field", "field 'k' must be a positive integer")
+        context = obj.get("context")
+        if context is not None and not isinstance(context, dict):
+            raise ContractError("invalid_field", "field 'context' must be an object")
+        ts = _number(obj, "ts", required=False)
+    except ContractError as exc:
+        exc.request_id, exc.user_id = recover_request_id(raw)
+        raise
+    return RerankRequest(request_id=request_id, user_id=user_id, candidates=parsed, k=k, ts=ts,
+                         context=context)
+
+
+def encode_result(request_id: str, user_id: str, ranked: list[tuple[str, float]],
+                  model_name: str, model_version: str, ts: float) -> bytes:
+    """JSON of a successful result; ``ranked`` is best first."""
+    return orjson.dumps({
+        "request_id": request_id,
+        "user_id": user_id,
+        "items": [{"item_id": item, "score": score, "rank": rank}
+                  for rank, (item, score) in enumerate(ranked, start=1)],
+        "model": {"name": model_name, "version": model_version},
+        "ts": ts,
+    })
+
+
+def encode_error_result(request_id: str | None, user_id: str | None, code: str, message: str,
+                        model_name: str, model_version: str, ts: float) -> bytes:
+    """JSON of an error result, so a client waiting on the request id is answered."""
+    return orjson.dumps({
+        "request_id": request_id,
+        "user_id": user_id,
+        "items": [],
+        "model": {"name": model_name, "version": model_version},
+        "ts": ts,
+        "error": {"code": code, "message": message},
+    })

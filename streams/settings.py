@@ -1,0 +1,174 @@
+"""One typed settings object for every command.
+
+Precedence, lowest to highest: defaults here, a TOML config file
+(``--config FILE`` or ``RERANKER_CONFIG``), ``RERANKER_*`` environment
+variables, then command-line flags. ``reranker.example.toml`` documents
+every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "RERANKER_"
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 0.5,
+    "click": 1.0,
+    "add_to_cart": 2.0,
+    "purchase": 3.0,
+    "rating": 1.0,
+    "dismiss": -1.0,
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass
+class Settings:
+    """Every tunable of the service, typed.
+
+    Field names map to environment variables by upper-casing and prefixing
+    ``RERANKER_`` (``broker`` -> ``RERANKER_BROKER``). Dict fields take JSON
+    in the environment.
+    """
+
+    # Kafka
+    broker: str = "localhost:9092"
+    app_id: str = "stream-reranker"
+    partitions: int = 4
+    replication_factor: int = 1
+    events_topic: str = "user-events"
+    requests_topic: str = "rerank-requests"
+    results_topic: str = "reranked-results"
+    dead_letter_topic: str = "dead-letters"
+
+    # Consumer behaviour. The embedded broker does not wake a waiting fetch
+    # when data arrives, so a consumer's latency equals its fetch wait; and a
+    # group join takes ~23 s unless the session timeout is short.
+    consumer_fetch_wait_ms: int = 5
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 10.0
+    commit_interval_s: float = 1.0
+    producer_linger_ms: float = 1.0
+
+    # Worker
+    store: str = "memory://"
+    data_dir: str = ""
+    web_host: str = "127.0.0.1"
+    web_port: int = 0
+    log_level: str = "INFO"
+    model_dir: str = ""
+    batch_max: int = 64
+    batch_window_ms: float = 5.0
+    max_candidates: int = 1000
+    max_message_bytes: int = 1_048_576
+
+    # Online learning
+    online_updates: bool = True
+    online_steps: int = 3
+    online_lr: float = 0.05
+    online_negatives: int = 4
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> "Settings":
+        """Build settings from defaults, a config file, the environment and overrides.
+
+        Args:
+            config_file: TOML file; ``None`` falls back to ``RERANKER_CONFIG``.
+            env: environment mapping (defaults to ``os.environ``).
+            overrides: values from the command line; ``None`` values are skipped.
+
+        Raises:
+            SettingsError: unknown keys in the file or a value of the wrong type.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        config_file = config_file or env.get(ENV_PREFIX + "CONFIG") or None
+        if config_file:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+            unknown = set(data) - set(_FIELDS)
+            if unknown:
+                raise SettingsError(f"unknown settings in {config_file}: {sorted(unknown)}")
+            values.update({k: _coerce(k, v) for k, v in data.items()})
+        for name in _FIELDS:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = _coerce(name, raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                if name not in _FIELDS:
+                    raise SettingsError(f"unknown setting {name!r}")
+                values[name] = _coerce(name, value)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject combinations that would fail later in less obvious ways."""
+        if self.partitions < 1:
+            raise SettingsError("partitions must be >= 1")
+        if self.session_timeout_s <= self.heartbeat_interval_s:
+            raise SettingsError("session_timeout_s must exceed heartbeat_interval_s")
+        if self.batch_max < 1 or self.max_candidates < 1:
+            raise SettingsError("batch_max and max_candidates must be >= 1")
+        if not self.store.startswith(("memory://", "rocksdb://")):
+            raise SettingsError("store must be memory:// or rocksdb://")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker address without any scheme, as Kafka clients want it."""
+        return self.broker.split("://", 1)[-1]
+
+
+_FIELDS: dict[str, Any] = {f.name: f for f in dataclasses.fields(Settings)}
+_TYPES = typing.get_type_hints(Settings)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _TYPES[name]
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind in (int, float, str):
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return kind(value)
+        if typing.get_origin(kind) is dict:
+            parsed = json.loads(value) if isinstance(value, str) else dict(value)
+            return {str(k): float(v) for k, v in parsed.items()}
+    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"setting {name!r}: cannot use {value!r} as {kind}") from exc
+    raise SettingsError(f"setting {name!r} has unsupported type {kind}")
+
+
+def default_data_dir(settings: Settings, web_port: int) -> Path:
+    """Per-worker data directory, derived from the web port so two local workers never share one."""
+    return Path(settings.data_dir or "var") / f"worker-{web_port}"

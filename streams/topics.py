@@ -1,0 +1,29 @@
+"""The topics a worker reads and writes. Values and keys travel as raw bytes and are parsed by records.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+from faust.types import TopicT
+
+from streams.settings import Settings
+
+
+@dataclass
+class Topics:
+    inputs: TopicT  # events and requests, consumed by one agent so they are handled in order
+    results: TopicT
+    dead_letters: TopicT
+
+
+def define_topics(app: faust.App, settings: Settings) -> Topics:
+    def raw(*names: str) -> TopicT:
+        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=settings.partitions)
+
+    return Topics(
+        inputs=raw(settings.events_topic, settings.requests_topic),
+        results=raw(settings.results_topic),
+        dead_letters=raw(settings.dead_letter_topic),
+    )

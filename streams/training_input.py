@@ -1,0 +1,37 @@
+"""Training data read from the event log, with the exact log position it reaches."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streams.kafka_io import read_topic
+from streams.records import ContractError, parse_event
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def events_from_topic(settings: Settings, topic: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Valid events of ``topic`` and the watermark to store in the model artifact.
+
+    Returns:
+        (events, trained_through) where trained_through holds the topic, the end
+        offset per partition that the events reach, and their largest ts. A
+        worker skips online updates for events below those offsets.
+    """
+    raw, ends = read_topic(settings, topic)
+    events, invalid = [], 0
+    for _partition, _offset, value in raw:
+        try:
+            event = parse_event(value, event_types=settings.event_weights,
+                                max_bytes=settings.max_message_bytes)
+        except ContractError:
+            invalid += 1
+            continue
+        events.append({"user_id": event.user_id, "item_id": event.item_id,
+                       "event_type": event.event_type, "ts": event.ts, "value": event.value})
+    if invalid:
+        log.warning("skipped %d invalid events of %s", invalid, topic)
+    max_ts = max((e["ts"] for e in events), default=None)
+    return events, {"topic": topic, "offsets": ends, "max_ts": max_ts}
