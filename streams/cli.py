@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a faust worker serving a model")
     _common(p)
-    p.add_argument("--model", required=True, help="model artifact directory")
+    p.add_argument("--model", help="model artifact directory (default: the model_dir setting)")
     p.add_argument("--web-port", type=int, help="faust web port (default: first free from 6066)")
     p.add_argument("--web-host", help="address of faust's web server")
     p.add_argument("--data-dir", help="this worker's data directory (default: var/worker-<web port>)")
@@ -93,13 +93,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import create_topics, start_embedded_broker
 
     settings = load_settings(args, broker=f"{args.host}:{args.port}")
+    stop: list[bool] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
     broker = start_embedded_broker(args.host, args.port)
     created = create_topics(settings)
     print(f"embedded broker on {broker.bootstrap} (memory storage; restart it for a clean state); "
           f"topics created: {', '.join(created) or 'none'}", flush=True)
-    stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(True))
     try:
         while not stop and broker.process.poll() is None:
             time.sleep(0.2)
@@ -119,7 +119,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(args, store=args.store, web_host=args.web_host, log_level=args.loglevel,
                              online_updates=False if args.no_online_updates else None)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    bundle = load_artifact(args.model)
+    model_dir = args.model or settings.model_dir
+    if not model_dir:
+        print("reranker worker: give --model DIR or set model_dir", file=sys.stderr)
+        return 2
+    bundle = load_artifact(model_dir)
     web_port = args.web_port or settings.web_port or first_free_port(6066, settings.web_host)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -155,9 +159,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.broker import create_topics, project_topics
     from streams.kafka_io import iter_jsonl, produce_records
 
     settings = load_settings(args)
+    # A topic the broker auto-creates would get its default partition count, not ours.
+    create_topics(settings, {*project_topics(settings), args.topic})
     started = time.monotonic()
     count = produce_records(settings, args.topic, iter_jsonl(args.file))
     print(f"produced {count} records to {args.topic} in {time.monotonic() - started:.1f}s", flush=True)
@@ -165,9 +172,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.broker import create_topics
     from streams.replay import replay_requests
 
     settings = load_settings(args)
+    create_topics(settings)
     requests = list(_read(args.requests))
     started = time.monotonic()
     results, missing = replay_requests(settings, requests, timeout=args.timeout)

@@ -90,6 +90,11 @@ class KafkaSender:
         self.producer.poll(0)
         self.sent += 1
 
+    def close(self) -> None:
+        """Deliver what is queued and drop the client (before the broker goes away)."""
+        self.producer.flush(5.0)
+        del self.producer
+
     def flush(self, timeout: float = 60.0) -> None:
         remaining = self.producer.flush(timeout)
         if remaining:
@@ -184,8 +189,13 @@ class ResultCollector:
         self.consumer.assign([TopicPartition(self.topic, p, off) for p, off in ends.items()])
 
     def poll(self, timeout: float) -> list[dict[str, Any]]:
+        # consume(n, timeout) blocks until it has n messages or the timeout
+        # passes; poll() returns on the first one, then drain what is buffered.
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
         out = []
-        for msg in self.consumer.consume(1000, timeout=timeout):
+        for msg in [first, *self.consumer.consume(1000, timeout=0)]:
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     continue
@@ -213,3 +223,9 @@ class ResultCollector:
 
     def close(self) -> None:
         self.consumer.close()
+
+    def __enter__(self) -> "ResultCollector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

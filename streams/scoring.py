@@ -11,6 +11,9 @@ import torch
 from models import ModelBundle
 
 
+SCORE_DECIMALS = 5
+
+
 @dataclass
 class ScoringInput:
     """One request, ready for the model.
@@ -35,7 +38,7 @@ def rerank_batch(bundle: ModelBundle, inputs: Sequence[ScoringInput]) -> list[li
 
     All requests go through the model as one padded [B, N_max] batch. Items
     unknown to the model map to row 0 (the model's fallback representation);
-    ties in model score are broken by the upstream score, then by request order,
+    ties in model score (to SCORE_DECIMALS decimals) are broken by the upstream score, then by request order,
     so the output is deterministic.
 
     Returns:
@@ -53,6 +56,10 @@ def rerank_batch(bundle: ModelBundle, inputs: Sequence[ScoringInput]) -> list[li
     with torch.inference_mode():
         scores = bundle.model(torch.from_numpy(users), torch.from_numpy(histories),
                               torch.from_numpy(items)).numpy()
+    # The same item can score a few ulps differently at another position or in
+    # another batch (vectorised kernels); rounding makes equal scores equal, so
+    # ties break by the rules below and live and offline scoring agree.
+    scores = np.round(scores.astype(np.float64), SCORE_DECIMALS)
     ranked: list[list[tuple[str, float]]] = []
     for row, request in enumerate(inputs):
         n = len(request.candidates)

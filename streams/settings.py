@@ -164,7 +164,7 @@ def _coerce(name: str, value: Any) -> Any:
         if typing.get_origin(kind) is dict:
             parsed = json.loads(value) if isinstance(value, str) else dict(value)
             return {str(k): float(v) for k, v in parsed.items()}
-    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+    except (TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
         raise SettingsError(f"setting {name!r}: cannot use {value!r} as {kind}") from exc
     raise SettingsError(f"setting {name!r} has unsupported type {kind}")
 

@@ -1,0 +1,302 @@
+"""Save and load model artifacts: safetensors weights and state plus a JSON manifest.
+
+Layout of an artifact directory:
+    weights.safetensors   model state_dict
+    state.safetensors     user_history [n_users+1, H] int64, item_popularity [n_items+1] float32
+    manifest.json         format, kind, version, ids, hparams, metrics, checksums, ...
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.base import MODEL_REGISTRY, Reranker, get_model_class
+
+FORMAT = 1
+WEIGHTS_FILE = "weights.safetensors"
+STATE_FILE = "state.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class ModelBundle:
+    """A loaded artifact, ready to score.
+
+    Attributes:
+        model: The model in eval mode with requires_grad False on every parameter.
+        manifest: Parsed manifest.json.
+        item_index: Item id -> row (1..n_items).
+        item_ids: Row -> item id; item_ids[0] = "" (unknown).
+        user_index: User id -> row (1..n_users).
+        user_history: [n_users+1, H] int64 each known user's last H positive item rows at training
+            time, 0-padded, most recent last (row 0 all zeros).
+        item_popularity: [n_items+1] float32 training positive counts (row 0 = 0).
+        name: Model kind.
+        version: Unique artifact version.
+        history_len: H.
+        trained_through: Watermark given at training time, e.g. {"max_ts": ...} or Kafka offsets.
+    """
+
+    model: Reranker
+    manifest: dict[str, Any]
+    item_index: dict[str, int]
+    item_ids: list[str]
+    user_index: dict[str, int]
+    user_history: np.ndarray
+    item_popularity: np.ndarray
+    name: str
+    version: str
+    history_len: int
+    trained_through: dict[str, Any]
+    # Per-bundle scratch space (e.g. numpy weight copies for the online update).
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _row_ids(ids: list[Any], n: int, what: str) -> list[str]:
+    """Accept ids with or without the leading "" of row 0; return them with it."""
+    ids = [str(x) for x in ids]
+    if len(ids) == n and (n == 0 or ids[0] != ""):
+        ids = ["", *ids]
+    if len(ids) != n + 1 or ids[0] != "":
+        raise ValueError(f"{what}: expected {n} ids (optionally preceded by ''), got {len(ids)}")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{what}: ids are not unique")
+    return ids
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def save_artifact(
+    out_dir: str | Path,
+    model: Reranker,
+    *,
+    item_ids: list[str],
+    user_ids: list[str],
+    user_history: np.ndarray,
+    item_popularity: np.ndarray,
+    trained_through: dict[str, Any],
+    hparams: dict[str, Any],
+    metrics: dict[str, Any],
+    event_weights: dict[str, float],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write an artifact and publish it atomically at `out_dir`.
+
+    Everything is written into a temporary sibling directory, flushed, then renamed into place.
+    An existing `out_dir` is moved aside just before the rename and deleted after it.
+
+    Args:
+        out_dir: Destination directory.
+        model: Trained model.
+        item_ids: Row -> item id, with or without the leading "" of row 0.
+        user_ids: Row -> user id, likewise.
+        user_history: [n_users+1, H] int64 last positive item rows per user, most recent last.
+        item_popularity: [n_items+1] positive counts.
+        trained_through: Training watermark, stored verbatim.
+        hparams: All hyper-parameters used (model and training), stored verbatim.
+        metrics: Validation metrics, stored verbatim.
+        event_weights: Event weights used, stored verbatim.
+        extra: More top-level manifest keys (e.g. "training"); may not override reserved keys.
+
+    Returns:
+        The published directory.
+
+    Raises:
+        ValueError: Inconsistent shapes or ids.
+    """
+    out_dir = Path(out_dir)
+    n_users, n_items, H = model.n_users, model.n_items, int(model.hparams["history_len"])
+    item_ids = _row_ids(item_ids, n_items, "item_ids")
+    user_ids = _row_ids(user_ids, n_users, "user_ids")
+    hist = np.ascontiguousarray(user_history, dtype=np.int64)
+    pop = np.ascontiguousarray(item_popularity, dtype=np.float32)
+    if hist.shape != (n_users + 1, H):
+        raise ValueError(f"user_history shape {hist.shape} != {(n_users + 1, H)}")
+    if pop.shape != (n_items + 1,):
+        raise ValueError(f"item_popularity shape {pop.shape} != {(n_items + 1,)}")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state_dict, str(tmp / WEIGHTS_FILE))
+        save_file({"user_history": torch.from_numpy(hist), "item_popularity": torch.from_numpy(pop)}, str(tmp / STATE_FILE))
+        now = datetime.now(timezone.utc)
+        digests = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
+        salt = f"{digests[WEIGHTS_FILE]}{now.isoformat()}{uuid.uuid4().hex}"
+        version = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{hashlib.sha256(salt.encode()).hexdigest()[:10]}"
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "kind": model.name,
+            "version": version,
+            "created": now.isoformat(),
+            "hparams": hparams,
+            "model_hparams": model.hparams,
+            "n_users": n_users,
+            "n_items": n_items,
+            "history_len": H,
+            "item_ids": item_ids,
+            "user_ids": user_ids,
+            "trained_through": trained_through,
+            "event_weights": event_weights,
+            "metrics": metrics,
+            "training": {},
+            "files": {name: {"sha256": d, "bytes": (tmp / name).stat().st_size} for name, d in digests.items()},
+        }
+        for k, v in (extra or {}).items():
+            if k in manifest and k != "training":
+                raise ValueError(f"extra may not override manifest key {k!r}")
+            manifest[k] = v
+        # NaN metrics (no validation users) are written as null: JSON has no NaN.
+        manifest["metrics"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        (tmp / MANIFEST_FILE).write_bytes(
+            orjson.dumps(manifest, default=_json_default, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
+        for name in (WEIGHTS_FILE, STATE_FILE, MANIFEST_FILE):
+            _fsync(tmp / name)
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        _fsync(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def load_artifact(path: str | Path) -> ModelBundle:
+    """Load and validate an artifact directory.
+
+    Checks the manifest (format, kind, required keys, id lists), the file checksums, every tensor
+    shape against the model the manifest describes, finite weights, history rows in range, and
+    runs a smoke forward pass.
+
+    Raises:
+        ValueError: Anything missing, corrupted or inconsistent; the message says what.
+    """
+    path = Path(path)
+    _require(path.is_dir(), f"artifact {path} is not a directory")
+    try:
+        manifest = orjson.loads((path / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"artifact {path}: {MANIFEST_FILE} missing") from None
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"artifact {path}: {MANIFEST_FILE} is not valid JSON: {e}") from None
+    _require(isinstance(manifest, dict), f"artifact {path}: manifest is not a JSON object")
+    _require(manifest.get("format") == FORMAT, f"artifact {path}: unsupported format {manifest.get('format')!r} (expected {FORMAT})")
+    kind = manifest.get("kind")
+    _require(kind in MODEL_REGISTRY, f"artifact {path}: unknown model kind {kind!r}; known kinds: {sorted(MODEL_REGISTRY)}")
+    required = ("version", "model_hparams", "n_users", "n_items", "history_len", "item_ids", "user_ids", "files")
+    missing = [k for k in required if k not in manifest]
+    _require(not missing, f"artifact {path}: manifest lacks {missing}")
+    n_users, n_items, H = manifest["n_users"], manifest["n_items"], manifest["history_len"]
+    for name, v in (("n_users", n_users), ("n_items", n_items), ("history_len", H)):
+        _require(isinstance(v, int) and v >= 0, f"artifact {path}: manifest {name} must be a non-negative int, got {v!r}")
+    item_ids, user_ids = manifest["item_ids"], manifest["user_ids"]
+    _require(
+        isinstance(item_ids, list) and len(item_ids) == n_items + 1 and item_ids[:1] == [""],
+        f"artifact {path}: item_ids must list n_items + 1 = {n_items + 1} ids starting with ''",
+    )
+    _require(
+        isinstance(user_ids, list) and len(user_ids) == n_users + 1 and user_ids[:1] == [""],
+        f"artifact {path}: user_ids must list n_users + 1 = {n_users + 1} ids starting with ''",
+    )
+
+    for name in (WEIGHTS_FILE, STATE_FILE):
+        f = path / name
+        _require(f.is_file(), f"artifact {path}: {name} missing")
+        want = manifest["files"].get(name, {}) if isinstance(manifest["files"], dict) else {}
+        _require(f.stat().st_size == want.get("bytes"), f"artifact {path}: {name} size {f.stat().st_size} != manifest {want.get('bytes')} (truncated?)")
+        _require(_sha256(f) == want.get("sha256"), f"artifact {path}: {name} checksum mismatch (corrupted)")
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE))
+        state = load_file(str(path / STATE_FILE))
+    except Exception as e:  # safetensors raises its own error types on bad headers
+        raise ValueError(f"artifact {path}: cannot read safetensors: {e}") from None
+
+    try:
+        model = get_model_class(kind)(n_users, n_items, **manifest["model_hparams"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"artifact {path}: cannot build {kind!r} model from manifest: {e}") from None
+    _require(int(model.hparams.get("history_len", -1)) == H, f"artifact {path}: model history_len != manifest history_len {H}")
+    expected = model.state_dict()
+    _require(set(weights) == set(expected), f"artifact {path}: weight names differ: missing {sorted(set(expected) - set(weights))}, unexpected {sorted(set(weights) - set(expected))}")
+    for k, t in expected.items():
+        _require(weights[k].shape == t.shape, f"artifact {path}: weight {k} has shape {tuple(weights[k].shape)}, expected {tuple(t.shape)}")
+        _require(weights[k].dtype == t.dtype, f"artifact {path}: weight {k} has dtype {weights[k].dtype}, expected {t.dtype}")
+        _require(bool(torch.isfinite(weights[k]).all()), f"artifact {path}: weight {k} has non-finite values")
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    model.requires_grad_(False)
+
+    _require(set(state) == {"user_history", "item_popularity"}, f"artifact {path}: state tensors {sorted(state)} != ['item_popularity', 'user_history']")
+    hist, pop = state["user_history"], state["item_popularity"]
+    _require(hist.dtype == torch.int64 and tuple(hist.shape) == (n_users + 1, H), f"artifact {path}: user_history {hist.dtype} {tuple(hist.shape)}, expected int64 {(n_users + 1, H)}")
+    _require(pop.dtype == torch.float32 and tuple(pop.shape) == (n_items + 1,), f"artifact {path}: item_popularity {pop.dtype} {tuple(pop.shape)}, expected float32 {(n_items + 1,)}")
+    _require(bool(((hist >= 0) & (hist <= n_items)).all()), f"artifact {path}: user_history has item rows outside 0..{n_items}")
+
+    with torch.no_grad():
+        rows = torch.tensor([0, min(1, n_users)])
+        items = torch.tensor([[0, min(1, n_items)], [min(1, n_items), 0]])
+        s = model(model.user_vectors()[rows], hist[rows], items)
+    _require(tuple(s.shape) == (2, 2) and bool(torch.isfinite(s).all()), f"artifact {path}: smoke forward gave {tuple(s.shape)} / non-finite scores")
+
+    return ModelBundle(
+        model=model,
+        manifest=manifest,
+        item_index={i: r for r, i in enumerate(item_ids) if r},
+        item_ids=list(item_ids),
+        user_index={u: r for r, u in enumerate(user_ids) if r},
+        user_history=hist.numpy(),
+        item_popularity=pop.numpy(),
+        name=kind,
+        version=str(manifest["version"]),
+        history_len=H,
+        trained_through=dict(manifest.get("trained_through") or {}),
+    )

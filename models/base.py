@@ -1,0 +1,130 @@
+"""Re-ranker interface shared by every model kind, and the kind registry."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, TypeVar
+
+from torch import Tensor, nn
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 0.5,
+    "click": 1.0,
+    "add_to_cart": 2.0,
+    "purchase": 3.0,
+    "rating": 1.0,
+    "dismiss": -1.0,
+}
+
+
+class Reranker(nn.Module):
+    """Scores candidate items for a user from a free user vector and a recent-item history.
+
+    Row 0 of every user and item table means "unknown"; item row 0 is also the history padding.
+    Subclasses implement `user_repr`, `score`, `embed_users`, `user_vectors`, `dim` and
+    `fill_unknown_rows`.
+
+    Attributes:
+        name: Registry name of the kind, set by `register`.
+        hparams: Constructor keyword arguments, JSON-serialisable, enough to rebuild the model.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, n_users: int, n_items: int, **hparams: Any) -> None:
+        """Store the table sizes and the constructor arguments.
+
+        Args:
+            n_users: Number of known users; user tables get n_users + 1 rows.
+            n_items: Number of known items; item tables get n_items + 1 rows.
+            **hparams: Model hyper-parameters, kept verbatim in `self.hparams`.
+        """
+        super().__init__()
+        if n_users < 0 or n_items < 1:
+            raise ValueError(f"need n_users >= 0 and n_items >= 1, got {n_users}, {n_items}")
+        self.n_users = int(n_users)
+        self.n_items = int(n_items)
+        self.hparams: dict[str, Any] = dict(hparams)
+
+    @property
+    def dim(self) -> int:
+        """Dimension D of the free user vectors."""
+        raise NotImplementedError
+
+    def user_repr(self, user_vec: Tensor, history: Tensor) -> Tensor:
+        """Combine the free user vector with the recent-item history.
+
+        Args:
+            user_vec: [B, D] float32 free user vectors (zeros for unknown users).
+            history: [B, H] int64 item rows, 0 = padding, most recent last.
+
+        Returns:
+            [B, R] float32 user representations.
+        """
+        raise NotImplementedError
+
+    def score(self, user_repr: Tensor, items: Tensor) -> Tensor:
+        """Score candidate items.
+
+        Args:
+            user_repr: [B, R] output of `user_repr`.
+            items: [B, N] int64 item rows (0 = unknown item).
+
+        Returns:
+            [B, N] float32 scores, higher is better.
+        """
+        raise NotImplementedError
+
+    def forward(self, user_vec: Tensor, history: Tensor, items: Tensor) -> Tensor:
+        """Score `items` [B, N] for users given by `user_vec` [B, D] and `history` [B, H]; returns [B, N]."""
+        return self.score(self.user_repr(user_vec, history), items)
+
+    def embed_users(self, users: Tensor) -> Tensor:
+        """Differentiable lookup of free user vectors, for training: [B] int64 rows -> [B, D]."""
+        raise NotImplementedError
+
+    def user_vectors(self) -> Tensor:
+        """The learned free user vectors, [n_users + 1, D] float32 with row 0 all zeros."""
+        raise NotImplementedError
+
+    def fill_unknown_rows(self) -> None:
+        """Set item row 0 to the mean of the known items so unknown items score like an average one."""
+        raise NotImplementedError
+
+
+MODEL_REGISTRY: dict[str, type[Reranker]] = {}
+
+_R = TypeVar("_R", bound=type[Reranker])
+
+
+def register(name: str) -> Callable[[_R], _R]:
+    """Class decorator that registers a `Reranker` subclass under `name`.
+
+    Args:
+        name: Kind name written into artifacts' manifests.
+
+    Returns:
+        The decorator; it sets `cls.name` and returns the class unchanged otherwise.
+    """
+
+    def deco(cls: _R) -> _R:
+        known = MODEL_REGISTRY.get(name)
+        if known is not None and known is not cls:
+            raise ValueError(f"model kind {name!r} is already registered to {known.__qualname__}")
+        cls.name = name
+        MODEL_REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_model_class(name: str) -> type[Reranker]:
+    """Look up a registered model kind.
+
+    Raises:
+        KeyError: `name` is not registered; the message lists the known kinds.
+    """
+    try:
+        return MODEL_REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_REGISTRY)) or "none"
+        raise KeyError(f"unknown model kind {name!r}; known kinds: {known}") from None

@@ -1,0 +1,132 @@
+"""Shared fixtures. Integration tests talk to a real embedded broker started here."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from streams.broker import EmbeddedBroker, create_topics, free_port, start_embedded_broker
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One fresh embedded broker for the test session; each module uses its own topics."""
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with start_embedded_broker(port=free_port(), log_file=log) as running:
+        yield running
+
+
+def isolated_settings(broker: EmbeddedBroker, **overrides: Any) -> Settings:
+    """Settings with topic names and an app id nobody else in the session uses."""
+    tag = uuid.uuid4().hex[:8]
+    base = Settings.load(env={}, overrides={"broker": broker.bootstrap})
+    return dataclasses.replace(
+        base,
+        app_id=f"reranker-test-{tag}",
+        events_topic=f"user-events-{tag}",
+        requests_topic=f"rerank-requests-{tag}",
+        results_topic=f"reranked-results-{tag}",
+        dead_letter_topic=f"dead-letters-{tag}",
+        **overrides,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The RERANKER_* environment that makes a child process use ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
+    for name, value in settings.as_dict().items():
+        env[f"RERANKER_{name.upper()}"] = orjson.dumps(value).decode() if isinstance(value, dict) \
+            else str(value)
+    return env
+
+
+@dataclasses.dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    web_port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_worker(settings: Settings, model_dir: Path, workdir: Path, *extra: str) -> WorkerProcess:
+    """A real ``reranker worker`` process."""
+    create_topics(settings)
+    metrics_port, web_port = free_port(), free_port()
+    log_path = workdir / f"worker-{web_port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams", "worker", "--model", str(model_dir),
+         "--web-port", str(web_port), "--data-dir", str(workdir / f"data-{web_port}"),
+         "--metrics-port", str(metrics_port), *extra],
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=settings_env(settings), cwd=REPO)
+    return WorkerProcess(process, metrics_port, web_port, log_path)
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return path
+
+
+def run_cli(settings: Settings, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """Run ``reranker ARGS`` as a user would, with ``settings`` in its environment."""
+    return subprocess.run([sys.executable, "-m", "streams", *args], env=settings_env(settings),
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout}s")
+        time.sleep(interval)
+
+
+@dataclasses.dataclass
+class TrainedWorld:
+    world: Any
+    events: list[dict[str, Any]]
+    model_dir: Path
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorld:
+    """A small planted-taste world and a model trained on it (a few seconds)."""
+    from streams.synthetic import generate_events, make_world
+    from trainer.train import train_to_artifact
+
+    world = make_world(n_users=120, n_items=60, n_clusters=3, seed=21)
+    events = generate_events(world, 2500, seed=22)
+    model_dir = train_to_artifact(events, tmp_path_factory.mktemp("model") / "m", seed=0,
+                                  log=lambda line: None, max_epochs=8)
+    return TrainedWorld(world, events, Path(model_dir))
+
+
+@pytest.fixture
+def bundle(trained_world: TrainedWorld):  # type: ignore[no-untyped-def]
+    from models import load_artifact
+
+    return load_artifact(trained_world.model_dir)

@@ -1,0 +1,48 @@
+"""The user-facing commands, run as processes against real brokers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from streams.broker import free_port, wait_for_port
+from streams.settings import Settings
+from tests.conftest import REPO, settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def test_broker_command_serves_and_creates_topics() -> None:
+    port = free_port()
+    env = settings_env(Settings.load(env={}))
+    process = subprocess.Popen([sys.executable, "-m", "streams", "broker", "--port", str(port)],
+                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30)
+        first_line = process.stdout.readline()  # type: ignore[union-attr]
+        assert f"embedded broker on 127.0.0.1:{port}" in first_line
+        topics = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10).topics
+        for name in ("user-events", "rerank-requests", "reranked-results", "dead-letters"):
+            assert len(topics[name].partitions) == 4
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+
+
+@pytest.mark.slow
+def test_demo_prints_live_reranked_results() -> None:
+    done = subprocess.run([sys.executable, "-m", "streams", "demo", "--duration", "4"], cwd=REPO,
+                          env=settings_env(Settings.load(env={})), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = done.stdout
+    assert "worker ready" in out and "round 1" in out
+    newcomer_lines = [line for line in out.splitlines() if "new0001" in line]
+    assert len(newcomer_lines) == 3, out
+    # After six clicks in their cluster the newcomer's top 5 is mostly that cluster.
+    assert "own-taste in top 5:  80%" in newcomer_lines[-1] or "100%" in newcomer_lines[-1], out
+    assert "requests answered; client round trip p50" in out

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+
+from models import MODEL_REGISTRY, Reranker, get_model_class, register
+from models.dnn import DNNReranker, history_context_np, numpy_params, score_and_grad_np
+
+
+def make_model(n_users: int = 7, n_items: int = 11, **kw) -> DNNReranker:
+    torch.manual_seed(0)
+    model = DNNReranker(n_users, n_items, dim=8, history_len=5, mlp_hidden=[16, 8], **kw)
+    # Random, non-trivial weights everywhere so shape and gradient checks see real values.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.3)
+        model.user_emb.weight[0].zero_()
+        model.hist_emb.weight[0].zero_()
+    return model
+
+
+def test_registry_lookup() -> None:
+    assert get_model_class("dnn") is DNNReranker
+    assert MODEL_REGISTRY["dnn"] is DNNReranker
+    assert DNNReranker.name == "dnn"
+
+
+def test_unknown_kind_lists_known_names() -> None:
+    with pytest.raises(KeyError, match="dnn"):
+        get_model_class("no-such-kind")
+
+
+def test_register_refuses_a_second_class_under_a_taken_name() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register("dnn")
+        class Other(Reranker):
+            pass
+
+    assert get_model_class("dnn") is DNNReranker
+
+
+def test_unknown_hparam_is_rejected() -> None:
+    with pytest.raises(TypeError, match="dimm"):
+        DNNReranker(3, 4, dimm=8)
+
+
+def test_forward_shapes_and_dim() -> None:
+    model = make_model()
+    B, N = 3, 6
+    uv = model.user_vectors()[torch.tensor([1, 2, 3])]
+    hist = torch.randint(0, 12, (B, 5))
+    items = torch.randint(1, 12, (B, N))
+    u = model.user_repr(uv, hist)
+    assert model.dim == 8
+    assert model.user_vectors().shape == (8, 8)
+    assert u.shape == (B, 8)
+    s = model.score(u, items)
+    assert s.shape == (B, N) and s.dtype == torch.float32
+    assert torch.allclose(model(uv, hist, items), s)
+
+
+def test_unknown_user_and_item_and_empty_history_are_finite() -> None:
+    model = make_model()
+    model.fill_unknown_rows()
+    assert torch.all(model.user_vectors()[0] == 0)
+    uv = torch.zeros(2, 8)
+    hist = torch.zeros(2, 5, dtype=torch.int64)
+    items = torch.tensor([[0, 3], [0, 0]])
+    s = model(uv, hist, items)
+    assert torch.isfinite(s).all()
+    # Unknown item = mean item: its score under a zero user vector equals the mean bias path.
+    assert torch.allclose(model.item_emb.weight[0], model.item_emb.weight[1:].mean(0))
+    assert torch.allclose(model.item_bias.weight[0], model.item_bias.weight[1:].mean(0))
+
+
+def test_history_order_matters_and_padding_is_ignored() -> None:
+    model = make_model()
+    with torch.no_grad():
+        model.pos_logits.copy_(torch.arange(5.0))
+    uv = torch.zeros(1, 8)
+    items = torch.arange(1, 12).unsqueeze(0)
+    a = model(uv, torch.tensor([[0, 0, 0, 2, 9]]), items)
+    b = model(uv, torch.tensor([[0, 0, 0, 9, 2]]), items)
+    assert not torch.allclose(a, b)
+    # Longer input histories keep the last H; shorter ones use the most recent position weights.
+    c = model(uv, torch.tensor([[4, 4, 4, 0, 0, 0, 2, 9]]), items)
+    d = model(uv, torch.tensor([[2, 9]]), items)
+    assert torch.allclose(a, c) and torch.allclose(a, d)
+
+
+@pytest.mark.parametrize("hidden", [[16, 8], [4], []])
+def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int]) -> None:
+    torch.manual_seed(0)
+    model = DNNReranker(7, 11, dim=8, history_len=5, mlp_hidden=hidden)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    p = numpy_params(model)
+    hist = np.array([0, 3, 7, 7, 1], dtype=np.int64)
+    items = np.array([2, 5, 0, 9], dtype=np.int64)
+    vec = np.random.default_rng(1).normal(size=8).astype(np.float32)
+    y = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+
+    ctx = history_context_np(p, hist)
+    s_np, g_np = score_and_grad_np(p, vec + ctx, items, lambda s: 1 / (1 + np.exp(-s)) - y)
+
+    v = torch.from_numpy(vec).unsqueeze(0).requires_grad_(True)
+    s_t = model(v, torch.from_numpy(hist).unsqueeze(0), torch.from_numpy(items).unsqueeze(0))[0]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(s_t, torch.from_numpy(y), reduction="sum")
+    (g_t,) = torch.autograd.grad(loss, v)
+    np.testing.assert_allclose(s_np, s_t.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_np, g_t[0].numpy(), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,99 @@
+"""The Processor: ordering, state, fallbacks and bad input, on the offline store."""
+
+import orjson
+import pytest
+
+from streams.processing import DictStateStore, InMessage, Processor
+from streams.settings import Settings
+from streams.synthetic import cluster_share_at_k, events_for_cluster
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.load(env={})
+
+
+def msg(settings: Settings, kind: str, record, offset: int | None = None) -> InMessage:  # type: ignore[no-untyped-def]
+    topic = settings.events_topic if kind == "event" else settings.requests_topic
+    value = record if isinstance(record, bytes) else orjson.dumps(record)
+    return InMessage(topic, 0 if offset is not None else None, offset, None, b"k", value)
+
+
+def results(settings: Settings, outputs):  # type: ignore[no-untyped-def]
+    return [orjson.loads(o.value) for o in outputs if o.topic == settings.results_topic]
+
+
+def dead(settings: Settings, outputs):  # type: ignore[no-untyped-def]
+    return [orjson.loads(o.value) for o in outputs if o.topic == settings.dead_letter_topic]
+
+
+def test_a_request_never_sees_an_event_that_came_after_it(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    world = trained_world.world
+    user, cluster = "late-user", 1
+    world.user_cluster[user] = cluster
+    everything = [{"item_id": i} for i in world.items]
+    clicks = events_for_cluster(world, user, cluster, 6, start_ts=2e9)
+    processor = Processor(bundle, settings, DictStateStore())
+    outputs = processor.process(
+        [msg(settings, "request", {"request_id": "first", "user_id": user, "candidates": everything})]
+        + [msg(settings, "event", e) for e in clicks]
+        + [msg(settings, "request", {"request_id": "second", "user_id": user, "candidates": everything})])
+    by_id = {r["request_id"]: [i["item_id"] for i in r["items"]] for r in results(settings, outputs)}
+    cold = Processor(bundle, settings, DictStateStore()).process(
+        [msg(settings, "request", {"request_id": "first", "user_id": user, "candidates": everything})])
+    assert by_id["first"] == [i["item_id"] for i in results(settings, cold)[0]["items"]]
+    assert cluster_share_at_k(world, user, by_id["second"], 10) > \
+        cluster_share_at_k(world, user, by_id["first"], 10)
+
+
+def test_events_the_model_learned_are_not_learned_again(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    store = DictStateStore()
+    processor = Processor(bundle, settings, store)
+    old = trained_world.events[:50]  # ts within the model's training window
+    processor.process([msg(settings, "event", e) for e in old])
+    assert store.states == {}
+    assert processor.metrics.events.labels(old[0]["event_type"], "trained")._value.get() > 0
+
+
+def test_unknown_user_and_items_are_answered(bundle, settings) -> None:  # type: ignore[no-untyped-def]
+    known = bundle.item_ids[1:4]
+    candidates = [{"item_id": "brand-new-1", "score": 0.9}, *({"item_id": i} for i in known),
+                  {"item_id": "brand-new-2", "score": 0.1}]
+    outputs = Processor(bundle, settings, DictStateStore()).process(
+        [msg(settings, "request", {"request_id": "cold", "user_id": "nobody", "candidates": candidates})])
+    [result] = results(settings, outputs)
+    assert "error" not in result and len(result["items"]) == 5
+    ranked = [i["item_id"] for i in result["items"]]
+    # Unknown items share the fallback representation; the upstream score breaks their tie.
+    assert ranked.index("brand-new-1") < ranked.index("brand-new-2")
+
+
+def test_bad_messages_become_dead_letters_and_error_results(bundle, settings) -> None:  # type: ignore[no-untyped-def]
+    processor = Processor(bundle, settings, DictStateStore())
+    outputs = processor.process([
+        msg(settings, "request", b"\xff\xfe not json"),
+        msg(settings, "request", {"request_id": "dup", "user_id": "u",
+                                  "candidates": [{"item_id": "a"}, {"item_id": "a"}]}),
+        msg(settings, "event", {"user_id": "u", "item_id": "a", "event_type": "wink", "ts": 1}),
+        msg(settings, "request", {"request_id": "fine", "user_id": "u", "candidates": [{"item_id": "a"}]}),
+    ])
+    letters = dead(settings, outputs)
+    assert [d["reason"] for d in letters] == ["invalid_json", "duplicate_candidates", "unknown_event_type"]
+    assert letters[0]["raw_encoding"] == "base64" and letters[1]["raw_encoding"] == "text"
+    answered = {r["request_id"]: r for r in results(settings, outputs)}
+    assert answered["dup"]["error"]["code"] == "duplicate_candidates"
+    assert "error" not in answered["fine"]
+    assert processor.metrics.dead_letters.labels("invalid_json")._value.get() == 1
+
+
+def test_a_scoring_failure_answers_every_waiting_request(bundle, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr("streams.processing.rerank_batch", broken)
+    outputs = Processor(bundle, settings, DictStateStore()).process(
+        [msg(settings, "request", {"request_id": f"r{i}", "user_id": "u", "candidates": [{"item_id": "a"}]})
+         for i in range(3)])
+    answered = results(settings, outputs)
+    assert [r["error"]["code"] for r in answered] == ["internal_error"] * 3
+    assert len(dead(settings, outputs)) == 3

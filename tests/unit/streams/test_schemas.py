@@ -1,0 +1,47 @@
+"""The documented JSON Schemas match what the service accepts and produces."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from streams.processing import DictStateStore, InMessage, Processor
+from streams.settings import Settings
+from streams.synthetic import generate_events, generate_requests, make_world
+
+SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()))
+
+
+def test_generated_inputs_and_produced_outputs_validate(bundle) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings.load(env={})
+    world = make_world(20, 30, 3, seed=1)
+    events = generate_events(world, 50, seed=2, start_ts=3e9)
+    requests = generate_requests(world, 10, n_candidates=8, seed=3, k=4)
+    for event in events:
+        validator("user-event").validate(event)
+    for request in requests:
+        validator("rerank-request").validate(request)
+    bad = InMessage(settings.requests_topic, 0, 1, None, b"u", orjson.dumps({"request_id": "x", "user_id": "u"}))
+    outputs = Processor(bundle, settings, DictStateStore()).process(
+        [InMessage(settings.events_topic, None, None, None, None, orjson.dumps(e)) for e in events]
+        + [InMessage(settings.requests_topic, None, None, None, None, orjson.dumps(r)) for r in requests]
+        + [bad])
+    results = [orjson.loads(o.value) for o in outputs if o.topic == settings.results_topic]
+    letters = [orjson.loads(o.value) for o in outputs if o.topic == settings.dead_letter_topic]
+    assert len(results) == 11 and len(letters) == 1
+    for result in results:
+        validator("reranked-result").validate(result)
+    validator("dead-letter").validate(letters[0])
+
+
+def test_schemas_reject_what_the_parser_rejects() -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validator("rerank-request").validate({"request_id": "r", "user_id": "u", "candidates": []})
+    with pytest.raises(jsonschema.ValidationError):
+        validator("user-event").validate({"user_id": "u", "item_id": "i", "event_type": "click"})

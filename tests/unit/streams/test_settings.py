@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings, SettingsError
+
+
+def test_defaults_are_low_latency_for_the_embedded_broker() -> None:
+    settings = Settings.load(env={})
+    assert settings.broker == "localhost:9092"
+    assert settings.consumer_fetch_wait_ms <= 10
+    assert settings.session_timeout_s <= 6
+    assert settings.event_weights == DEFAULT_EVENT_WEIGHTS
+    assert settings.event_weights["dismiss"] < 0
+
+
+def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "reranker.toml"
+    config.write_text('broker = "file:1"\npartitions = 8\nbatch_max = 7\n[event_weights]\nview = 0.1\n')
+    env = {"RERANKER_BROKER": "env:2", "RERANKER_ONLINE_UPDATES": "0", "RERANKER_BATCH_MAX": "9"}
+    settings = Settings.load(config, env=env, overrides={"batch_max": 11, "store": None})
+    assert settings.broker == "env:2"
+    assert settings.partitions == 8
+    assert settings.batch_max == 11
+    assert settings.online_updates is False
+    assert settings.event_weights == {"view": 0.1}
+    assert settings.store == "memory://"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('requests_topic = "reqs"\n')
+    assert Settings.load(env={"RERANKER_CONFIG": str(config)}).requests_topic == "reqs"
+
+
+def test_event_weights_from_env_json() -> None:
+    settings = Settings.load(env={"RERANKER_EVENT_WEIGHTS": '{"click": 2, "dismiss": -3}'})
+    assert settings.event_weights == {"click": 2.0, "dismiss": -3.0}
+
+
+@pytest.mark.parametrize("env", [
+    {"RERANKER_PARTITIONS": "many"},
+    {"RERANKER_ONLINE_UPDATES": "maybe"},
+    {"RERANKER_STORE": "redis://"},
+    {"RERANKER_PARTITIONS": "0"},
+    {"RERANKER_EVENT_WEIGHTS": "[1, 2]"},
+])
+def test_bad_values_are_rejected(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.load(env=env)
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("brokr = 'typo'\n")
+    with pytest.raises(SettingsError, match="brokr"):
+        Settings.load(config, env={})
+
+
+def test_sample_config_is_complete_and_loads() -> None:
+    sample = Path(__file__).resolve().parents[3] / "reranker.example.toml"
+    settings = Settings.load(sample, env={})
+    lines = [line.lstrip("# ").strip() for line in sample.read_text().splitlines()
+             if not line.lstrip().startswith("##")]
+    documented = {line.split("=")[0].strip() for line in lines if "=" in line}
+    documented |= {line.strip("[]") for line in lines if line.startswith("[")}
+    assert set(settings.as_dict()) <= documented
+
+
+def test_bootstrap_strips_scheme() -> None:
+    assert Settings.load(env={"RERANKER_BROKER": "kafka://h:1"}).bootstrap == "h:1"

@@ -1,0 +1,87 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import DEFAULT_EVENT_WEIGHTS
+from trainer.data import (
+    build_interactions,
+    item_popularity,
+    last_positive_history,
+    load_events_jsonl,
+    split_validation,
+    training_examples,
+)
+
+
+def ev(u: object, i: object, t: str, ts: float) -> dict:
+    return {"user_id": u, "item_id": i, "event_type": t, "ts": ts}
+
+
+EVENTS = [
+    ev("b", 30, "click", 5),
+    ev(1, "10", "view", 3),
+    ev("1", 20, "purchase", 3),  # same ts as the view above: arrival order decides
+    ev("1", "10", "dismiss", 4),
+    ev("1", "40", "teleport", 6),  # unknown type: ignored
+    ev("1", "30", "click", 7),
+    {"user_id": "1", "item_id": "50", "event_type": "click"},  # no ts: ignored
+]
+
+
+def test_load_events_jsonl(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    p.write_text(json.dumps(EVENTS[0]) + "\n\n" + json.dumps(EVENTS[1]) + "\n")
+    assert load_events_jsonl(p) == EVENTS[:2]
+    p.write_text("{oops\n")
+    with pytest.raises(ValueError, match=":1:"):
+        load_events_jsonl(p)
+
+
+def test_interactions_index_and_order() -> None:
+    d = build_interactions(EVENTS, DEFAULT_EVENT_WEIGHTS)
+    assert d.user_ids == ["", "1", "b"] and d.item_ids == ["", "10", "20", "30"]
+    assert d.n_events == 5 and d.n_skipped == 2 and d.max_ts == 7
+    seq = d.sequences[d.user_index["1"]]
+    rows = d.item_index
+    assert seq == [(rows["10"], 0.5), (rows["20"], 3.0), (rows["10"], -1.0), (rows["30"], 1.0)]
+    # Rows do not depend on event order.
+    assert build_interactions(EVENTS[::-1], DEFAULT_EVENT_WEIGHTS).item_index == d.item_index
+
+
+def test_histories_hold_positives_only_most_recent_last() -> None:
+    d = build_interactions(EVENTS, DEFAULT_EVENT_WEIGHTS)
+    h = last_positive_history(d.sequences, 4)
+    assert h.shape == (3, 4) and h.dtype == np.int64
+    assert h[0].tolist() == [0, 0, 0, 0]
+    assert h[1].tolist() == [0, 1, 2, 3]  # 10, 20, 30: the dismiss is not history
+    assert last_positive_history(d.sequences, 2)[1].tolist() == [2, 3]
+    assert item_popularity(d.sequences, d.n_items).tolist() == [0, 1, 1, 2]
+
+
+def test_training_examples_use_only_preceding_positives() -> None:
+    d = build_interactions(EVENTS, DEFAULT_EVENT_WEIGHTS)
+    ex = training_examples(d.sequences, 3)
+    u1 = ex.users == 1
+    assert ex.items[u1].tolist() == [1, 2, 1, 3]
+    assert ex.history[u1].tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [0, 1, 2]]
+    assert ex.labels[u1].tolist() == [1, 1, 0, 1]
+    assert ex.weights[u1].tolist() == [0.5, 3.0, 1.0, 1.0]
+
+
+def test_validation_carves_each_eligible_users_last_positive() -> None:
+    events = [ev("u", i, "click", i) for i in range(1, 6)] + [ev("v", 1, "click", 1)]
+    events += [ev("w", i, "view", 10 + i) for i in range(6, 30)]
+    d = build_interactions(events, DEFAULT_EVENT_WEIGHTS)
+    train, val = split_validation(d, 3, n_negatives=10, min_positives=3, seed=0)
+    u, v = d.user_index["u"], d.user_index["v"]
+    assert [i for i, _ in train[u]] == [d.item_index[str(k)] for k in (1, 2, 3, 4)]
+    assert train[v] == d.sequences[v]  # a single-event user keeps it
+    k = val.users.tolist().index(u)
+    assert val.candidates[k, 0] == d.item_index["5"]
+    assert val.history[k].tolist() == [d.item_index[str(x)] for x in (2, 3, 4)]
+    negs = val.candidates[k, 1:][val.valid[k, 1:]]
+    assert len(negs) == 10 and len(set(negs.tolist())) == 10
+    assert not set(negs.tolist()) & {d.item_index[str(x)] for x in range(1, 6)}
+    assert v not in val.users.tolist()

@@ -1,0 +1,134 @@
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from models import DEFAULT_EVENT_WEIGHTS, load_artifact, online_update
+from streams.synthetic import World, generate_events, make_world
+from trainer.evaluate import write_results
+from trainer.train import train_model, train_to_artifact
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return make_world(n_users=50, n_items=40, n_clusters=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def planted(world: World) -> list[dict]:
+    """About eight events per user, mostly inside the user's cluster."""
+    return generate_events(world, 400, seed=6)
+
+
+@pytest.fixture(scope="module")
+def artifact(planted: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines: list[str] = []
+    path = train_to_artifact(planted, tmp_path_factory.mktemp("t") / "art", seed=0, log=lines.append)
+    assert any(line.startswith("epoch   1 loss") and "ndcg@10" in line for line in lines)
+    return path
+
+
+def test_model_ranks_a_users_own_cluster_above_the_others(artifact: Path, planted: list[dict], world: World) -> None:
+    b = load_artifact(artifact)
+    seen: dict[str, set[str]] = {}
+    for e in planted:
+        seen.setdefault(e["user_id"], set()).add(e["item_id"])
+    uv = b.model.user_vectors()
+    all_rows = torch.arange(1, b.model.n_items + 1)[None]
+    aucs = []
+    for user, row in b.user_index.items():
+        with torch.no_grad():
+            s = b.model(uv[row : row + 1], torch.from_numpy(b.user_history[row : row + 1]), all_rows)[0]
+        own, other = [], []
+        for r in range(1, b.model.n_items + 1):
+            item = b.item_ids[r]
+            if item not in seen[user]:
+                (own if world.item_cluster[item] == world.user_cluster[user] else other).append(float(s[r - 1]))
+        if own and other:
+            aucs.append(np.mean([[o > x for x in other] for o in own]))
+    # Unseen items of the user's own cluster against other clusters' items, averaged over users.
+    assert len(aucs) > 40
+    assert np.mean(aucs) > 0.85
+
+
+def test_artifact_contents(artifact: Path, planted: list[dict]) -> None:
+    b = load_artifact(artifact)
+    m = b.manifest
+    assert b.trained_through == {"max_ts": max(e["ts"] for e in planted)}
+    assert m["training"]["n_events"] == len(planted) and m["training"]["epochs"] >= 1
+    assert m["metrics"]["val_users"] > 0 and 0 <= m["metrics"]["val_ndcg@10"] <= 1
+    assert m["event_weights"] == DEFAULT_EVENT_WEIGHTS
+    # Artifact history covers every event, the validation carve-out included.
+    last = {e["user_id"]: e["item_id"] for e in planted if e["event_type"] != "dismiss"}
+    assert len(last) > 40
+    for u, i in last.items():
+        assert b.user_history[b.user_index[u], -1] == b.item_index[i]
+
+
+def test_training_is_deterministic_for_a_seed(planted: list[dict]) -> None:
+    kw = {"seed": 3, "log": lambda _: None, "max_epochs": 2}
+    a, _ = train_model(planted, **kw)
+    b, _ = train_model(planted, **kw)
+    c, _ = train_model(planted, **{**kw, "seed": 4})
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert not torch.equal(a.item_emb.weight, c.item_emb.weight)
+
+
+def test_single_event_users_dismisses_and_odd_ids() -> None:
+    events = [{"user_id": k, "item_id": k % 5, "event_type": "click", "ts": k} for k in range(12)]
+    events += [{"user_id": 1, "item_id": 3, "event_type": "dismiss", "ts": 20.5}]
+    events += [{"user_id": "x", "item_id": "y", "event_type": "unknown", "ts": 1}]
+    model, info = train_model(events, seed=0, log=lambda _: None, max_epochs=2)
+    assert info["user_ids"][1:] == [str(k) for k in range(12)]
+    assert info["metrics"]["val_users"] == 0  # nobody has enough events to give one up
+    with torch.no_grad():
+        s = model(torch.zeros(1, model.dim), torch.zeros(1, 3, dtype=torch.int64), torch.tensor([[0, 1, 2]]))
+    assert torch.isfinite(s).all()
+
+
+def test_no_usable_events_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no usable event"):
+        train_model([{"user_id": 1, "item_id": 2, "event_type": "hover", "ts": 0}], log=lambda _: None)
+    with pytest.raises(ValueError, match="unknown hyper-parameters"):
+        train_model([{"user_id": 1, "item_id": 2, "event_type": "click", "ts": 0}], hparams={"dimm": 3})
+
+
+def test_online_updates_pull_a_cold_user_towards_a_cluster(artifact: Path, world: World) -> None:
+    b = load_artifact(artifact)
+    rows = [[b.item_index[i] for i in items if i in b.item_index] for items in world.cluster_items]
+    hist = torch.zeros(1, b.history_len, dtype=torch.int64)
+    items = torch.arange(b.model.n_items + 1)[None]
+    with torch.no_grad():
+        before = b.model(torch.zeros(1, b.model.dim), hist, items)[0].numpy()
+    for c, cluster in enumerate(rows):
+        vec = np.zeros(b.model.dim, dtype=np.float32)  # a user the model has never seen
+        for n, r in enumerate(cluster[:3]):
+            vec = online_update(b, vec, hist[0].numpy(), r, 1.0, seed=n)
+        with torch.no_grad():
+            gain = b.model(torch.from_numpy(vec)[None], hist, items)[0].numpy() - before
+        same = gain[cluster[3:]].mean()
+        others = np.mean([gain[rows[k]].mean() for k in range(len(rows)) if k != c])
+        assert same > 0.02 and same > others + 0.02, (c, same, others)
+
+
+def test_evaluate_writes_score_py_results(artifact: Path, tmp_path: Path) -> None:
+    reqs = tmp_path / "r.jsonl"
+    b = load_artifact(artifact)
+    user, item1, item2 = b.manifest["user_ids"][1], b.item_ids[1], b.item_ids[2]
+    reqs.write_bytes(
+        orjson.dumps({"request_id": "a", "user_id": user, "candidates": [{"item_id": item1}, {"item_id": "new"}]})
+        + b"\n"
+        + orjson.dumps({"request_id": "b", "user_id": "stranger", "candidates": [item1, item2]})
+        + b"\n"
+    )
+    out = tmp_path / "res.jsonl"
+    assert write_results(b, reqs, out) == 2
+    res = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [r["request_id"] for r in res] == ["a", "b"]
+    for r in res:
+        assert [x["rank"] for x in r["items"]] == [1, 2]
+        assert r["items"][0]["score"] >= r["items"][1]["score"]
+    assert {x["item_id"] for x in res[0]["items"]} == {item1, "new"}

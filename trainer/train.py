@@ -1,0 +1,311 @@
+"""Train a re-ranker from wire-format events and publish it as an artifact."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.artifact import save_artifact
+from models.base import DEFAULT_EVENT_WEIGHTS, Reranker, get_model_class
+from trainer.data import (
+    ValidationSplit,
+    build_interactions,
+    item_popularity,
+    last_positive_history,
+    split_validation,
+    training_examples,
+)
+
+# Tuned on an internal validation split of the ML-100K leave-one-out training events
+# (see trainer/README notes in the report); model keys go to the model constructor.
+DEFAULT_HPARAMS: dict[str, Any] = {
+    # model
+    "dim": 64,
+    "history_len": 50,
+    "mlp_hidden": [64],
+    "dropout": 0.0,
+    "init_std": 0.05,
+    # optimisation
+    "loss": "softmax",  # "softmax" (sampled softmax over 1 + n_negatives) or "bce"
+    "n_negatives": 16,
+    "lr": 3e-3,
+    "batch_size": 512,
+    "min_steps_per_epoch": 20,
+    "max_epochs": 30,
+    "patience": 3,
+    # validation carve-out
+    "val_min_positives": 3,
+    "val_negatives": 99,
+    # 0 = automatic: 1 below 20k examples, else min(4, cpu count)
+    "num_threads": 0,
+}
+
+
+def _auto_threads(n_examples: int) -> int:
+    """One thread for small data, where batches are tiny and thread hand-offs cost more than they
+    save (and oversubscribed cores make them far worse); up to 4 for real data sets."""
+    return 1 if n_examples < 20_000 else max(1, min(4, os.cpu_count() or 1))
+
+
+def _model_kwargs(cls: type[Reranker], hp: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of `hp` the model constructor takes as keyword arguments."""
+    params = inspect.signature(cls.__init__).parameters
+    names = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {k: v for k, v in hp.items() if k in names}
+
+
+@torch.no_grad()
+def evaluate_split(model: Reranker, split: ValidationSplit, k: int = 10, batch_size: int = 1024) -> dict[str, float]:
+    """NDCG@k and HR@k of the held-out item (candidate column 0) among its candidates.
+
+    Ties count against the held-out item, so a model that scores everything equal gets no credit.
+
+    Returns:
+        {"ndcg@k", "hr@k", "n"}; metrics are NaN when the split is empty.
+    """
+    if len(split) == 0:
+        return {f"ndcg@{k}": math.nan, f"hr@{k}": math.nan, "n": 0}
+    was_training = model.training
+    model.eval()
+    ranks = []
+    uv = model.user_vectors()
+    for a in range(0, len(split), batch_size):
+        sl = slice(a, a + batch_size)
+        users = torch.from_numpy(split.users[sl])
+        s = model(uv[users], torch.from_numpy(split.history[sl]), torch.from_numpy(split.candidates[sl]))
+        valid = torch.from_numpy(split.valid[sl])
+        beats = (s[:, 1:] >= s[:, :1]) & valid[:, 1:]
+        ranks.append(1 + beats.sum(dim=1))
+    model.train(was_training)
+    rank = torch.cat(ranks).double()
+    hit = rank <= k
+    ndcg = torch.where(hit, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
+    return {f"ndcg@{k}": float(ndcg.mean()), f"hr@{k}": float(hit.double().mean()), "n": int(rank.numel())}
+
+
+def _batch_loss(
+    model: Reranker,
+    users: torch.Tensor,
+    hist: torch.Tensor,
+    items: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    negs: torch.Tensor,
+    hp: Mapping[str, Any],
+) -> torch.Tensor:
+    """Weighted loss of one batch.
+
+    Args:
+        users: [B] user rows; hist: [B, H] history rows; items: [B] event items;
+        labels: [B] 1 positive / 0 explicit negative; weights: [B] |event weight|;
+        negs: [B, K] sampled negative item rows.
+
+    Returns:
+        Scalar loss: positives against their sampled negatives, explicit negatives pushed down
+        on their own (their sampled negatives carry no contrast).
+    """
+    u = model.user_repr(model.embed_users(users), hist)
+    cand = torch.cat([items.unsqueeze(1), negs], dim=1)
+    s = model.score(u, cand)
+    if hp["loss"] == "softmax":
+        pos_loss = torch.logsumexp(s, dim=1) - s[:, 0]
+    elif hp["loss"] == "bce":
+        pos_loss = F.softplus(-s[:, 0]) + F.softplus(s[:, 1:]).mean(dim=1)
+    else:
+        raise ValueError(f"unknown loss {hp['loss']!r}; use 'softmax' or 'bce'")
+    neg_loss = F.softplus(s[:, 0])
+    per_row = torch.where(labels > 0, pos_loss, neg_loss)
+    return (weights * per_row).sum() / weights.sum()
+
+
+def train_model(
+    events: list[dict[str, Any]],
+    *,
+    kind: str = "dnn",
+    event_weights: dict[str, float] | None = None,
+    hparams: dict[str, Any] | None = None,
+    seed: int = 0,
+    trained_through: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    max_epochs: int | None = None,
+) -> tuple[Reranker, dict[str, Any]]:
+    """Train a re-ranker on wire-format events.
+
+    Every event (after the validation carve-out) becomes an example that predicts its item from
+    the user's preceding positives, so the history encoder learns next-item prediction. Training
+    stops early when validation NDCG@10 has not improved for `patience` epochs, and the best
+    epoch's weights are kept.
+
+    Args:
+        events: Wire-format events, any order (ordered per user by (ts, arrival)).
+        kind: Registered model kind.
+        event_weights: Weight per event type; defaults to `DEFAULT_EVENT_WEIGHTS`.
+        hparams: Overrides of `DEFAULT_HPARAMS`.
+        seed: Seeds weights, shuffling and negative sampling; same seed, same model.
+        trained_through: Stored in the returned info; defaults to {"max_ts": max ts of events}.
+        log: Receives one line per epoch and a summary.
+        max_epochs: Overrides hparams["max_epochs"].
+
+    Returns:
+        (model in eval mode with unknown rows filled, info). info holds everything
+        `save_artifact` needs: item_ids, user_ids, user_history, item_popularity,
+        trained_through, hparams, metrics, event_weights, training.
+
+    Raises:
+        ValueError: No usable event, or a bad hyper-parameter.
+    """
+    t0 = time.perf_counter()
+    weights_map = dict(DEFAULT_EVENT_WEIGHTS if event_weights is None else event_weights)
+    unknown = set(hparams or {}) - set(DEFAULT_HPARAMS)
+    if unknown:
+        raise ValueError(f"unknown hyper-parameters: {sorted(unknown)}")
+    hp = {**DEFAULT_HPARAMS, **(hparams or {})}
+    if max_epochs is not None:
+        hp["max_epochs"] = int(max_epochs)
+    cls = get_model_class(kind)
+    H = int(hp["history_len"])
+
+    data = build_interactions(events, weights_map)
+    if data.n_events == 0:
+        raise ValueError(f"no usable event among {len(events)} (known types: {sorted(weights_map)})")
+    train_seqs, val = split_validation(
+        data, H, n_negatives=int(hp["val_negatives"]), min_positives=int(hp["val_min_positives"]), seed=seed
+    )
+    ex = training_examples(train_seqs, H)
+
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(int(hp["num_threads"]) or _auto_threads(len(ex)))
+    try:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        model = cls(data.n_users, data.n_items, **_model_kwargs(cls, hp))
+        opt = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+        n = len(ex)
+        steps = max(1, int(hp["min_steps_per_epoch"]))
+        bs = max(1, min(int(hp["batch_size"]), math.ceil(n / steps)))
+        K = int(hp["n_negatives"])
+        users_t = torch.from_numpy(ex.users)
+        items_t = torch.from_numpy(ex.items)
+        labels_t = torch.from_numpy(ex.labels)
+        weights_t = torch.from_numpy(ex.weights)
+        hist_t = torch.from_numpy(ex.history.astype(np.int64))
+        log(
+            f"train {kind}: {data.n_users} users, {data.n_items} items, {n} examples, "
+            f"{len(val)} validation users, batch {bs}, {data.n_skipped} events skipped"
+        )
+        best: dict[str, Any] = {"ndcg@10": -math.inf, "epoch": 0, "state": None, "metrics": {}}
+        epochs_run = 0
+        for epoch in range(1, int(hp["max_epochs"]) + 1):
+            te = time.perf_counter()
+            model.train()
+            perm = torch.from_numpy(rng.permutation(n))
+            negs_all = torch.from_numpy(rng.integers(1, data.n_items + 1, size=(n, K)))
+            total, seen = 0.0, 0
+            for a in range(0, n, bs):
+                idx = perm[a : a + bs]
+                items = items_t[idx]
+                negs = negs_all[a : a + bs]
+                # A negative equal to the target would teach the model to score it down; move it
+                # to the next row instead of resampling so the draw stays one vectorised call.
+                negs = torch.where(negs == items.unsqueeze(1), negs % data.n_items + 1, negs)
+                loss = _batch_loss(
+                    model, users_t[idx], hist_t[idx], items, labels_t[idx], weights_t[idx], negs, hp
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * idx.numel()
+                seen += idx.numel()
+            epochs_run = epoch
+            m = evaluate_split(model, val)
+            log(
+                f"epoch {epoch:3d} loss {total / seen:.4f} val ndcg@10 {m['ndcg@10']:.4f} "
+                f"hr@10 {m['hr@10']:.4f} ({time.perf_counter() - te:.1f}s)"
+            )
+            if len(val) == 0:
+                best = {"ndcg@10": math.nan, "epoch": epoch, "state": None, "metrics": m}
+                continue
+            if m["ndcg@10"] > best["ndcg@10"]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {"ndcg@10": m["ndcg@10"], "epoch": epoch, "state": state, "metrics": m}
+            elif epoch - best["epoch"] >= int(hp["patience"]):
+                break
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        model.fill_unknown_rows()
+        model.eval()
+        model.requires_grad_(False)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+    seconds = time.perf_counter() - t0
+    metrics = {
+        "val_ndcg@10": best["metrics"].get("ndcg@10", math.nan),
+        "val_hr@10": best["metrics"].get("hr@10", math.nan),
+        "val_users": len(val),
+        "best_epoch": best["epoch"],
+    }
+    log(
+        f"done in {seconds:.1f}s: best epoch {best['epoch']} of {epochs_run}, "
+        f"val ndcg@10 {metrics['val_ndcg@10']:.4f} hr@10 {metrics['val_hr@10']:.4f}"
+    )
+    info = {
+        "item_ids": data.item_ids,
+        "user_ids": data.user_ids,
+        # Inference starts from everything the user did, the validation carve-out included.
+        "user_history": last_positive_history(data.sequences, H),
+        "item_popularity": item_popularity(data.sequences, data.n_items),
+        "trained_through": trained_through if trained_through is not None else {"max_ts": data.max_ts},
+        "hparams": hp,
+        "metrics": metrics,
+        "event_weights": weights_map,
+        "training": {"epochs": epochs_run, "n_events": data.n_events, "seconds": round(seconds, 3), "seed": seed},
+    }
+    return model, info
+
+
+def train_to_artifact(
+    events: list[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    kind: str = "dnn",
+    event_weights: dict[str, float] | None = None,
+    hparams: dict[str, Any] | None = None,
+    seed: int = 0,
+    trained_through: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    max_epochs: int | None = None,
+) -> Path:
+    """Train with `train_model` and publish the artifact atomically at `out_dir`; returns its path."""
+    model, info = train_model(
+        events,
+        kind=kind,
+        event_weights=event_weights,
+        hparams=hparams,
+        seed=seed,
+        trained_through=trained_through,
+        log=log,
+        max_epochs=max_epochs,
+    )
+    return save_artifact(
+        out_dir,
+        model,
+        item_ids=info["item_ids"],
+        user_ids=info["user_ids"],
+        user_history=info["user_history"],
+        item_popularity=info["item_popularity"],
+        trained_through=info["trained_through"],
+        hparams=info["hparams"],
+        metrics=info["metrics"],
+        event_weights=info["event_weights"],
+        extra={"training": info["training"]},
+    )
