@@ -27,7 +27,7 @@ class DNNReranker(Reranker):
         *,
         dim: int = 64,
         history_len: int = 50,
-        mlp_hidden: list[int] | tuple[int, ...] = (64,),
+        mlp_hidden: list[int] | tuple[int, ...] = (),
         dropout: float = 0.0,
         init_std: float = 0.05,
         **extra: Any,

@@ -15,18 +15,19 @@ from streams.processing import Processor
 from streams.settings import Settings
 from streams.tables import TableStateStore, define_user_state_table
 from streams.topics import Topics, define_topics
-from streams.transport import transport_with_fetch_wait
+from streams.transport import configured_transport
 
 log = logging.getLogger(__name__)
 
 
 class RerankerApp(faust.App):
-    """faust.App whose consumer fetch wait is a setting (faust itself hard-codes 1.5 s)."""
+    """faust.App with the consumer settings of streams/transport.py."""
 
     fetch_wait_ms: int = 1500
+    verify_end_offsets: bool = True
 
     def _new_transport(self):  # type: ignore[no-untyped-def]
-        transport_cls = transport_with_fetch_wait(self.fetch_wait_ms)
+        transport_cls = configured_transport(self.fetch_wait_ms, self.verify_end_offsets)
         return transport_cls(self.conf.broker_consumer, self)
 
 
@@ -71,6 +72,7 @@ def build_worker(settings: Settings, bundle: ModelBundle, *, web_port: int, data
         table_standby_replicas=0,
     )
     app.fetch_wait_ms = settings.consumer_fetch_wait_ms
+    app.verify_end_offsets = settings.verify_end_offsets
     topics = define_topics(app, settings)
     table = define_user_state_table(app, settings)
     metrics = metrics or WorkerMetrics()

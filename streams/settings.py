@@ -60,6 +60,9 @@ class Settings:
     heartbeat_interval_s: float = 1.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # Confirm each end offset that ListOffsets reports with a fetch's high
+    # watermark; the embedded broker under-reports the end of a partition.
+    verify_end_offsets: bool = True
     producer_linger_ms: float = 1.0
 
     # Worker

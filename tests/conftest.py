@@ -73,10 +73,11 @@ class WorkerProcess:
         return self.process.returncode
 
 
-def start_worker(settings: Settings, model_dir: Path, workdir: Path, *extra: str) -> WorkerProcess:
-    """A real ``reranker worker`` process."""
+def start_worker(settings: Settings, model_dir: Path, workdir: Path, *extra: str,
+                 web_port: int | None = None) -> WorkerProcess:
+    """A real ``reranker worker`` process; its data dir is ``workdir/data-<web port>``."""
     create_topics(settings)
-    metrics_port, web_port = free_port(), free_port()
+    metrics_port, web_port = free_port(), web_port or free_port()
     log_path = workdir / f"worker-{web_port}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "streams", "worker", "--model", str(model_dir),

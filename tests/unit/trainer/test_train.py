@@ -50,7 +50,7 @@ def test_model_ranks_a_users_own_cluster_above_the_others(artifact: Path, plante
             aucs.append(np.mean([[o > x for x in other] for o in own]))
     # Unseen items of the user's own cluster against other clusters' items, averaged over users.
     assert len(aucs) > 40
-    assert np.mean(aucs) > 0.85
+    assert np.mean(aucs) > 0.8  # about 0.89 trained, about 0.47 untrained
 
 
 def test_artifact_contents(artifact: Path, planted: list[dict]) -> None:
@@ -105,13 +105,14 @@ def test_online_updates_pull_a_cold_user_towards_a_cluster(artifact: Path, world
         before = b.model(torch.zeros(1, b.model.dim), hist, items)[0].numpy()
     for c, cluster in enumerate(rows):
         vec = np.zeros(b.model.dim, dtype=np.float32)  # a user the model has never seen
-        for n, r in enumerate(cluster[:3]):
+        for n, r in enumerate(cluster[:4]):  # four events; the cluster's other items are held out
             vec = online_update(b, vec, hist[0].numpy(), r, 1.0, seed=n)
         with torch.no_grad():
             gain = b.model(torch.from_numpy(vec)[None], hist, items)[0].numpy() - before
-        same = gain[cluster[3:]].mean()
+        same = gain[cluster[4:]].mean()
         others = np.mean([gain[rows[k]].mean() for k in range(len(rows)) if k != c])
-        assert same > 0.02 and same > others + 0.02, (c, same, others)
+        # Measured about 0.17-0.6 for `same` and 0.2-0.35 for the difference.
+        assert same > 0.05 and same > others + 0.1, (c, same, others)
 
 
 def test_evaluate_writes_score_py_results(artifact: Path, tmp_path: Path) -> None:
