@@ -94,14 +94,6 @@ def _row_ids(ids: list[Any], n: int, what: str) -> list[str]:
     return ids
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
-
-
 def save_artifact(
     out_dir: str | Path,
     model: Reranker,
@@ -157,7 +149,8 @@ def save_artifact(
     try:
         state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state_dict, str(tmp / WEIGHTS_FILE))
-        save_file({"user_history": torch.from_numpy(hist), "item_popularity": torch.from_numpy(pop)}, str(tmp / STATE_FILE))
+        state = {"user_history": torch.from_numpy(hist), "item_popularity": torch.from_numpy(pop)}
+        save_file(state, str(tmp / STATE_FILE))
         now = datetime.now(timezone.utc)
         digests = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
         salt = f"{digests[WEIGHTS_FILE]}{now.isoformat()}{uuid.uuid4().hex}"
@@ -185,9 +178,11 @@ def save_artifact(
                 raise ValueError(f"extra may not override manifest key {k!r}")
             manifest[k] = v
         # NaN metrics (no validation users) are written as null: JSON has no NaN.
-        manifest["metrics"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        manifest["metrics"] = {
+            k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()
+        }
         (tmp / MANIFEST_FILE).write_bytes(
-            orjson.dumps(manifest, default=_json_default, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+            orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
         for name in (WEIGHTS_FILE, STATE_FILE, MANIFEST_FILE):
             _fsync(tmp / name)
@@ -205,55 +200,51 @@ def save_artifact(
     return out_dir
 
 
-def _require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def load_artifact(path: str | Path) -> ModelBundle:
     """Load and validate an artifact directory.
 
-    Checks the manifest (format, kind, required keys, id lists), the file checksums, every tensor
-    shape against the model the manifest describes, finite weights, history rows in range, and
-    runs a smoke forward pass.
+    Checks the manifest (format, kind, required keys, id lists), the file sizes and checksums,
+    every tensor's name, shape and dtype against the model the manifest describes, finite
+    weights, history rows in range, and runs a smoke forward pass.
 
     Raises:
         ValueError: Anything missing, corrupted or inconsistent; the message says what.
     """
     path = Path(path)
-    _require(path.is_dir(), f"artifact {path} is not a directory")
+
+    def check(cond: bool, what: str) -> None:
+        if not cond:
+            raise ValueError(f"artifact {path}: {what}")
+
+    check(path.is_dir(), "not a directory")
     try:
         manifest = orjson.loads((path / MANIFEST_FILE).read_bytes())
     except FileNotFoundError:
         raise ValueError(f"artifact {path}: {MANIFEST_FILE} missing") from None
     except orjson.JSONDecodeError as e:
         raise ValueError(f"artifact {path}: {MANIFEST_FILE} is not valid JSON: {e}") from None
-    _require(isinstance(manifest, dict), f"artifact {path}: manifest is not a JSON object")
-    _require(manifest.get("format") == FORMAT, f"artifact {path}: unsupported format {manifest.get('format')!r} (expected {FORMAT})")
+    check(isinstance(manifest, dict), "manifest is not a JSON object")
+    check(manifest.get("format") == FORMAT, f"unsupported format {manifest.get('format')!r} (expected {FORMAT})")
     kind = manifest.get("kind")
-    _require(kind in MODEL_REGISTRY, f"artifact {path}: unknown model kind {kind!r}; known kinds: {sorted(MODEL_REGISTRY)}")
+    check(kind in MODEL_REGISTRY, f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_REGISTRY)}")
     required = ("version", "model_hparams", "n_users", "n_items", "history_len", "item_ids", "user_ids", "files")
     missing = [k for k in required if k not in manifest]
-    _require(not missing, f"artifact {path}: manifest lacks {missing}")
+    check(not missing, f"manifest lacks {missing}")
     n_users, n_items, H = manifest["n_users"], manifest["n_items"], manifest["history_len"]
     for name, v in (("n_users", n_users), ("n_items", n_items), ("history_len", H)):
-        _require(isinstance(v, int) and v >= 0, f"artifact {path}: manifest {name} must be a non-negative int, got {v!r}")
-    item_ids, user_ids = manifest["item_ids"], manifest["user_ids"]
-    _require(
-        isinstance(item_ids, list) and len(item_ids) == n_items + 1 and item_ids[:1] == [""],
-        f"artifact {path}: item_ids must list n_items + 1 = {n_items + 1} ids starting with ''",
-    )
-    _require(
-        isinstance(user_ids, list) and len(user_ids) == n_users + 1 and user_ids[:1] == [""],
-        f"artifact {path}: user_ids must list n_users + 1 = {n_users + 1} ids starting with ''",
-    )
+        check(isinstance(v, int) and v >= 0, f"manifest {name} must be a non-negative int, got {v!r}")
+    for name, ids, n in (("item_ids", manifest["item_ids"], n_items), ("user_ids", manifest["user_ids"], n_users)):
+        ok = isinstance(ids, list) and len(ids) == n + 1 and ids[:1] == [""]
+        check(ok, f"{name} must list {n + 1} ids, '' first")
+        check(len(set(ids)) == len(ids), f"{name} are not unique")
 
+    files = manifest["files"] if isinstance(manifest["files"], dict) else {}
     for name in (WEIGHTS_FILE, STATE_FILE):
-        f = path / name
-        _require(f.is_file(), f"artifact {path}: {name} missing")
-        want = manifest["files"].get(name, {}) if isinstance(manifest["files"], dict) else {}
-        _require(f.stat().st_size == want.get("bytes"), f"artifact {path}: {name} size {f.stat().st_size} != manifest {want.get('bytes')} (truncated?)")
-        _require(_sha256(f) == want.get("sha256"), f"artifact {path}: {name} checksum mismatch (corrupted)")
+        f, want = path / name, files.get(name) or {}
+        check(f.is_file(), f"{name} missing")
+        size = f.stat().st_size
+        check(size == want.get("bytes"), f"{name} has {size} bytes, manifest says {want.get('bytes')}")
+        check(_sha256(f) == want.get("sha256"), f"{name} checksum mismatch (corrupted)")
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
         state = load_file(str(path / STATE_FILE))
@@ -263,30 +254,39 @@ def load_artifact(path: str | Path) -> ModelBundle:
     try:
         model = get_model_class(kind)(n_users, n_items, **manifest["model_hparams"])
     except (TypeError, ValueError) as e:
-        raise ValueError(f"artifact {path}: cannot build {kind!r} model from manifest: {e}") from None
-    _require(int(model.hparams.get("history_len", -1)) == H, f"artifact {path}: model history_len != manifest history_len {H}")
+        raise ValueError(f"artifact {path}: cannot build a {kind!r} model from the manifest: {e}") from None
+    check(int(model.hparams.get("history_len", -1)) == H, f"model history_len != manifest history_len {H}")
     expected = model.state_dict()
-    _require(set(weights) == set(expected), f"artifact {path}: weight names differ: missing {sorted(set(expected) - set(weights))}, unexpected {sorted(set(weights) - set(expected))}")
+    extra, lacking = sorted(set(weights) - set(expected)), sorted(set(expected) - set(weights))
+    check(not extra and not lacking, f"weight names differ: missing {lacking}, unexpected {extra}")
     for k, t in expected.items():
-        _require(weights[k].shape == t.shape, f"artifact {path}: weight {k} has shape {tuple(weights[k].shape)}, expected {tuple(t.shape)}")
-        _require(weights[k].dtype == t.dtype, f"artifact {path}: weight {k} has dtype {weights[k].dtype}, expected {t.dtype}")
-        _require(bool(torch.isfinite(weights[k]).all()), f"artifact {path}: weight {k} has non-finite values")
+        got = weights[k]
+        check(got.shape == t.shape, f"weight {k} has shape {tuple(got.shape)}, expected {tuple(t.shape)}")
+        check(got.dtype == t.dtype, f"weight {k} has dtype {got.dtype}, expected {t.dtype}")
+        check(bool(torch.isfinite(got).all()), f"weight {k} has non-finite values")
     model.load_state_dict(weights, strict=True)
     model.eval()
     model.requires_grad_(False)
 
-    _require(set(state) == {"user_history", "item_popularity"}, f"artifact {path}: state tensors {sorted(state)} != ['item_popularity', 'user_history']")
+    check(set(state) == {"user_history", "item_popularity"}, f"state tensors are {sorted(state)}")
     hist, pop = state["user_history"], state["item_popularity"]
-    _require(hist.dtype == torch.int64 and tuple(hist.shape) == (n_users + 1, H), f"artifact {path}: user_history {hist.dtype} {tuple(hist.shape)}, expected int64 {(n_users + 1, H)}")
-    _require(pop.dtype == torch.float32 and tuple(pop.shape) == (n_items + 1,), f"artifact {path}: item_popularity {pop.dtype} {tuple(pop.shape)}, expected float32 {(n_items + 1,)}")
-    _require(bool(((hist >= 0) & (hist <= n_items)).all()), f"artifact {path}: user_history has item rows outside 0..{n_items}")
+    check(
+        hist.dtype == torch.int64 and tuple(hist.shape) == (n_users + 1, H),
+        f"user_history is {hist.dtype} {tuple(hist.shape)}, expected int64 {(n_users + 1, H)}",
+    )
+    check(
+        pop.dtype == torch.float32 and tuple(pop.shape) == (n_items + 1,),
+        f"item_popularity is {pop.dtype} {tuple(pop.shape)}, expected float32 {(n_items + 1,)}",
+    )
+    check(bool(((hist >= 0) & (hist <= n_items)).all()), f"user_history has item rows outside 0..{n_items}")
 
     with torch.no_grad():
         rows = torch.tensor([0, min(1, n_users)])
         items = torch.tensor([[0, min(1, n_items)], [min(1, n_items), 0]])
         s = model(model.user_vectors()[rows], hist[rows], items)
-    _require(tuple(s.shape) == (2, 2) and bool(torch.isfinite(s).all()), f"artifact {path}: smoke forward gave {tuple(s.shape)} / non-finite scores")
+    check(tuple(s.shape) == (2, 2) and bool(torch.isfinite(s).all()), "smoke forward pass failed")
 
+    item_ids, user_ids = manifest["item_ids"], manifest["user_ids"]
     return ModelBundle(
         model=model,
         manifest=manifest,

@@ -47,7 +47,7 @@ def _negative_cdf(bundle: ModelBundle) -> np.ndarray:
 
 
 def _sample_negatives(bundle: ModelBundle, rng: np.random.Generator, n: int, exclude: int) -> np.ndarray:
-    """Draw n item rows by popularity^0.75, none equal to `exclude` (unless it is the only item)."""
+    """Draw n item rows by popularity^0.75, none equal to `exclude`; none at all without another item."""
     n_items = bundle.model.n_items
     if n <= 0 or n_items <= 1:
         return np.zeros(0, dtype=np.int64)
@@ -62,7 +62,7 @@ def _sample_negatives(bundle: ModelBundle, rng: np.random.Generator, n: int, exc
     return negs
 
 
-def _labels_and_weights(item_row: int, negs: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+def _labels_and_weights(negs: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
     """Positive event: item labelled 1 with weight |w|, negatives 0 sharing weight |w| equally.
 
     Sharing keeps the pull towards the item as strong as the push away from the sampled items
@@ -95,8 +95,8 @@ def online_update(
 
     Minimises the weighted logistic loss sum_j w_j * BCE(score_j, y_j) over the event's item
     (y = 1 for a positive event, 0 for a dismiss; w = |weight|) and, for positive events,
-    `n_negatives` items drawn by popularity^0.75 (y = 0, w = |weight| / n_negatives each), the
-    per-event form of the trainer's "bce" loss. Deterministic for a given seed.
+    `n_negatives` items drawn by popularity^0.75 (y = 0, w = |weight| / n_negatives each).
+    Deterministic for a given seed.
 
     Args:
         bundle: Loaded artifact.
@@ -121,7 +121,7 @@ def online_update(
     rng = np.random.default_rng(seed)
     negs = _sample_negatives(bundle, rng, n_negatives, item_row) if weight > 0 else np.zeros(0, dtype=np.int64)
     items = np.concatenate([np.array([item_row], dtype=np.int64), negs])
-    labels, w = _labels_and_weights(item_row, negs, weight)
+    labels, w = _labels_and_weights(negs, weight)
 
     if isinstance(model, DNNReranker):
         p = bundle.cache.get("online_dnn_params")
@@ -131,7 +131,8 @@ def online_update(
         ctx = history_context_np(p, np.asarray(history, dtype=np.int64))
 
         def dloss(s: np.ndarray) -> np.ndarray:
-            return w * (1.0 / (1.0 + np.exp(-s)) - labels)
+            # tanh form of the sigmoid: no overflow warning for large |s|
+            return w * (0.5 + 0.5 * np.tanh(0.5 * s) - labels)
 
         terms = item_terms(p, items)
         for _ in range(steps):

@@ -150,11 +150,15 @@ class Processor:
                            message.offset, event.ts):
             self.metrics.events.labels(event.event_type, "trained").inc()
             return
+        if not self.settings.online_updates:
+            # Frozen serving: the model's own state only, neither vector nor history moves.
+            self.metrics.events.labels(event.event_type, "frozen").inc()
+            return
         try:
             state = self.state_of(event.user_id, message)
             updated = apply_event(
                 self.bundle, state, event.user_id, event.item_id, event.event_type, event.ts,
-                self.settings.event_weights[event.event_type], online=self.settings.online_updates,
+                self.settings.event_weights[event.event_type], online=True,
                 steps=self.settings.online_steps, lr=self.settings.online_lr,
                 negatives=self.settings.online_negatives)
             self.store.put(event.user_id, updated, message)

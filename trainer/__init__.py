@@ -1,0 +1,1 @@
+"""Offline training of re-rankers from wire-format events, and offline evaluation."""

@@ -108,3 +108,31 @@ def test_positive_events_on_one_cluster_raise_that_cluster(bundle: ModelBundle) 
         same = gain[cluster_items(target)[3:]].mean()
         others = np.mean([gain[cluster_items(c)].mean() for c in range(N_CLUSTERS) if c != target])
         assert same > 0.05 and same > others + 0.05, (target, same, others)
+
+
+def test_hand_derived_update_matches_the_generic_autograd_path(bundle: ModelBundle) -> None:
+    import dataclasses
+
+    from models import Reranker
+
+    class Delegate(Reranker):
+        """Any kind without a hand-derived gradient takes the autograd path."""
+
+        def __init__(self, inner: Reranker) -> None:
+            super().__init__(inner.n_users, inner.n_items)
+            self.inner = inner
+
+        def user_repr(self, user_vec: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+            return self.inner.user_repr(user_vec, history)
+
+        def score(self, user_repr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            return self.inner.score(user_repr, items)
+
+    generic = dataclasses.replace(bundle, model=Delegate(bundle.model), cache={})
+    vec = bundle.model.user_vectors()[4].numpy().copy()
+    hist = np.array([0, 0, 3, 17, 29], dtype=np.int64)
+    for item, weight in ((21, 1.0), (21, -1.0), (5, 3.0)):
+        fast = online_update(bundle, vec, hist, item, weight, seed=11)
+        slow = online_update(generic, vec, hist, item, weight, seed=11)
+        assert not np.allclose(fast, vec)
+        np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)

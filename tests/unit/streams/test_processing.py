@@ -97,3 +97,15 @@ def test_a_scoring_failure_answers_every_waiting_request(bundle, settings, monke
     answered = results(settings, outputs)
     assert [r["error"]["code"] for r in answered] == ["internal_error"] * 3
     assert len(dead(settings, outputs)) == 3
+
+
+def test_frozen_mode_leaves_state_untouched(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    frozen = dataclasses.replace(settings, online_updates=False)
+    store = DictStateStore()
+    processor = Processor(bundle, frozen, store)
+    clicks = events_for_cluster(trained_world.world, "someone", 0, 4, start_ts=2e9)
+    processor.process([msg(frozen, "event", e) for e in clicks])
+    assert store.states == {}
+    assert processor.metrics.events.labels("click", "frozen")._value.get() == 4

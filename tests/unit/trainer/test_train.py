@@ -133,3 +133,28 @@ def test_evaluate_writes_score_py_results(artifact: Path, tmp_path: Path) -> Non
         assert [x["rank"] for x in r["items"]] == [1, 2]
         assert r["items"][0]["score"] >= r["items"][1]["score"]
     assert {x["item_id"] for x in res[0]["items"]} == {item1, "new"}
+
+
+def test_validation_metric_ranks_and_ties() -> None:
+    from models.dnn import DNNReranker
+    from trainer.data import ValidationSplit
+    from trainer.train import evaluate_split
+
+    model = DNNReranker(2, 30, dim=4, history_len=3)
+    with torch.no_grad():
+        model.user_emb.weight.zero_()
+        model.item_emb.weight.zero_()
+        model.mlp[-1].weight.zero_()
+        model.item_bias.weight[:, 0] = torch.arange(31.0)  # higher row, higher score
+        model.item_bias.weight[0, 0] = 100.0  # padding candidates score highest: only the mask drops them
+    cands = np.array([[20, 1, 2, 3, 0], [5, 9, 10, 1, 0], [7, 7, 1, 2, 0]])
+    split = ValidationSplit(
+        users=np.array([1, 2, 1]),
+        history=np.zeros((3, 3), dtype=np.int64),
+        candidates=cands,
+        valid=np.array([[True] * 4 + [False]] * 3),
+    )
+    m = evaluate_split(model, split, k=2)
+    # Ranks 1, 3 and 2 (a tie counts against the held-out item).
+    assert m["hr@2"] == pytest.approx(2 / 3)
+    assert m["ndcg@2"] == pytest.approx((1 + 1 / np.log2(3)) / 3)
