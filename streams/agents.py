@@ -44,3 +44,6 @@ def register_agents(app: faust.App, settings: Settings, topics: Topics, processo
                                               within=settings.batch_window_ms / 1000.0):
             for out in processor.process(in_order(batch)):
                 await sinks[out.topic].send(key=out.key, value=out.value)
+            # Liveness: a consumer can stop without an error (faust issue #175), which only
+            # shows as this timestamp falling behind while the consumer lag grows.
+            processor.metrics.last_batch.set_to_current_time()

@@ -11,6 +11,8 @@ import faust
 from models import ModelBundle
 from streams.agents import register_agents
 from streams.metrics import WorkerMetrics
+from streams.monitoring import register_monitor
+from streams.model_updates import ModelSwapper
 from streams.processing import Processor
 from streams.settings import Settings
 from streams.tables import TableStateStore, define_user_state_table
@@ -76,9 +78,16 @@ def build_worker(settings: Settings, bundle: ModelBundle, *, web_port: int, data
     topics = define_topics(app, settings)
     table = define_user_state_table(app, settings)
     metrics = metrics or WorkerMetrics()
-    metrics.model_info.labels(bundle.name, bundle.version).set(1)
+    metrics.set_serving_model(bundle.name, bundle.version)
     processor = Processor(bundle, settings, TableStateStore(table), metrics)
     register_agents(app, settings, topics, processor)
+    register_monitor(app, table, [settings.events_topic, settings.requests_topic], metrics)
+    swapper = ModelSwapper(settings, processor, metrics)
+
+    @app.task
+    async def follow_model_updates() -> None:
+        await swapper.watch()
+
     return Worker(app, topics, table, processor, metrics)
 
 

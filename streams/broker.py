@@ -147,6 +147,7 @@ def project_topics(settings: Settings) -> list[str]:
         settings.requests_topic,
         settings.results_topic,
         settings.dead_letter_topic,
+        settings.model_updates_topic,
     ]
 
 
@@ -171,8 +172,11 @@ def create_topics(
     missing = [n for n in wanted if n not in existing]
     if not missing:
         return []
+    # Model announcements need one total order that every worker reads whole.
+    partitions = {settings.model_updates_topic: 1}
     futures = admin.create_topics(
-        [NewTopic(n, settings.partitions, settings.replication_factor) for n in missing],
+        [NewTopic(n, partitions.get(n, settings.partitions), settings.replication_factor)
+         for n in missing],
         operation_timeout=timeout,
     )
     created = []

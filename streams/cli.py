@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="this worker's data directory (default: var/worker-<web port>)")
     p.add_argument("--store", help="table store: memory:// or rocksdb://")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
+    p.add_argument("--metrics-host", help="address of the /metrics server (default: the metrics_host setting)")
     p.add_argument("--no-online-updates", action="store_true", help="serve the model frozen")
     p.add_argument("--loglevel", help="log level (default from settings: INFO)")
 
@@ -51,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="dnn", help="model kind from the registry")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, help="upper bound on training epochs")
+
+    p = sub.add_parser("trainer", help="retrain periodically from the event log, gate, publish, announce")
+    _common(p)
+    p.add_argument("--topic", help="event log topic (default: the events_topic setting)")
+    p.add_argument("--models-dir", help="versioned model directory (default: the models_dir setting)")
+    p.add_argument("--every", default="10m", help="time between runs: 90s, 10m, 1h (default 10m)")
+    p.add_argument("--once", action="store_true", help="one run, then exit (status 1 if it failed)")
+    p.add_argument("--kind", default="dnn", help="model kind from the registry")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, help="upper bound on training epochs")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
+    p.add_argument("--metrics-host", help="address of the /metrics server (default: the metrics_host setting)")
 
     p = sub.add_parser("produce", help="produce a JSON-lines file to a topic, keyed by user_id")
     _common(p)
@@ -117,19 +130,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.settings import default_data_dir
 
     settings = load_settings(args, store=args.store, web_host=args.web_host, log_level=args.loglevel,
+                             metrics_host=args.metrics_host,
                              online_updates=False if args.no_online_updates else None)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir = args.model or settings.model_dir
     if not model_dir:
         print("reranker worker: give --model DIR or set model_dir", file=sys.stderr)
         return 2
-    bundle = load_artifact(model_dir)
+    from models.store import resolve
+
+    # A models root serves its newest version; announcements then keep the worker current.
+    bundle = load_artifact(resolve(model_dir))
     web_port = args.web_port or settings.web_port or first_free_port(6066, settings.web_host)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
     create_topics(settings)
     metrics = WorkerMetrics()
-    metrics.serve(args.metrics_port, settings.web_host)
+    metrics.serve(args.metrics_port, settings.metrics_host)
     worker = build_worker(settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics)
     log.info("worker: model %s %s, web port %d, data dir %s, online updates %s", bundle.name,
              bundle.version, web_port, data_dir, "on" if settings.online_updates else "off")
@@ -156,6 +173,62 @@ def cmd_train(args: argparse.Namespace) -> int:
                              seed=args.seed, trained_through=trained_through, max_epochs=args.max_epochs)
     print(f"model written to {path} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "10m" or "1h"."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise SettingsError(f"cannot read {text!r} as a duration (examples: 90s, 10m, 1h)") from None
+
+
+def cmd_trainer(args: argparse.Namespace) -> int:
+    import threading
+
+    from trainer.service import run_forever, run_once
+
+    settings = load_settings(args, models_dir=args.models_dir, metrics_host=args.metrics_host)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    every = parse_duration(args.every)
+    run_args = dict(topic=args.topic, kind=args.kind, seed=args.seed, max_epochs=args.max_epochs,
+                    progress=lambda line: print(line, flush=True))
+    metrics = _trainer_metrics(args.metrics_port, settings)
+    if args.once:
+        started = time.monotonic()
+        if metrics is not None:
+            metrics.run_started()
+        try:
+            result = run_once(settings, **run_args)
+        except Exception:
+            if metrics is not None:
+                metrics.run_failed(time.monotonic() - started)
+            raise
+        if metrics is not None and result.decision != "skipped":
+            metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
+        print(f"trainer: {result.decision} {result.version or ''} {result.reason}".rstrip(), flush=True)
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"trainer: every {every:.0f}s from {args.topic or settings.events_topic} into "
+          f"{settings.models_dir}", flush=True)
+    run_forever(settings, every_s=every, stop=stop, metrics=metrics, **run_args)
+    return 0
+
+
+def _trainer_metrics(port: int, settings: Settings):  # type: ignore[no-untyped-def]
+    if not port:
+        return None
+    from trainer.metrics import TrainerMetrics
+
+    metrics = TrainerMetrics()
+    metrics.serve(port, settings.metrics_host)
+    return metrics
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -215,7 +288,7 @@ def _read(path: str):  # type: ignore[no-untyped-def]
     return iter_jsonl(path)
 
 
-COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "train": cmd_train, "produce": cmd_produce,
+COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "train": cmd_train, "trainer": cmd_trainer, "produce": cmd_produce,
             "replay": cmd_replay, "score": cmd_score, "demo": cmd_demo}
 
 

@@ -1,14 +1,51 @@
-"""Prometheus metrics of a worker (``reranker_`` prefix, base units, no ids in labels)."""
+"""Prometheus metrics of a worker (``reranker_`` prefix, base units, no ids in labels).
+
+Every metric lives on the worker's own registry, so tests can build several
+workers in one process. README.md ("Metrics") lists them with their meaning.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               start_http_server)
+
+# The text format would add a *_created gauge beside every counter and histogram: one
+# more series each that no query of this project reads.
+disable_created_metrics()
 
 # Explicit buckets: the interesting range of a re-ranker is well below 100 ms.
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
                    0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
                  0.1, 0.25)
+
+# A request ts older than this, or ahead of the worker's clock by more than the skew, is
+# not trusted as the start of the request: a replayed or badly clocked client would
+# otherwise fill the top bucket (or none) with meaningless values.
+REQUEST_TS_MAX_AGE_S = 3600.0
+REQUEST_TS_MAX_SKEW_S = 1.0
+
+
+def request_start(request_ts: float | None, kafka_ts: float | None, now: float, *,
+                  max_age_s: float = REQUEST_TS_MAX_AGE_S,
+                  max_skew_s: float = REQUEST_TS_MAX_SKEW_S) -> float | None:
+    """When a request started, for the end-to-end latency.
+
+    The client's own ``ts`` includes the time spent before Kafka accepted the
+    message, so it wins when it is plausible: no older than ``max_age_s`` and
+    no more than ``max_skew_s`` in the future. Otherwise the Kafka timestamp.
+
+    Args:
+        request_ts: the request's ``ts`` field, seconds since the epoch, if any.
+        kafka_ts: the Kafka record timestamp in seconds, if any.
+        now: the worker's clock at publish time.
+
+    Returns:
+        The start time in seconds, or None when neither is known.
+    """
+    if request_ts is not None and now - max_age_s <= request_ts <= now + max_skew_s:
+        return request_ts
+    return kafka_ts
 
 
 class WorkerMetrics:
@@ -41,6 +78,33 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.model_info = Gauge("reranker_model_info", "The serving model (value 1).",
                                 ["name", "version"], registry=r)
+        self.model_swaps = Counter(
+            "reranker_model_swaps_total", "Model versions swapped in while running.", registry=r)
+        self.model_load_failures = Counter(
+            "reranker_model_load_failures_total",
+            "Model versions that failed to load (the previous model keeps serving).", registry=r)
+        self.consumer_lag = Gauge(
+            "reranker_consumer_lag",
+            "Messages not yet processed: sum over this worker's partitions of the topic of "
+            "high watermark minus committed offset.", ["topic"], registry=r)
+        self.last_batch = Gauge(
+            "reranker_worker_last_batch_timestamp_seconds",
+            "When the agent last finished a batch (seconds since the epoch).", registry=r)
+        self.users_in_state = Gauge(
+            "reranker_users_in_state", "Users in this worker's partitions of the user-state table.",
+            registry=r)
+        # A counter with labels has no series until first used; the healthy outcome is
+        # created now so that rates read 0, not "no data", on a worker yet to see traffic.
+        self.requests.labels("ok")
+
+    def set_serving_model(self, name: str, version: str) -> None:
+        """Mark ``name``/``version`` as the one serving model.
+
+        The old label set is removed first, so the gauge never reports two
+        models at once and ``count(reranker_model_info)`` counts workers.
+        """
+        self.model_info.clear()
+        self.model_info.labels(name, version).set(1)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics on addr:port (0 = off)."""

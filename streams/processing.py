@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from models import ModelBundle
-from streams.metrics import WorkerMetrics
+from streams.metrics import WorkerMetrics, request_start
 from streams.records import (ContractError, RerankRequest, encode_error_result, encode_result,
                              parse_event, parse_request)
 from streams.scoring import ScoringInput, rerank_batch
@@ -176,9 +176,16 @@ class Processor:
     def state_of(self, user_id: str, source: InMessage) -> UserState:
         """The user's current state, or the state the model knows for them."""
         state = self.store.get(user_id, source)
-        if state is None or state.model_version != self.bundle.version:
-            # A vector from another model lives in another space: start from this model's.
+        if state is None:
             return initial_state(self.bundle, user_id)
+        if state.model_version != self.bundle.version:
+            # After a swap: the vector lives in the old model's space, so it restarts from the
+            # new model's; the history is item ids, valid in any model and newer than the new
+            # model's copy, so it is kept (as are the counts).
+            fresh = initial_state(self.bundle, user_id)
+            return UserState(vector=fresh.vector, history=state.history or fresh.history,
+                             counts=state.counts, applied=state.applied,
+                             model_version=self.bundle.version, last_ts=state.last_ts)
         return state
 
     def _answer(self, pending: list[tuple[RerankRequest, InMessage]], outputs: list[OutMessage]) -> None:
@@ -219,5 +226,6 @@ class Processor:
                                                     self.bundle.name, self.bundle.version, now)))
             metrics.requests.labels("ok").inc()
             metrics.candidates.observe(len(request.candidates))
-            if message.timestamp is not None:
-                metrics.request_latency.observe(max(0.0, now - message.timestamp))
+            start = request_start(request.ts, message.timestamp, now)
+            if start is not None:
+                metrics.request_latency.observe(max(0.0, now - start))

@@ -51,6 +51,7 @@ class Settings:
     requests_topic: str = "rerank-requests"
     results_topic: str = "reranked-results"
     dead_letter_topic: str = "dead-letters"
+    model_updates_topic: str = "model-updates"
 
     # Consumer behaviour. The embedded broker does not wake a waiting fetch
     # when data arrives, so a consumer's latency equals its fetch wait; and a
@@ -70,12 +71,22 @@ class Settings:
     data_dir: str = ""
     web_host: str = "127.0.0.1"
     web_port: int = 0
+    # Address of the Prometheus /metrics server (worker and trainer); 0.0.0.0 in containers.
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     model_dir: str = ""
     batch_max: int = 64
     batch_window_ms: float = 5.0
     max_candidates: int = 1000
     max_message_bytes: int = 1_048_576
+
+    # Trainer service and model versions
+    models_dir: str = "models"
+    keep_versions: int = 5
+    holdout_share: float = 0.1
+    promotion_tolerance: float = 0.01
+    train_window_events: int = 0
+    eval_max_requests: int = 1000
 
     # Online learning
     online_updates: bool = True
@@ -132,6 +143,10 @@ class Settings:
             raise SettingsError("session_timeout_s must exceed heartbeat_interval_s")
         if self.batch_max < 1 or self.max_candidates < 1:
             raise SettingsError("batch_max and max_candidates must be >= 1")
+        if not 0.0 < self.holdout_share < 0.5:
+            raise SettingsError("holdout_share must be in (0, 0.5)")
+        if self.keep_versions < 1:
+            raise SettingsError("keep_versions must be >= 1")
         if not self.store.startswith(("memory://", "rocksdb://")):
             raise SettingsError("store must be memory:// or rocksdb://")
 

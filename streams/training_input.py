@@ -12,6 +12,31 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def log_from_topic(settings: Settings, topic: str
+                   ) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[str, int], int]:
+    """Valid events of ``topic`` with their positions.
+
+    Returns:
+        ([(partition, offset, event)] in per-partition offset order, {partition: end offset},
+        number of invalid records skipped).
+    """
+    raw, ends = read_topic(settings, topic)
+    records, invalid = [], 0
+    for partition, offset, value in raw:
+        try:
+            event = parse_event(value, event_types=settings.event_weights,
+                                max_bytes=settings.max_message_bytes)
+        except ContractError:
+            invalid += 1
+            continue
+        records.append((partition, offset, {
+            "user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type,
+            "ts": event.ts, "value": event.value}))
+    if invalid:
+        log.warning("skipped %d invalid events of %s", invalid, topic)
+    return records, ends, invalid
+
+
 def events_from_topic(settings: Settings, topic: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Valid events of ``topic`` and the watermark to store in the model artifact.
 
@@ -20,18 +45,7 @@ def events_from_topic(settings: Settings, topic: str) -> tuple[list[dict[str, An
         offset per partition that the events reach, and their largest ts. A
         worker skips online updates for events below those offsets.
     """
-    raw, ends = read_topic(settings, topic)
-    events, invalid = [], 0
-    for _partition, _offset, value in raw:
-        try:
-            event = parse_event(value, event_types=settings.event_weights,
-                                max_bytes=settings.max_message_bytes)
-        except ContractError:
-            invalid += 1
-            continue
-        events.append({"user_id": event.user_id, "item_id": event.item_id,
-                       "event_type": event.event_type, "ts": event.ts, "value": event.value})
-    if invalid:
-        log.warning("skipped %d invalid events of %s", invalid, topic)
+    records, ends, _ = log_from_topic(settings, topic)
+    events = [event for _, _, event in records]
     max_ts = max((e["ts"] for e in events), default=None)
     return events, {"topic": topic, "offsets": ends, "max_ts": max_ts}

@@ -1,0 +1,103 @@
+"""Hot swap: follow ``model-updates``, load announced models off the event loop, swap between batches.
+
+Every worker reads the announcements whole (no consumer group: each worker must
+see each one). A model is loaded and validated in a thread (load_artifact checks
+the manifest, checksums and shapes and runs a smoke forward; a real re-rank
+then runs here), and only then replaces the Processor's model. The agent
+handles a batch synchronously, so the swap always falls between two batches:
+no request waits for a load, and every result names the model that scored it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiokafka
+import numpy as np
+import orjson
+
+from models import ModelBundle, load_artifact
+from streams.metrics import WorkerMetrics
+from streams.processing import Processor
+from streams.scoring import ScoringInput, rerank_batch
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def load_and_validate(path: str) -> ModelBundle:
+    """Load an announced artifact and prove it can re-rank.
+
+    Raises:
+        ValueError: anything wrong with the artifact.
+    """
+    bundle = load_artifact(path)
+    items = bundle.item_ids[1:6] + ["an-unknown-item"]
+    smoke = ScoringInput(np.zeros(bundle.model.dim, dtype=np.float32),
+                         np.zeros(bundle.history_len, dtype=np.int64), items,
+                         np.full(len(items), np.nan), None)
+    [ranked] = rerank_batch(bundle, [smoke])
+    if len(ranked) != len(items) or not all(np.isfinite(score) for _, score in ranked):
+        raise ValueError(f"model at {path} produced unusable scores in the smoke test")
+    return bundle
+
+
+def is_newer(candidate: dict[str, Any], serving: ModelBundle) -> bool:
+    """Announcements older than the serving model are ignored, so re-reading old ones never rolls back."""
+    return str(candidate.get("created", "")) > str(serving.manifest.get("created", ""))
+
+
+class ModelSwapper:
+    def __init__(self, settings: Settings, processor: Processor, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.metrics = metrics
+
+    async def handle(self, raw: bytes | None) -> bool:
+        """Act on one announcement; True when the serving model changed."""
+        try:
+            announcement = orjson.loads(raw or b"")
+            path, version = str(announcement["path"]), str(announcement["version"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.error("ignoring a malformed model announcement: %r", (raw or b"")[:200])
+            self.metrics.model_load_failures.inc()
+            return False
+        serving = self.processor.bundle
+        if version == serving.version:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            bundle = await loop.run_in_executor(None, load_and_validate, path)
+        except Exception as exc:  # a bad artifact must never stop serving the current one
+            log.error("rejected model %s at %s, still serving %s: %s", version, path, serving.version, exc)
+            self.metrics.model_load_failures.inc()
+            return False
+        if not is_newer(bundle.manifest, serving):
+            log.info("ignoring announcement of %s: not newer than the serving %s", version, serving.version)
+            return False
+        self.processor.bundle = bundle
+        self.metrics.model_swaps.inc()
+        self.metrics.set_serving_model(bundle.name, bundle.version)
+        log.info("now serving model %s %s (was %s)", bundle.name, bundle.version, serving.version)
+        return True
+
+    async def watch(self) -> None:
+        """Follow the announcements topic from its end until cancelled."""
+        consumer = aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
+            fetch_max_wait_ms=max(10, self.settings.consumer_fetch_wait_ms * 20))
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(self.settings.model_updates_topic) or {0}
+            tps = [aiokafka.TopicPartition(self.settings.model_updates_topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        await self.handle(record.value)
+        finally:
+            await consumer.stop()

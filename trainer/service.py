@@ -1,0 +1,251 @@
+"""``reranker trainer``: retrain periodically from the event log, gate, publish, announce.
+
+One run:
+1. Read the event log (all of it, or the newest ``train_window_events``) with Kafka positions.
+2. Hold out the newest ``holdout_share`` of every partition. The candidate trains on the rest;
+   its watermark is the cut, so workers learn the held-out events online after a swap.
+3. Score the candidate and the serving model on the same held-out interactions, each ranked
+   among 99 sampled unseen items, through the worker's own Processor: events are applied in
+   log order with online updates, and every held-out interaction is asked for just before it
+   happens. Both models see identical data.
+4. Publish only if candidate NDCG@10 >= serving NDCG@10 - ``promotion_tolerance``: the
+   artifact is written into a hidden staging directory and renamed into
+   ``models_dir/<version>`` in one step, so no reader ever sees half a model.
+5. Announce ``{"name", "version", "path"}`` on ``model-updates`` and keep ``keep_versions``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import orjson
+
+from models import ModelBundle, load_artifact
+from models import store
+from streams.broker import create_topics
+from streams.kafka_io import produce_records
+from streams.processing import DictStateStore, InMessage, Processor
+from streams.settings import Settings
+from streams.training_input import log_from_topic
+
+log = logging.getLogger(__name__)
+
+Record = tuple[int, int, dict[str, Any]]  # (partition, offset, event)
+DECISIONS_LOG = "decisions.jsonl"
+
+
+@dataclasses.dataclass
+class RunResult:
+    decision: str  # promoted | rejected | skipped
+    version: str | None
+    path: Path | None
+    candidate: dict[str, float]
+    serving: dict[str, float] | None
+    seconds: float
+    reason: str = ""
+
+
+def split_holdout(records: Sequence[Record], ends: dict[str, int], share: float
+                  ) -> tuple[list[Record], list[Record], dict[str, int]]:
+    """Cut each partition at (1 - share) of what the window holds of it.
+
+    Returns:
+        (training records, held-out records, {partition: first held-out offset}).
+    """
+    by_partition: dict[int, list[Record]] = {}
+    for record in records:
+        by_partition.setdefault(record[0], []).append(record)
+    cut: dict[str, int] = {}
+    train: list[Record] = []
+    held: list[Record] = []
+    for partition, end in ends.items():
+        part = by_partition.get(int(partition), [])
+        if not part:
+            cut[partition] = end
+            continue
+        keep = int(math.floor(len(part) * (1.0 - share)))
+        cut[partition] = part[keep][1] if keep < len(part) else end
+        train.extend(part[:keep])
+        held.extend(part[keep:])
+    return train, held, cut
+
+
+def holdout_stream(settings: Settings, topic: str, train: Sequence[Record], held: Sequence[Record],
+                   *, max_requests: int, n_negatives: int = 99, seed: int = 0
+                   ) -> tuple[list[InMessage], dict[str, str]]:
+    """Messages to replay (training events, then held-out events with a request before each
+    scored interaction) and the truth {request_id: item_id}."""
+    weights = settings.event_weights
+    all_items = sorted({event["item_id"] for _, _, event in [*train, *held]})
+    seen: dict[str, set[str]] = {}
+    for _, _, event in [*train, *held]:
+        seen.setdefault(event["user_id"], set()).add(event["item_id"])
+    held_sorted = sorted(held, key=lambda r: (r[2]["ts"], r[0], r[1]))
+    has_past = {e["user_id"] for _, _, e in train if weights.get(e["event_type"], 0) > 0}
+    eligible = []
+    for index, (_, _, event) in enumerate(held_sorted):
+        if weights.get(event["event_type"], 0) > 0:
+            if event["user_id"] in has_past:
+                eligible.append(index)
+            has_past.add(event["user_id"])
+    if len(eligible) > max_requests:
+        eligible = [eligible[int(i)] for i in np.linspace(0, len(eligible) - 1, max_requests)]
+    asked = set(eligible)
+    rng = np.random.default_rng(seed)
+    messages = [InMessage(topic, p, o, None, None, orjson.dumps(e)) for p, o, e in train]
+    truth: dict[str, str] = {}
+    for index, (partition, offset, event) in enumerate(held_sorted):
+        if index in asked:
+            user_seen = seen[event["user_id"]]
+            negatives: set[str] = set()
+            while len(negatives) < min(n_negatives, len(all_items) - len(user_seen)):
+                item = all_items[int(rng.integers(len(all_items)))]
+                if item not in user_seen:
+                    negatives.add(item)
+            candidates = [*negatives, event["item_id"]]
+            rng.shuffle(candidates)
+            request_id = f"holdout-{partition}-{offset}"
+            truth[request_id] = event["item_id"]
+            messages.append(InMessage(settings.requests_topic, None, None, None, None, orjson.dumps(
+                {"request_id": request_id, "user_id": event["user_id"], "k": 10,
+                 "candidates": [{"item_id": c} for c in candidates]})))
+        messages.append(InMessage(topic, partition, offset, None, None, orjson.dumps(event)))
+    return messages, truth
+
+
+def ranking_metrics(results: Sequence[dict[str, Any]], truth: dict[str, str], k: int = 10
+                    ) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR over ``truth``; a request without a result counts as a miss."""
+    got = {r["request_id"]: [i["item_id"] for i in r.get("items", [])] for r in results}
+    hr = ndcg = mrr = 0.0
+    for request_id, item in truth.items():
+        ranked = got.get(request_id, [])
+        if item in ranked:
+            rank = ranked.index(item) + 1
+            mrr += 1.0 / rank
+            if rank <= k:
+                hr += 1.0
+                ndcg += 1.0 / math.log2(rank + 1)
+    n = max(1, len(truth))
+    return {"hr_at_10": hr / n, "ndcg_at_10": ndcg / n, "mrr": mrr / n, "requests": float(len(truth))}
+
+
+def evaluate_on_stream(bundle: ModelBundle, settings: Settings, messages: Sequence[InMessage],
+                       truth: dict[str, str]) -> dict[str, float]:
+    """Replay ``messages`` through a Processor serving ``bundle`` with online updates on."""
+    online = dataclasses.replace(settings, online_updates=True)
+    processor = Processor(bundle, online, DictStateStore())
+    results = []
+    step = 512
+    for start in range(0, len(messages), step):
+        for out in processor.process(messages[start:start + step]):
+            if out.topic == settings.results_topic:
+                results.append(orjson.loads(out.value))
+    return ranking_metrics(results, truth)
+
+
+def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn", seed: int = 0,
+             max_epochs: int | None = None, announce: bool = True,
+             progress: Callable[[str], None] = print,
+             train_fn: Callable[..., Path] | None = None) -> RunResult:
+    """One training run: read, hold out, train, gate, publish, announce."""
+    from trainer.train import train_to_artifact
+
+    train_fn = train_fn or train_to_artifact
+    started = time.monotonic()
+    topic = topic or settings.events_topic
+    root = Path(settings.models_dir)
+    records, ends, invalid = log_from_topic(settings, topic)
+    if settings.train_window_events and len(records) > settings.train_window_events:
+        records = sorted(records, key=lambda r: (r[2]["ts"], r[0], r[1]))[-settings.train_window_events:]
+        records.sort(key=lambda r: (r[0], r[1]))
+    train, held, cut = split_holdout(records, ends, settings.holdout_share)
+    serving_path = store.newest(root)
+    serving = load_artifact(serving_path) if serving_path else None
+    if serving is not None and serving.trained_through.get("topic") == topic and all(
+            int(serving.trained_through.get("offsets", {}).get(p, -1)) >= c for p, c in cut.items()):
+        return RunResult("skipped", None, None, {}, None, time.monotonic() - started,
+                         "no events since the serving model's watermark")
+    if not train:
+        return RunResult("skipped", None, None, {}, None, time.monotonic() - started, "no events")
+    progress(f"trainer: {len(train)} events to train on, {len(held)} held out, {invalid} invalid skipped")
+    staging = store.staging_dir(root, "train")
+    try:
+        artifact = Path(train_fn(
+            [event for _, _, event in train], staging / "artifact", kind=kind,
+            event_weights=settings.event_weights, seed=seed, max_epochs=max_epochs, log=progress,
+            trained_through={"topic": topic, "offsets": cut,
+                             "max_ts": max(e["ts"] for _, _, e in train)}))
+        candidate = load_artifact(artifact)
+        messages, truth = holdout_stream(settings, topic, train, held,
+                                         max_requests=settings.eval_max_requests, seed=seed)
+        candidate_metrics = evaluate_on_stream(candidate, settings, messages, truth)
+        serving_metrics = (evaluate_on_stream(serving, settings, messages, truth)
+                           if serving is not None else None)
+        promote = not truth or serving_metrics is None or (
+            candidate_metrics["ndcg_at_10"] >= serving_metrics["ndcg_at_10"] - settings.promotion_tolerance)
+        decision = {
+            "decision": "promoted" if promote else "rejected",
+            "tolerance": settings.promotion_tolerance,
+            "held_out_requests": len(truth),
+            "candidate": candidate_metrics,
+            "serving": serving_metrics,
+            "serving_version": serving.version if serving else None,
+        }
+        progress(f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg_at_10']:.4f}"
+                 + (f" vs serving {serving.version} {serving_metrics['ndcg_at_10']:.4f}"
+                    if serving_metrics else " (no serving model)")
+                 + f" on {len(truth)} held-out interactions -> {decision['decision']}")
+        manifest_path = artifact / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["promotion"] = decision
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+        # Rejected candidates are never published, so every decision also goes to a log.
+        with open(root / DECISIONS_LOG, "a") as fh:
+            fh.write(json.dumps({"version": candidate.version, "created": manifest.get("created"),
+                                 **decision}) + "\n")
+        if not promote:
+            return RunResult("rejected", candidate.version, None, candidate_metrics, serving_metrics,
+                             time.monotonic() - started, "candidate worse than the serving model")
+        published = store.publish(artifact, root, candidate.version)
+        store.prune(root, settings.keep_versions, protect=published.name)
+        if announce:
+            create_topics(settings, [settings.model_updates_topic])
+            produce_records(settings, settings.model_updates_topic, [
+                {"name": candidate.name, "version": candidate.version, "path": str(published.resolve())}])
+        progress(f"trainer: published {published}")
+        return RunResult("promoted", candidate.version, published, candidate_metrics, serving_metrics,
+                         time.monotonic() - started)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_forever(settings: Settings, *, every_s: float, stop: threading.Event, metrics: Any = None,
+                **run_args: Any) -> None:
+    """Run, then wait ``every_s`` (interruptible), until ``stop`` is set. A failed run is logged
+    and counted; the service keeps going."""
+    while not stop.is_set():
+        started = time.monotonic()
+        if metrics is not None:
+            metrics.run_started()
+        try:
+            result = run_once(settings, **run_args)
+        except Exception:
+            log.exception("training run failed")
+            if metrics is not None:
+                metrics.run_failed(time.monotonic() - started)
+        else:
+            if metrics is not None and result.decision != "skipped":
+                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
+            if result.decision == "skipped":
+                log.info("trainer: skipped: %s", result.reason)
+        stop.wait(max(0.0, every_s - (time.monotonic() - started)))
