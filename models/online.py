@@ -11,7 +11,6 @@ from models.artifact import ModelBundle
 from models.dnn import DNNReranker, history_context_np, item_terms, numpy_params, score_and_grad_np
 
 # Popularity^0.75 flattens the head so negatives are mostly, not only, the blockbusters.
-NEGATIVE_POWER = 0.75
 
 
 def push_history(history: np.ndarray, item_row: int) -> np.ndarray:
@@ -33,33 +32,19 @@ def push_history(history: np.ndarray, item_row: int) -> np.ndarray:
     return out
 
 
-def _negative_cdf(bundle: ModelBundle) -> np.ndarray:
-    """Cumulative sampling distribution over item rows 1..n_items, cached on the bundle."""
-    cdf = bundle.cache.get("online_neg_cdf")
-    if cdf is None:
-        p = np.power(np.maximum(bundle.item_popularity[1:].astype(np.float64), 0.0), NEGATIVE_POWER)
-        if p.sum() <= 0:
-            p = np.ones_like(p)
-        cdf = np.cumsum(p / p.sum())
-        cdf[-1] = 1.0
-        bundle.cache["online_neg_cdf"] = cdf
-    return cdf
-
-
 def _sample_negatives(bundle: ModelBundle, rng: np.random.Generator, n: int, exclude: int) -> np.ndarray:
-    """Draw n item rows by popularity^0.75, none equal to `exclude`; none at all without another item."""
+    """Draw n item rows uniformly, none equal to `exclude`; none at all without another item.
+
+    Uniform, like the negatives the model was trained against. Popularity-weighted negatives
+    teach the vector to avoid popular items, and on MovieLens-100K's temporal stream that cut
+    NDCG@10 from 0.49 to 0.31 (the next interaction is often a popular item).
+    """
     n_items = bundle.model.n_items
     if n <= 0 or n_items <= 1:
         return np.zeros(0, dtype=np.int64)
-    cdf = _negative_cdf(bundle)
-    negs = np.searchsorted(cdf, rng.random(n), side="right").astype(np.int64) + 1
-    np.minimum(negs, n_items, out=negs)
-    clash = negs == exclude
-    # Redraw uniformly over the other items: always terminates, and clashes are rare anyway.
-    if clash.any():
-        r = rng.integers(1, n_items, size=int(clash.sum()))
-        negs[clash] = np.where(r >= exclude, r + 1, r)
-    return negs
+    r = rng.integers(1, n_items, size=n)
+    # Skip `exclude` by shifting the draws at or above it: uniform over the other items.
+    return np.where(r >= exclude, r + 1, r).astype(np.int64)
 
 
 def _labels_and_weights(negs: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +80,7 @@ def online_update(
 
     Minimises the weighted logistic loss sum_j w_j * BCE(score_j, y_j) over the event's item
     (y = 1 for a positive event, 0 for a dismiss; w = |weight|) and, for positive events,
-    `n_negatives` items drawn by popularity^0.75 (y = 0, w = |weight| / n_negatives each).
+    `n_negatives` items drawn uniformly (y = 0, w = |weight| / n_negatives each).
     Deterministic for a given seed.
 
     Args:

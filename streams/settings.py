@@ -90,9 +90,9 @@ class Settings:
 
     # Online learning
     online_updates: bool = True
-    online_steps: int = 3
-    online_lr: float = 0.05
-    online_negatives: int = 4
+    online_steps: int = 1
+    online_lr: float = 0.01
+    online_negatives: int = 16
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
 
     @classmethod
