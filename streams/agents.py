@@ -14,13 +14,15 @@ from streams.settings import Settings
 from streams.topics import Topics
 
 
-def in_order(events: Sequence[EventT]) -> list[InMessage]:
+def in_order(events: Sequence[EventT], events_topic: str) -> list[InMessage]:
     """The batch as InMessages, in produce-time order across partitions and topics.
 
     A user's events and requests arrive on two topics. Merging by Kafka
     timestamp restores the order in which they were produced (what a client
     that sends an event and then a request means), while each partition keeps
-    its own offset order even where timestamps go backwards.
+    its own offset order even where timestamps go backwards. Timestamps have
+    millisecond resolution and an event acknowledged just before a request is
+    often stamped with the same millisecond: on a tie the event goes first.
     """
     messages = [InMessage(e.message.topic, e.message.partition, e.message.offset,
                           e.message.timestamp, e.message.key, e.message.value, e) for e in events]
@@ -30,7 +32,7 @@ def in_order(events: Sequence[EventT]) -> list[InMessage]:
         return by_source[0]
     for group in by_source:
         group.sort(key=lambda m: m.offset or 0)
-    return list(heapq.merge(*by_source, key=lambda m: m.timestamp or 0.0))
+    return list(heapq.merge(*by_source, key=lambda m: (m.timestamp or 0.0, m.topic != events_topic)))
 
 
 def register_agents(app: faust.App, settings: Settings, topics: Topics, processor: Processor) -> None:
@@ -42,7 +44,7 @@ def register_agents(app: faust.App, settings: Settings, topics: Topics, processo
         # holding a lone request back for longer than the window.
         async for batch in stream.take_events(settings.batch_max,
                                               within=settings.batch_window_ms / 1000.0):
-            for out in processor.process(in_order(batch)):
+            for out in processor.process(in_order(batch, settings.events_topic)):
                 await sinks[out.topic].send(key=out.key, value=out.value)
             # Liveness: a consumer can stop without an error (faust issue #175), which only
             # shows as this timestamp falling behind while the consumer lag grows.

@@ -33,3 +33,19 @@ def score_offline(bundle: ModelBundle, settings: Settings, requests: Iterable[di
             if out.topic == settings.results_topic:
                 results.append(orjson.loads(out.value))
     return results
+
+
+def score_stream_offline(bundle: ModelBundle, settings: Settings,
+                         lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results for a mixed stream ({"kind": "event"|"request", ...}) handled strictly in order,
+    as ``reranker replay --stream`` drives a worker."""
+    processor = Processor(bundle, settings, DictStateStore())
+    results: list[dict[str, Any]] = []
+    topics = {"event": settings.events_topic, "request": settings.requests_topic}
+    for line in lines:
+        record = {k: v for k, v in line.items() if k != "kind"}
+        message = InMessage(topics[line["kind"]], None, None, None, None, orjson.dumps(record))
+        for out in processor.process([message]):
+            if out.topic == settings.results_topic:
+                results.append(orjson.loads(out.value))
+    return results

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
@@ -28,3 +29,50 @@ def replay_requests(settings: Settings, requests: Sequence[dict[str, Any]], *, t
     finally:
         collector.close()
     return [got[i] for i in ids if i in got], [i for i in ids if i not in got]
+
+
+def replay_stream(settings: Settings, lines: Iterable[dict[str, Any]], *, timeout: float,
+                  progress: Callable[[str], None] | None = None
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Send a mixed file in order: events as they come, each request only after the one before
+    it was answered.
+
+    Each line is ``{"kind": "event" | "request", ...}`` with the topic's record after ``kind``.
+    Events are delivered (acknowledged by the broker) before the next request is sent, so the
+    worker sees every earlier interaction first.
+
+    Returns:
+        (results in request order, request ids with no result within ``timeout`` each).
+    """
+    results: list[dict[str, Any]] = []
+    missing: list[str] = []
+    collector = ResultCollector(settings)
+    sender = KafkaSender(settings)
+    started = time.monotonic()
+    try:
+        for number, line in enumerate(lines, start=1):
+            kind = line.get("kind")
+            record = {k: v for k, v in line.items() if k != "kind"}
+            if kind == "event":
+                sender.send(settings.events_topic, message_key(record), orjson.dumps(record))
+            elif kind == "request":
+                sender.flush()
+                request_id = str(record.get("request_id"))
+                sender.send(settings.requests_topic, message_key(record), orjson.dumps(record))
+                sender.flush()
+                got = collector.wait_for([request_id], timeout)
+                if request_id in got:
+                    results.append(got[request_id])
+                else:
+                    missing.append(request_id)
+                if progress and (len(results) + len(missing)) % 1000 == 0:
+                    done = len(results) + len(missing)
+                    progress(f"replay: {done} requests answered ({done / (time.monotonic() - started):.0f}/s), "
+                             f"{len(missing)} missing")
+            else:
+                raise ValueError(f"line {number}: 'kind' must be 'event' or 'request', got {kind!r}")
+        sender.flush()
+    finally:
+        collector.close()
+        sender.close()
+    return results, missing
