@@ -14,6 +14,7 @@ from streams.metrics import WorkerMetrics
 from streams.monitoring import register_monitor
 from streams.model_updates import ModelSwapper
 from streams.processing import Processor
+from streams.security import faust_credentials
 from streams.settings import Settings
 from streams.tables import TableStateStore, define_user_state_table
 from streams.topics import Topics, define_topics
@@ -55,6 +56,7 @@ def build_worker(settings: Settings, bundle: ModelBundle, *, web_port: int, data
     app = RerankerApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store=settings.store,
         datadir=str(data_dir),
         autodiscover=False,

@@ -16,6 +16,7 @@ from typing import Iterable
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.security import confluent_security
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ def create_topics(
     Returns:
         The names that were created now.
     """
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap, **(client_config or {})})
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings),
+                         **(client_config or {})})
     wanted = list(names) if names is not None else project_topics(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [n for n in wanted if n not in existing]

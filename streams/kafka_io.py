@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from streams.security import confluent_security
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         "linger.ms": settings.producer_linger_ms,
         "acks": "all",
+        **confluent_security(settings),
     }
 
 
@@ -41,6 +43,7 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         "fetch.min.bytes": 1,
         "fetch.queue.backoff.ms": 1,
         "session.timeout.ms": int(settings.session_timeout_s * 1000),
+        **confluent_security(settings),
     }
 
 

@@ -22,6 +22,7 @@ from models import ModelBundle, load_artifact
 from streams.metrics import WorkerMetrics
 from streams.processing import Processor
 from streams.scoring import ScoringInput, rerank_batch
+from streams.security import aiokafka_security
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class ModelSwapper:
         """Follow the announcements topic from its end until cancelled."""
         consumer = aiokafka.AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
-            fetch_max_wait_ms=max(10, self.settings.consumer_fetch_wait_ms * 20))
+            fetch_max_wait_ms=max(10, self.settings.consumer_fetch_wait_ms * 20),
+            **aiokafka_security(self.settings))
         await consumer.start()
         try:
             partitions = consumer.partitions_for_topic(self.settings.model_updates_topic) or {0}

@@ -53,6 +53,15 @@ class Settings:
     dead_letter_topic: str = "dead-letters"
     model_updates_topic: str = "model-updates"
 
+    # Security, passed to every Kafka client (faust, confluent-kafka, aiokafka).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
     # Consumer behaviour. The embedded broker does not wake a waiting fetch
     # when data arrives, so a consumer's latency equals its fetch wait; and a
     # group join takes ~23 s unless the session timeout is short.
@@ -147,6 +156,13 @@ class Settings:
             raise SettingsError("holdout_share must be in (0, 0.5)")
         if self.keep_versions < 1:
             raise SettingsError("keep_versions must be >= 1")
+        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise SettingsError("security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        if self.security_protocol.startswith("SASL") and (
+                self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+                or not self.sasl_username):
+            raise SettingsError("SASL needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) "
+                                "and sasl_username")
         if not self.store.startswith(("memory://", "rocksdb://")):
             raise SettingsError("store must be memory:// or rocksdb://")
 
