@@ -1,6 +1,7 @@
 """Re-ranking models: the interface, the registered kinds, artifacts and the online update."""
 
 from models import dnn as _dnn  # noqa: F401  (registers the "dnn" kind)
+from models import gan as _gan  # noqa: F401  (registers the "gan" kind)
 from models.artifact import ModelBundle, load_artifact, save_artifact
 from models.base import DEFAULT_EVENT_WEIGHTS, MODEL_REGISTRY, Reranker, get_model_class, register
 from models.online import online_update, push_history

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.base import MODEL_REGISTRY, Reranker, get_model_class
+from models.features import feature_rows
 
 FORMAT = 1
 WEIGHTS_FILE = "weights.safetensors"
@@ -64,6 +66,71 @@ class ModelBundle:
     trained_through: dict[str, Any]
     # Per-bundle scratch space (e.g. numpy weight copies for the online update).
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def feature_vocab(self) -> list[str]:
+        """Item feature names of the model (empty when it was trained without item metadata)."""
+        return list(self.model.hparams.get("feature_vocab") or [])
+
+    def item_features_for(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Feature rows of items by id: [N, V] float32 (V = len(feature_vocab), possibly 0).
+
+        Unknown ids get row 0, the mean feature row of the training items.
+        """
+        rows = [self.item_index.get(str(i), 0) for i in item_ids]
+        feats = getattr(self.model, "item_features", None)
+        if feats is None:
+            return np.zeros((len(rows), 0), dtype=np.float32)
+        return feats[torch.tensor(rows, dtype=torch.int64)].numpy().astype(np.float32, copy=True)
+
+    def register_items(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Apply item metadata (records of the `items` topic) to the model.
+
+        With a model trained on item features: a known item's feature row is overwritten (same
+        metadata, same row: re-applying a compacted topic changes nothing); an unknown item whose
+        metadata has at least one in-vocabulary feature gets a new item row, scored from its
+        features (and with an average item's id-specific parts), so `item_index`, scoring, user
+        histories and online updates all handle it from then on. Unknown items without usable
+        features stay unknown (row 0, the average item). Without item features this is a no-op.
+        New rows are appended in one step, so pass a whole batch where there is one.
+
+        Args:
+            records: {"item_id", "genres"?, "tags"?, ...}; later records win for a repeated id.
+
+        Returns:
+            How many items were updated or added.
+        """
+        vocab = self.feature_vocab
+        if not vocab:
+            return 0
+        latest: dict[str, Mapping[str, Any]] = {}
+        for rec in records:
+            if rec.get("item_id") is not None:
+                latest[str(rec["item_id"])] = rec
+        if not latest:
+            return 0
+        ids = list(latest)
+        rows = feature_rows([latest[i] for i in ids], vocab)
+        known = [(self.item_index[i], f) for i, f in zip(ids, rows) if i in self.item_index]
+        new = [(i, f) for i, f in zip(ids, rows) if i not in self.item_index and f.any()]
+        model: Any = self.model
+        if known:
+            rows_t = torch.tensor([r for r, _ in known], dtype=torch.int64)
+            model.set_item_features(rows_t, torch.from_numpy(np.stack([f for _, f in known])))
+        if new:
+            first = model.n_items + 1
+            model.add_items(torch.from_numpy(np.stack([f for _, f in new])))
+            for r, (i, _) in enumerate(new, start=first):
+                self.item_ids.append(i)
+                self.item_index[i] = r
+            self.item_popularity = np.concatenate([self.item_popularity, np.zeros(len(new), dtype=np.float32)])
+        # Derived copies (numpy weights, negative-sampling table) are rebuilt on next use.
+        self.cache.clear()
+        return len(known) + len(new)
+
+    def register_item(self, item_id: str, metadata: Mapping[str, Any]) -> bool:
+        """`register_items` for one item; True when it was updated or added (False: no-op)."""
+        return self.register_items([{**metadata, "item_id": item_id}]) == 1
 
 
 def _sha256(path: Path) -> str:

@@ -1,4 +1,9 @@
-"""The "dnn" re-ranker: free user vector + recent-history encoder, scored by MLP + dot product + bias."""
+"""The "dnn" re-ranker: free user vector + recent-history encoder, scored by MLP + dot product + bias.
+
+Optional item features (a normalised multi-hot over a vocabulary such as genres or tags) add a
+learned embedding to each item's candidate vector, bias and history embedding, so an item the
+model never saw in training can still be scored from its metadata (see `add_items`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,10 @@ class DNNReranker(Reranker):
     h(history) is a recency-weighted mean of a separate history-item embedding table: one learned
     logit per position (most recent last), softmax over the non-padding positions. Keeping u
     additive in p_u makes du/dp_u the identity, which the online update relies on.
+
+    With a non-empty `feature_vocab` (V features), every item row i has a feature row f_i
+    (buffer `item_features` [n_items+1, V], each row a multi-hot divided by its number of ones)
+    and q_i, b_i and the history embedding each get f_i @ (a learned [V, D] or [V] table) added.
     """
 
     def __init__(
@@ -30,6 +39,7 @@ class DNNReranker(Reranker):
         mlp_hidden: list[int] | tuple[int, ...] = (),
         dropout: float = 0.0,
         init_std: float = 0.05,
+        feature_vocab: list[str] | tuple[str, ...] = (),
         **extra: Any,
     ) -> None:
         """Build the tables and the MLP.
@@ -42,20 +52,27 @@ class DNNReranker(Reranker):
             mlp_hidden: Hidden layer widths of the scoring MLP (ReLU between layers).
             dropout: Dropout on the MLP hidden layers and on history embeddings while training.
             init_std: Standard deviation of the normal initialisation of embedding tables.
+            feature_vocab: Names of the item features (e.g. "genre:comedy"); empty = no features.
+                The per-item rows start at zero; set them with `set_item_features`.
             **extra: Rejected; present only to give a clear error on a misspelled hyper-parameter.
         """
         if extra:
             raise TypeError(f"unknown dnn hyper-parameters: {sorted(extra)}")
         mlp_hidden = [int(h) for h in mlp_hidden]
-        super().__init__(
-            n_users,
-            n_items,
-            dim=int(dim),
-            history_len=int(history_len),
-            mlp_hidden=mlp_hidden,
-            dropout=float(dropout),
-            init_std=float(init_std),
-        )
+        vocab = [str(f) for f in feature_vocab]
+        if len(set(vocab)) != len(vocab):
+            raise ValueError("feature_vocab has duplicate names")
+        model_hparams: dict[str, Any] = {
+            "dim": int(dim),
+            "history_len": int(history_len),
+            "mlp_hidden": mlp_hidden,
+            "dropout": float(dropout),
+            "init_std": float(init_std),
+        }
+        if vocab:
+            # Only present when used, so feature-less manifests stay as they were.
+            model_hparams["feature_vocab"] = vocab
+        super().__init__(n_users, n_items, **model_hparams)
         d = int(dim)
         self._dim = d
         self.history_len = int(history_len)
@@ -69,6 +86,12 @@ class DNNReranker(Reranker):
         widths = [3 * d, *mlp_hidden, 1]
         self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.drop = nn.Dropout(float(dropout))
+        self.n_features = len(vocab)
+        if self.n_features:
+            self.register_buffer("item_features", torch.zeros(n_items + 1, self.n_features))
+            self.feat_emb = nn.Parameter(torch.randn(self.n_features, d) * float(init_std))
+            self.feat_bias = nn.Parameter(torch.zeros(self.n_features))
+            self.feat_hist = nn.Parameter(torch.randn(self.n_features, d) * float(init_std))
         with torch.no_grad():
             for table in (self.user_emb, self.item_emb, self.hist_emb):
                 table.weight.normal_(0.0, init_std)
@@ -86,6 +109,80 @@ class DNNReranker(Reranker):
         """Dimension D of user vectors, item embeddings and user representations."""
         return self._dim
 
+    @property
+    def feature_vocab(self) -> list[str]:
+        """Item feature names, one per column of `item_features`; empty without features."""
+        return list(self.hparams.get("feature_vocab", []))
+
+    def item_vectors(self, items: Tensor) -> Tensor:
+        """Candidate-side item vectors q: [...] int64 item rows -> [..., D]."""
+        q = self.item_emb(items)
+        if self.n_features:
+            q = q + self.item_features[items] @ self.feat_emb
+        return q
+
+    def item_biases(self, items: Tensor) -> Tensor:
+        """Item biases b: [...] int64 item rows -> [...]."""
+        b = self.item_bias(items).squeeze(-1)
+        if self.n_features:
+            b = b + self.item_features[items] @ self.feat_bias
+        return b
+
+    def history_vectors(self, items: Tensor) -> Tensor:
+        """History-side item embeddings: [...] int64 item rows -> [..., D] (padding rows are masked
+        out by `history_context`, so their value does not matter)."""
+        e = self.hist_emb(items)
+        if self.n_features:
+            e = e + self.item_features[items] @ self.feat_hist
+        return e
+
+    @torch.no_grad()
+    def set_item_features(self, rows: Tensor, features: Tensor) -> None:
+        """Overwrite the feature rows of existing items.
+
+        Args:
+            rows: [K] int64 item rows in 1..n_items.
+            features: [K, V] float32 normalised multi-hot rows (see `models.features`).
+        """
+        if not self.n_features:
+            raise ValueError("this model has no item features")
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        features = torch.as_tensor(features, dtype=torch.float32)
+        if features.shape != (rows.numel(), self.n_features):
+            raise ValueError(f"features shape {tuple(features.shape)} != {(rows.numel(), self.n_features)}")
+        if rows.numel() and (int(rows.min()) < 1 or int(rows.max()) > self.n_items):
+            raise ValueError(f"item rows must lie in 1..{self.n_items}")
+        self.item_features[rows] = features
+
+    @torch.no_grad()
+    def add_items(self, features: Tensor) -> None:
+        """Append K new item rows, scored from their features alone.
+
+        A new row's id-specific parts are those of an average known item (the mean of rows
+        1..n_items; `fill_unknown_rows` keeps candidate row 0 at that mean), so two new items
+        differ only through their features. New rows never receive gradient: call on a trained,
+        frozen model. `n_items` grows by K.
+
+        Args:
+            features: [K, V] float32 normalised multi-hot rows.
+        """
+        if not self.n_features:
+            raise ValueError("this model has no item features; new items score as row 0")
+        features = torch.as_tensor(features, dtype=torch.float32)
+        if features.ndim != 2 or features.shape[1] != self.n_features:
+            raise ValueError(f"features must be [K, {self.n_features}], got {tuple(features.shape)}")
+        k = features.shape[0]
+        if k == 0:
+            return
+        known = slice(1, self.n_items + 1)
+        for table in (self.item_emb, self.item_bias, self.hist_emb):
+            w = table.weight
+            mean = w[known].mean(dim=0, keepdim=True).expand(k, -1)
+            table.weight = nn.Parameter(torch.cat([w, mean]), requires_grad=w.requires_grad)
+            table.num_embeddings = table.weight.shape[0]
+        self.item_features = torch.cat([self.item_features, features])
+        self.n_items += k
+
     def history_context(self, history: Tensor) -> Tensor:
         """Encode the recent-item history.
 
@@ -102,7 +199,7 @@ class DNNReranker(Reranker):
         # Max-shifted exp with the mask applied after it gives zero weights (not NaN) on empty rows.
         w = torch.exp(logits - logits.max()).unsqueeze(0) * mask
         w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        emb = self.drop(self.hist_emb(h))
+        emb = self.drop(self.history_vectors(h))
         ctx = torch.einsum("bh,bhd->bd", w, emb)
         return self.hist_proj(ctx) * mask.any(dim=1, keepdim=True)
 
@@ -112,14 +209,41 @@ class DNNReranker(Reranker):
 
     def score(self, user_repr: Tensor, items: Tensor) -> Tensor:
         """Score items [B, N] for user representations [B, D]; returns [B, N] float32."""
-        q = self.item_emb(items)
+        q = self.item_vectors(items)
         u = user_repr.unsqueeze(1).expand_as(q)
         uq = u * q
         x = torch.cat([u, q, uq], dim=-1)
         for layer in self.mlp[:-1]:
             x = self.drop(torch.relu(layer(x)))
         x = self.mlp[-1](x).squeeze(-1)
-        return x + uq.sum(-1) + self.item_bias(items).squeeze(-1)
+        return x + uq.sum(-1) + self.item_biases(items)
+
+    def score_all(self, user_repr: Tensor, chunk: int = 64) -> Tensor:
+        """Score every item row for each user, row 0 included.
+
+        Without hidden MLP layers the score is bilinear in (u, q), so this is one [B, D] x [D, I+1]
+        product; otherwise users are scored `chunk` at a time through `score`.
+
+        Args:
+            user_repr: [B, D] output of `user_repr`.
+            chunk: Users per `score` call on the general path.
+
+        Returns:
+            [B, n_items + 1] float32 scores, equal to `score` on every row.
+        """
+        rows = torch.arange(self.n_items + 1, device=user_repr.device)
+        if len(self.mlp) == 1:
+            # s = w_u.u + w_q.q + sum_d u_d q_d (1 + w_m,d) + b0 + b_i
+            d = self.dim
+            w = self.mlp[0].weight[0]
+            q = self.item_vectors(rows)
+            item_part = q @ w[d : 2 * d] + self.item_biases(rows) + self.mlp[0].bias[0]
+            return (user_repr * (1.0 + w[2 * d :])) @ q.T + (user_repr @ w[:d]).unsqueeze(1) + item_part
+        out = []
+        for a in range(0, user_repr.shape[0], chunk):
+            u = user_repr[a : a + chunk]
+            out.append(self.score(u, rows.unsqueeze(0).expand(u.shape[0], -1)))
+        return torch.cat(out)
 
     def embed_users(self, users: Tensor) -> Tensor:
         """[B] user rows -> [B, D] free user vectors (differentiable)."""
@@ -131,9 +255,12 @@ class DNNReranker(Reranker):
 
     @torch.no_grad()
     def fill_unknown_rows(self) -> None:
-        """Item row 0 of the candidate tables becomes the mean of rows 1..n_items; user row 0 zero."""
+        """Item row 0 of the candidate tables (and of the feature rows) becomes the mean of rows
+        1..n_items, so an unknown item scores as the average item; user row 0 zero."""
         self.item_emb.weight[0] = self.item_emb.weight[1:].mean(dim=0)
         self.item_bias.weight[0] = self.item_bias.weight[1:].mean(dim=0)
+        if self.n_features:
+            self.item_features[0] = self.item_features[1:].mean(dim=0)
         self.user_emb.weight[0].zero_()
         self.hist_emb.weight[0].zero_()
 
@@ -145,7 +272,8 @@ def numpy_params(model: DNNReranker) -> dict[str, Any]:
     [N, D] x [D, h] products instead of building the concatenated input.
 
     Returns:
-        Dict with "hist_emb" [I+1, D], "pos_w" [H] (exp of the max-shifted position logits),
+        Dict with "hist_emb" [I+1, D] (item feature terms included, as in "item_emb" and
+        "item_bias"), "pos_w" [H] (exp of the max-shifted position logits),
         "proj_w" [D, D], "proj_b" [D], "item_emb" [I+1, D], "item_bias" [I+1], "w_u", "w_q",
         "w_m" [h1, D] and "b1" [h1] (the first MLP layer split by input block; h1 = 1 when the
         MLP has no hidden layer) and "hidden": list of (weight [out, in], bias [out]) for the
@@ -155,13 +283,17 @@ def numpy_params(model: DNNReranker) -> dict[str, Any]:
     logits = f(model.pos_logits)
     d = model.dim
     w1, b1 = f(model.mlp[0].weight), f(model.mlp[0].bias)
+    with torch.no_grad():
+        # Feature terms folded in: the tables hold each row's full vector.
+        rows = torch.arange(model.n_items + 1)
+        hist, items, bias = model.history_vectors(rows), model.item_vectors(rows), model.item_biases(rows)
     return {
-        "hist_emb": f(model.hist_emb.weight),
+        "hist_emb": f(hist),
         "pos_w": np.exp(logits - logits.max()),
         "proj_w": f(model.hist_proj.weight),
         "proj_b": f(model.hist_proj.bias),
-        "item_emb": f(model.item_emb.weight),
-        "item_bias": f(model.item_bias.weight)[:, 0].copy(),
+        "item_emb": f(items),
+        "item_bias": f(bias),
         "w_u": np.ascontiguousarray(w1[:, :d]),
         "w_q": np.ascontiguousarray(w1[:, d : 2 * d]),
         "w_m": np.ascontiguousarray(w1[:, 2 * d :]),

@@ -75,6 +75,10 @@ def build_worker(settings: Settings, bundle: ModelBundle, *, web_port: int, data
         # Standbys only pay off with several workers; the changelog restores state either way.
         table_standby_replicas=0,
     )
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     app.fetch_wait_ms = settings.consumer_fetch_wait_ms
     app.verify_end_offsets = settings.verify_end_offsets
     topics = define_topics(app, settings)

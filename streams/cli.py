@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="dnn", help="model kind from the registry")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, help="upper bound on training epochs")
+    p.add_argument("--items", help="JSON-lines file of item metadata ({item_id, genres?, tags?}) for item features")
 
     p = sub.add_parser("trainer", help="retrain periodically from the event log, gate, publish, announce")
     _common(p)
@@ -72,9 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="send requests through Kafka and collect every result")
     _common(p)
-    p.add_argument("--requests", required=True, help="JSON-lines file of re-rank requests")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--requests", help="JSON-lines file of re-rank requests, sent all at once")
+    mode.add_argument("--stream", help='JSON-lines file of {"kind": "event"|"request", ...}, sent in '
+                                       "order; each request is answered before the next line is sent")
     p.add_argument("--out", required=True, help="results JSON-lines file, one per request")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for results")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for all results (--requests) or for each one (--stream)")
 
     p = sub.add_parser("score", help="score requests offline, without Kafka")
     _common(p)
@@ -83,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--events", help="events that build user state before scoring")
     p.add_argument("--no-online-updates", action="store_true")
+
+    p = sub.add_parser("evaluate", help="compare results with random, popularity and upstream order")
+    p.add_argument("--requests", required=True, help="JSON-lines file of re-rank requests")
+    p.add_argument("--truth", required=True, help="JSON-lines {request_id, item_id} held-out items")
+    p.add_argument("--results", required=True, help="JSON-lines results of the model to evaluate")
+    p.add_argument("--out", required=True, help="directory for report.json and report.png")
+    p.add_argument("--events", help="training events, for the popularity baseline (skipped without)")
+    p.add_argument("-k", type=int, default=10, help="cut-off of HR and NDCG")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+
+    p = sub.add_parser("loadgen", help="demo-like traffic against a running stack")
+    _common(p)
+    p.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
+    p.add_argument("--history", type=int, default=8000,
+                   help="past interactions to produce first if the events topic is empty (0 = none)")
+    p.add_argument("--seed", type=int, default=7)
 
     p = sub.add_parser("demo", help="embedded broker + synthetic data + training + worker, live")
     _common(p)
@@ -168,9 +190,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from streams.training_input import events_from_topic
 
         events, trained_through = events_from_topic(settings, args.topic)
-    print(f"training {args.kind} on {len(events)} events", flush=True)
+    items = None
+    if args.items:
+        from streams.kafka_io import iter_jsonl
+
+        items = list(iter_jsonl(args.items))
+    print(f"training {args.kind} on {len(events)} events" + (f", {len(items)} items" if items else ""), flush=True)
     path = train_to_artifact(events, args.out, kind=args.kind, event_weights=settings.event_weights,
-                             seed=args.seed, trained_through=trained_through, max_epochs=args.max_epochs)
+                             seed=args.seed, trained_through=trained_through, max_epochs=args.max_epochs,
+                             items=items)
     print(f"model written to {path} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
 
@@ -208,8 +236,11 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             if metrics is not None:
                 metrics.run_failed(time.monotonic() - started)
             raise
-        if metrics is not None and result.decision != "skipped":
-            metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
+        if metrics is not None:
+            if result.decision == "skipped":
+                metrics.run_skipped()
+            else:
+                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
         print(f"trainer: {result.decision} {result.version or ''} {result.reason}".rstrip(), flush=True)
         return 0
     stop = threading.Event()
@@ -246,15 +277,21 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.broker import create_topics
-    from streams.replay import replay_requests
+    from streams.replay import replay_requests, replay_stream
 
     settings = load_settings(args)
     create_topics(settings)
-    requests = list(_read(args.requests))
     started = time.monotonic()
-    results, missing = replay_requests(settings, requests, timeout=args.timeout)
+    if args.stream:
+        results, missing = replay_stream(settings, _read(args.stream), timeout=args.timeout,
+                                         progress=lambda line: print(line, flush=True))
+        sent = len(results) + len(missing)
+    else:
+        requests = list(_read(args.requests))
+        results, missing = replay_requests(settings, requests, timeout=args.timeout)
+        sent = len(requests)
     _write_jsonl(args.out, results)
-    print(f"replayed {len(requests)} requests in {time.monotonic() - started:.1f}s: "
+    print(f"replayed {sent} requests in {time.monotonic() - started:.1f}s: "
           f"{len(results)} results, {len(missing)} missing", flush=True)
     if missing:
         print("missing request ids (first 10): " + ", ".join(missing[:10]), file=sys.stderr)
@@ -276,6 +313,30 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainer.report import format_table, write_report
+
+    report = write_report(args.out, args.requests, args.truth, args.results, args.events, k=args.k, seed=args.seed)
+    print(format_table(report), flush=True)
+    print(f"report written to {Path(args.out) / 'report.json'}", flush=True)
+    return 0
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    import threading
+
+    from streams.loadgen import run_loadgen
+
+    settings = load_settings(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stats = run_loadgen(settings, rate=args.rate, duration=args.duration, history=args.history,
+                        seed=args.seed, stop=stop, say=lambda line: print(line, flush=True))
+    # A bounded run is a check: every request must have been answered.
+    return 1 if args.duration > 0 and stats.answered < stats.sent else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -289,7 +350,8 @@ def _read(path: str):  # type: ignore[no-untyped-def]
 
 
 COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "train": cmd_train, "trainer": cmd_trainer, "produce": cmd_produce,
-            "replay": cmd_replay, "score": cmd_score, "demo": cmd_demo}
+            "replay": cmd_replay, "score": cmd_score, "evaluate": cmd_evaluate, "demo": cmd_demo,
+            "loadgen": cmd_loadgen}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

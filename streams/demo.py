@@ -118,6 +118,8 @@ def run_demo(settings: Settings, *, duration: float = 0.0, port: int | None = No
                         event = {"user_id": newcomer, "item_id": item, "event_type": "click",
                                  "ts": time.time()}
                         sender.send(settings.events_topic, message_key(event), orjson.dumps(event))
+                    # Delivered before the request that should reflect them.
+                    sender.flush()
                 users = [newcomer] + (regulars if step == 0 else [])
                 requests = generate_requests(world, len(users), n_candidates=CANDIDATES, users=users,
                                              k=TOP_K * 2, seed=int(rng.integers(1 << 30)),

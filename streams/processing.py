@@ -19,7 +19,7 @@ import orjson
 
 from models import ModelBundle
 from streams.metrics import WorkerMetrics, request_start
-from streams.records import (ContractError, RerankRequest, encode_error_result, encode_result,
+from streams.records import (ContractError, ParsedRequest, encode_error_result, encode_result,
                              parse_event, parse_request)
 from streams.scoring import ScoringInput, rerank_batch
 from streams.settings import Settings
@@ -105,7 +105,7 @@ class Processor:
 
     def process(self, messages: Sequence[InMessage]) -> list[OutMessage]:
         outputs: list[OutMessage] = []
-        pending: list[tuple[RerankRequest, InMessage]] = []
+        pending: list[tuple[ParsedRequest, InMessage]] = []
         pending_users: set[str] = set()
         for message in messages:
             if message.topic == self.settings.requests_topic:
@@ -129,7 +129,7 @@ class Processor:
         self._answer(pending, outputs)
         return outputs
 
-    def _parse_request(self, message: InMessage, outputs: list[OutMessage]) -> RerankRequest | None:
+    def _parse_request(self, message: InMessage, outputs: list[OutMessage]) -> ParsedRequest | None:
         try:
             return parse_request(message.value, max_candidates=self.settings.max_candidates,
                                  max_bytes=self.settings.max_message_bytes)
@@ -188,7 +188,7 @@ class Processor:
                              model_version=self.bundle.version, last_ts=state.last_ts)
         return state
 
-    def _answer(self, pending: list[tuple[RerankRequest, InMessage]], outputs: list[OutMessage]) -> None:
+    def _answer(self, pending: list[tuple[ParsedRequest, InMessage]], outputs: list[OutMessage]) -> None:
         if not pending:
             return
         metrics = self.metrics
@@ -200,9 +200,8 @@ class Processor:
                 inputs.append(ScoringInput(
                     user_vector=state.vector,
                     history=history_rows(self.bundle, state.history),
-                    candidates=[c.item_id for c in request.candidates],
-                    upstream=np.array([np.nan if c.score is None else c.score
-                                       for c in request.candidates], dtype=np.float64),
+                    candidates=request.item_ids,
+                    upstream=np.array(request.scores, dtype=np.float64),
                     k=request.k))
             ranked = rerank_batch(self.bundle, inputs)
         except Exception as exc:  # answer every waiting client rather than drop the batch
@@ -225,7 +224,7 @@ class Processor:
                                       encode_result(request.request_id, request.user_id, items,
                                                     self.bundle.name, self.bundle.version, now)))
             metrics.requests.labels("ok").inc()
-            metrics.candidates.observe(len(request.candidates))
+            metrics.candidates.observe(len(request.item_ids))
             start = request_start(request.ts, message.timestamp, now)
             if start is not None:
                 metrics.request_latency.observe(max(0.0, now - start))

@@ -9,7 +9,8 @@ exception inside the agent, which faust would acknowledge and silently drop.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, List, Mapping, NamedTuple, Optional
 
 import faust
 import orjson
@@ -18,6 +19,7 @@ __all__ = [
     "UserEvent",
     "Candidate",
     "RerankRequest",
+    "ParsedRequest",
     "RankedItem",
     "ModelRef",
     "RerankResult",
@@ -186,16 +188,46 @@ def recover_request_id(raw: bytes | str | None) -> tuple[str | None, str | None]
     return out[0], out[1]
 
 
+class ParsedCandidate(NamedTuple):
+    item_id: str
+    score: float | None
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    """A validated request, as the worker uses it (the fields of :class:`RerankRequest`).
+
+    The candidates are kept as two parallel lists rather than one faust.Record
+    each: building those cost ~5 us per candidate, most of a request's CPU time.
+
+    Attributes:
+        item_ids: candidate item ids in request order.
+        scores: their upstream scores, NaN where absent.
+    """
+
+    request_id: str
+    user_id: str
+    item_ids: list[str]
+    scores: list[float]
+    k: int | None = None
+    ts: float | None = None
+    context: dict | None = None
+
+    @property
+    def candidates(self) -> list[ParsedCandidate]:
+        return [ParsedCandidate(i, None if s != s else s) for i, s in zip(self.item_ids, self.scores)]
+
+
 def parse_request(raw: bytes | str | None, *, max_candidates: int,
-                  max_bytes: int = 1_048_576) -> RerankRequest:
+                  max_bytes: int = 1_048_576) -> ParsedRequest:
     """Parse and validate a ``rerank-requests`` value.
 
     Raises:
         ContractError: anything malformed: missing ids, no or duplicate candidates,
             more than ``max_candidates``, non-finite scores, a bad ``k``.
     """
-    obj = _load_object(raw, max_bytes)
     try:
+        obj = _load_object(raw, max_bytes)
         request_id = _id(obj, "request_id")
         user_id = _id(obj, "user_id")
         candidates = obj.get("candidates")
@@ -204,16 +236,30 @@ def parse_request(raw: bytes | str | None, *, max_candidates: int,
         if len(candidates) > max_candidates:
             raise ContractError("too_many_candidates",
                                 f"{len(candidates)} candidates exceed the limit of {max_candidates}")
-        parsed: list[Candidate] = []
+        item_ids: list[str] = []
+        scores: list[float] = []
         seen: set[str] = set()
+        nan = math.nan
+        isfinite = math.isfinite
         for entry in candidates:
-            if not isinstance(entry, dict):
+            if type(entry) is not dict:
                 raise ContractError("invalid_field", "each candidate must be an object with 'item_id'")
-            item_id = _id(entry, "item_id")
+            # Fast path for the common shapes (string id, float or absent score); anything
+            # else goes through the general checks, which accept or reject it as before.
+            item_id = entry.get("item_id")
+            if type(item_id) is not str or not 0 < len(item_id) <= 256:
+                item_id = _id(entry, "item_id")
             if item_id in seen:
                 raise ContractError("duplicate_candidates", f"candidate {item_id!r} appears twice")
             seen.add(item_id)
-            parsed.append(Candidate(item_id=item_id, score=_number(entry, "score", required=False)))
+            item_ids.append(item_id)
+            score = entry.get("score")
+            if score is None:
+                scores.append(nan)
+            elif type(score) is float and isfinite(score):
+                scores.append(score)
+            else:
+                scores.append(_number(entry, "score", required=False))  # type: ignore[arg-type]
         k = obj.get("k")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ContractError("invalid_field", "field 'k' must be a positive integer")
@@ -224,8 +270,8 @@ def parse_request(raw: bytes | str | None, *, max_candidates: int,
     except ContractError as exc:
         exc.request_id, exc.user_id = recover_request_id(raw)
         raise
-    return RerankRequest(request_id=request_id, user_id=user_id, candidates=parsed, k=k, ts=ts,
-                         context=context)
+    return ParsedRequest(request_id=request_id, user_id=user_id, item_ids=item_ids, scores=scores,
+                         k=k, ts=ts, context=context)
 
 
 def encode_result(request_id: str, user_id: str, ranked: list[tuple[str, float]],

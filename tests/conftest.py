@@ -39,6 +39,7 @@ def isolated_settings(broker: EmbeddedBroker, **overrides: Any) -> Settings:
         requests_topic=f"rerank-requests-{tag}",
         results_topic=f"reranked-results-{tag}",
         dead_letter_topic=f"dead-letters-{tag}",
+        model_updates_topic=f"model-updates-{tag}",
         **overrides,
     )
 

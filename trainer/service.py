@@ -244,8 +244,10 @@ def run_forever(settings: Settings, *, every_s: float, stop: threading.Event, me
             if metrics is not None:
                 metrics.run_failed(time.monotonic() - started)
         else:
-            if metrics is not None and result.decision != "skipped":
-                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
             if result.decision == "skipped":
                 log.info("trainer: skipped: %s", result.reason)
+                if metrics is not None:
+                    metrics.run_skipped()
+            elif metrics is not None:
+                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
         stop.wait(max(0.0, every_s - (time.monotonic() - started)))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from models.artifact import save_artifact
 from models.base import DEFAULT_EVENT_WEIGHTS, Reranker, get_model_class
+from models.features import build_vocab, feature_rows
 from trainer.data import (
     TrainingExamples,
     ValidationSplit,
@@ -55,7 +56,19 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "val_negatives": 99,
     # 0 = automatic: 1 below 20k examples, else min(4, cpu count)
     "num_threads": 0,
+    # item metadata (used only when train_model gets `items` and the model kind supports it)
+    "item_features": True,
+    "feature_min_count": 2,
+    "max_features": 5000,
 }
+
+
+def _kind_stages() -> dict[str, tuple[dict[str, Any], Callable[..., Any]]]:
+    """Kinds trained in more than one stage: kind -> (their extra default hyper-parameters, the
+    stage run on the model `_fit` trained). Imported lazily: the stages import this module."""
+    from trainer.gan import GAN_DEFAULT_HPARAMS, fit_gan
+
+    return {"gan": (GAN_DEFAULT_HPARAMS, fit_gan)}
 
 
 def _auto_threads(n_examples: int) -> int:
@@ -209,13 +222,15 @@ def train_model(
     trained_through: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     max_epochs: int | None = None,
+    items: list[dict[str, Any]] | None = None,
 ) -> tuple[Reranker, dict[str, Any]]:
     """Train a re-ranker on wire-format events.
 
     Every event (after the validation carve-out) becomes an example that predicts its item from
     the user's preceding positives, so the history encoder learns next-item prediction. Training
     stops early when validation NDCG@10 has not improved for `patience` epochs, and the best
-    epoch's weights are kept.
+    epoch's weights are kept. Kind "gan" then fine-tunes that model adversarially
+    (`trainer.gan.fit_gan`) and returns the network chosen by its `serve` hyper-parameter.
 
     Args:
         events: Wire-format events, any order (ordered per user by (ts, arrival)).
@@ -225,7 +240,10 @@ def train_model(
         seed: Seeds weights, shuffling and negative sampling; same seed, same model.
         trained_through: Stored in the returned info; defaults to {"max_ts": max ts of events}.
         log: Receives one line per epoch and a summary.
-        max_epochs: Overrides hparams["max_epochs"].
+        max_epochs: Overrides hparams["max_epochs"] (the pre-training of "gan" included).
+        items: Item metadata records {"item_id", "genres"?, "tags"?, ...}. With
+            hparams["item_features"] (default on) and a kind that takes `feature_vocab`, the model
+            learns a feature vocabulary from the training items' metadata and embeds it.
 
     Returns:
         (model in eval mode with unknown rows filled, info). info holds everything
@@ -237,10 +255,11 @@ def train_model(
     """
     t0 = time.perf_counter()
     weights_map = dict(DEFAULT_EVENT_WEIGHTS if event_weights is None else event_weights)
-    unknown = set(hparams or {}) - set(DEFAULT_HPARAMS)
+    extra_defaults, stage = _kind_stages().get(kind, ({}, None))
+    unknown = set(hparams or {}) - set(DEFAULT_HPARAMS) - set(extra_defaults)
     if unknown:
         raise ValueError(f"unknown hyper-parameters: {sorted(unknown)}")
-    hp = {**DEFAULT_HPARAMS, **(hparams or {})}
+    hp = {**DEFAULT_HPARAMS, **extra_defaults, **(hparams or {})}
     if max_epochs is not None:
         hp["max_epochs"] = int(max_epochs)
     cls = get_model_class(kind)
@@ -253,6 +272,16 @@ def train_model(
         data, H, n_negatives=int(hp["val_negatives"]), min_positives=int(hp["val_min_positives"]), seed=seed
     )
     ex = training_examples(train_seqs, H)
+    kwargs = _model_kwargs(cls, hp)
+    features = None
+    if items and hp["item_features"] and "feature_vocab" in inspect.signature(cls.__init__).parameters:
+        vocab = build_vocab(
+            items, data.item_index, min_count=int(hp["feature_min_count"]), max_size=int(hp["max_features"])
+        )
+        if vocab:
+            by_id = {str(m["item_id"]): m for m in items if m.get("item_id") is not None}
+            features = feature_rows([by_id.get(i) for i in data.item_ids[1:]], vocab)
+            kwargs["feature_vocab"] = vocab
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(hp["num_threads"]) or _auto_threads(len(ex)))
@@ -261,11 +290,34 @@ def train_model(
             f"train {kind}: {data.n_users} users, {data.n_items} items, {len(ex)} examples, "
             f"{len(val)} validation users, {data.n_skipped} events skipped"
         )
+        if features is not None:
+            log(
+                f"item features: {features.shape[1]} in the vocabulary, "
+                f"{int((features.sum(1) > 0).sum())} of {data.n_items} items have some"
+            )
         torch.manual_seed(seed)
-        model = cls(data.n_users, data.n_items, **_model_kwargs(cls, hp))
-        best_epoch, best_metrics, epochs_run = _fit(
-            model, ex, val, hp, np.random.default_rng(seed), log, int(hp["max_epochs"])
-        )
+        model = cls(data.n_users, data.n_items, **kwargs)
+        if features is not None:
+            model.set_item_features(torch.arange(1, data.n_items + 1), torch.from_numpy(features))
+        rng = np.random.default_rng(seed)
+        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]))
+        stage_info: dict[str, Any] = {}
+        if stage is not None:
+            pre_epochs, pre_seconds = epochs_run, time.perf_counter() - t0
+            model.fill_unknown_rows()
+            model, stage_metrics, stage_info = stage(model, ex, val, hp, rng, log)
+            best_metrics = {"ndcg@10": stage_metrics.pop("val_ndcg@10"), "hr@10": stage_metrics.pop("val_hr@10")}
+            best_epoch = stage_metrics.pop("best_epoch")
+            # Numbers stay in the metrics; labels (e.g. the served network) go with the stage's info.
+            labels = {k: stage_metrics.pop(k) for k in list(stage_metrics) if isinstance(stage_metrics[k], str)}
+            stage_info = {
+                **labels,
+                "pretrain_epochs": pre_epochs,
+                "pretrain_seconds": round(pre_seconds, 3),
+                "metrics": stage_metrics,
+                **stage_info,
+            }
+            epochs_run = stage_info.pop("epochs")
         model.fill_unknown_rows()
         model.eval()
         model.requires_grad_(False)
@@ -278,6 +330,7 @@ def train_model(
         "val_hr@10": best_metrics.get("hr@10", math.nan),
         "val_users": len(val),
         "best_epoch": best_epoch,
+        **stage_info.pop("metrics", {}),
     }
     log(
         f"done in {seconds:.1f}s: best epoch {best_epoch} of {epochs_run}, "
@@ -293,7 +346,13 @@ def train_model(
         "hparams": hp,
         "metrics": metrics,
         "event_weights": weights_map,
-        "training": {"epochs": epochs_run, "n_events": data.n_events, "seconds": round(seconds, 3), "seed": seed},
+        "training": {
+            "epochs": epochs_run,
+            "n_events": data.n_events,
+            "seconds": round(seconds, 3),
+            "seed": seed,
+            **({kind: stage_info} if stage_info else {}),
+        },
     }
     return model, info
 
@@ -309,6 +368,7 @@ def train_to_artifact(
     trained_through: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     max_epochs: int | None = None,
+    items: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Train with `train_model` and publish the artifact atomically at `out_dir`; returns its path."""
     model, info = train_model(
@@ -320,6 +380,7 @@ def train_to_artifact(
         trained_through=trained_through,
         log=log,
         max_epochs=max_epochs,
+        items=items,
     )
     return save_artifact(
         out_dir,

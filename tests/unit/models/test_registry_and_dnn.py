@@ -88,13 +88,15 @@ def test_history_order_matters_and_padding_is_ignored() -> None:
     assert torch.allclose(a, c) and torch.allclose(a, d)
 
 
-@pytest.mark.parametrize("hidden", [[16, 8], [4], []])
-def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int]) -> None:
+@pytest.mark.parametrize("hidden,vocab", [([16, 8], ()), ([4], ()), ([], ()), ([4], ("g:a", "g:b", "g:c"))])
+def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int], vocab: tuple[str, ...]) -> None:
     torch.manual_seed(0)
-    model = DNNReranker(7, 11, dim=8, history_len=5, mlp_hidden=hidden)
+    model = DNNReranker(7, 11, dim=8, history_len=5, mlp_hidden=hidden, feature_vocab=vocab)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)
+        if vocab:
+            model.set_item_features(torch.arange(1, 12), torch.rand(11, len(vocab)))
     p = numpy_params(model)
     hist = np.array([0, 3, 7, 7, 1], dtype=np.int64)
     items = np.array([2, 5, 0, 9], dtype=np.int64)
@@ -110,3 +112,18 @@ def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int]
     (g_t,) = torch.autograd.grad(loss, v)
     np.testing.assert_allclose(s_np, s_t.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g_np, g_t[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [[], [6]])
+def test_score_all_equals_score_on_every_row(hidden: list[int]) -> None:
+    torch.manual_seed(1)
+    model = DNNReranker(4, 9, dim=8, history_len=3, mlp_hidden=hidden, feature_vocab=["g:x", "g:y"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+        model.set_item_features(torch.arange(1, 10), torch.rand(9, 2))
+    u = model.user_repr(torch.randn(5, 8), torch.randint(0, 10, (5, 3)))
+    want = model.score(u, torch.arange(10).expand(5, -1))
+    got = model.score_all(u, chunk=2)
+    assert got.shape == (5, 10)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -101,3 +101,10 @@ def test_result_encoding() -> None:
     error = orjson.loads(encode_error_result("r", None, "no_candidates", "empty", "dnn", "v1", 3.0))
     assert error["error"] == {"code": "no_candidates", "message": "empty"} and error["items"] == []
     assert not math.isnan(result["ts"])
+
+
+def test_an_oversize_request_still_names_its_request_id() -> None:
+    raw = request(context={"blob": "x" * 500})
+    with pytest.raises(ContractError) as info:
+        parse_request(raw, max_candidates=10, max_bytes=200)
+    assert info.value.code == "too_large" and info.value.request_id == "r1"

@@ -1,0 +1,181 @@
+"""Worker metrics: names, types and label sets, the serving-model gauge, latency start, lag."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.metrics import LATENCY_BUCKETS, WorkerMetrics, request_start
+from streams.monitoring import TableCounter, consumer_lag
+from streams.processing import DictStateStore, InMessage, Processor
+from streams.settings import Settings
+
+# name -> (type, label names), exactly what a worker exports (README.md "Metrics").
+EXPECTED = {
+    "reranker_request_latency_seconds": ("histogram", set()),
+    "reranker_score_duration_seconds": ("histogram", set()),
+    "reranker_batch_requests": ("histogram", set()),
+    "reranker_request_candidates": ("histogram", set()),
+    "reranker_requests_total": ("counter", {"outcome"}),
+    "reranker_events_total": ("counter", {"event_type", "outcome"}),
+    "reranker_dead_letters_total": ("counter", {"reason"}),
+    "reranker_state_update_lag_seconds": ("histogram", set()),
+    "reranker_model_info": ("gauge", {"name", "version"}),
+    "reranker_model_swaps_total": ("counter", set()),
+    "reranker_model_load_failures_total": ("counter", set()),
+    "reranker_consumer_lag": ("gauge", {"topic"}),
+    "reranker_worker_last_batch_timestamp_seconds": ("gauge", set()),
+    "reranker_users_in_state": ("gauge", set()),
+}
+
+
+def exported(metrics: WorkerMetrics) -> dict[str, tuple[str, set[str]]]:
+    """{sample family name: (type, label names)} as a Prometheus scrape would read them."""
+    out: dict[str, tuple[str, set[str]]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {k for s in family.samples for k in s.labels if k != "le"}
+        out[name] = (family.type, labels)
+    return out
+
+
+def samples(metrics: WorkerMetrics, name: str) -> list[Any]:
+    return [s for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for s in f.samples if s.name == name]
+
+
+def test_every_metric_has_its_name_type_and_labels() -> None:
+    metrics = WorkerMetrics()
+    # Labelled series exist once used; use each as the worker does.
+    metrics.events.labels("click", "ok").inc()
+    metrics.dead_letters.labels("invalid_json").inc()
+    metrics.set_serving_model("dnn", "v1")
+    metrics.consumer_lag.labels("user-events").set(3)
+    assert exported(metrics) == EXPECTED
+
+
+def test_latency_histogram_has_explicit_buckets_from_1ms_to_2_5s() -> None:
+    metrics = WorkerMetrics()
+    metrics.request_latency.observe(0.004)
+    bounds = [float(s.labels["le"]) for s in samples(metrics, "reranker_request_latency_seconds_bucket")]
+    assert bounds[0] == 0.001 and bounds[-2] == 2.5 and bounds[-1] == float("inf")
+    assert tuple(bounds[:-1]) == LATENCY_BUCKETS
+
+
+def test_rates_of_healthy_requests_exist_before_any_traffic() -> None:
+    metrics = WorkerMetrics()
+    [ok] = samples(metrics, "reranker_requests_total")
+    assert ok.labels == {"outcome": "ok"} and ok.value == 0
+    assert [s.value for s in samples(metrics, "reranker_model_swaps_total")] == [0]
+
+
+def test_model_info_keeps_one_series_after_a_swap() -> None:
+    metrics = WorkerMetrics()
+    metrics.set_serving_model("dnn", "v1")
+    metrics.set_serving_model("dnn", "v2")
+    series = samples(metrics, "reranker_model_info")
+    assert [(s.labels, s.value) for s in series] == [({"name": "dnn", "version": "v2"}, 1.0)]
+
+
+@pytest.mark.parametrize(("request_ts", "kafka_ts", "expected"), [
+    (990.0, 995.0, 990.0),        # the client's ts is plausible: it wins
+    (1000.5, 995.0, 1000.5),      # slightly ahead of the worker's clock: within the skew
+    (1005.0, 995.0, 995.0),       # too far in the future: the Kafka timestamp
+    (1000.0 - 7200, 995.0, 995.0),  # two hours old (a replay): the Kafka timestamp
+    (None, 995.0, 995.0),
+    (None, None, None),
+    (1e12, None, None),           # milliseconds by mistake, and no Kafka timestamp
+])
+def test_request_start_prefers_a_plausible_request_ts(request_ts: float | None, kafka_ts: float | None,
+                                                      expected: float | None) -> None:
+    assert request_start(request_ts, kafka_ts, now=1000.0) == expected
+
+
+def _latencies(metrics: WorkerMetrics) -> tuple[float, float]:
+    count = samples(metrics, "reranker_request_latency_seconds_count")[0].value
+    total = samples(metrics, "reranker_request_latency_seconds_sum")[0].value
+    return count, total
+
+
+def _ask(bundle, kafka_ts: float | None, request_ts: float | None, now: float) -> WorkerMetrics:  # type: ignore[no-untyped-def]
+    settings = Settings.load(env={})
+    metrics = WorkerMetrics()
+    request: dict[str, Any] = {"request_id": "r", "user_id": "u",
+                               "candidates": [{"item_id": i} for i in bundle.item_ids[1:4]]}
+    if request_ts is not None:
+        request["ts"] = request_ts
+    processor = Processor(bundle, settings, DictStateStore(), metrics, clock=lambda: now)
+    processor.process([InMessage(settings.requests_topic, 0, 0, kafka_ts, b"u", orjson.dumps(request))])
+    return metrics
+
+
+def test_processor_measures_latency_from_the_request_ts(bundle) -> None:  # type: ignore[no-untyped-def]
+    now = 1_700_000_000.0
+    count, total = _latencies(_ask(bundle, kafka_ts=now - 0.010, request_ts=now - 0.250, now=now))
+    assert count == 1 and total == pytest.approx(0.250)
+
+
+def test_processor_falls_back_to_the_kafka_timestamp(bundle) -> None:  # type: ignore[no-untyped-def]
+    now = 1_700_000_000.0
+    count, total = _latencies(_ask(bundle, kafka_ts=now - 0.010, request_ts=now - 86_400, now=now))
+    assert count == 1 and total == pytest.approx(0.010)
+    count, total = _latencies(_ask(bundle, kafka_ts=now - 0.020, request_ts=None, now=now))
+    assert count == 1 and total == pytest.approx(0.020)
+
+
+def test_processor_skips_latency_without_any_start(bundle) -> None:  # type: ignore[no-untyped-def]
+    count, _ = _latencies(_ask(bundle, kafka_ts=None, request_ts=None, now=1_700_000_000.0))
+    assert count == 0
+
+
+class FakeConsumer:
+    """The parts of a faust consumer that lag reads."""
+
+    def __init__(self, highwaters: dict[Any, int | None], committed: dict[Any, int | None],
+                 positions: dict[Any, int | None]) -> None:
+        self.highwaters, self._committed_offset, self.positions = highwaters, committed, positions
+
+    def assignment(self) -> set[Any]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.highwaters[tp]
+
+    async def position(self, tp: Any) -> int | None:
+        return self.positions.get(tp)
+
+
+def test_consumer_lag_sums_assigned_partitions_per_input_topic() -> None:
+    events0, events1, requests0 = TP("events", 0), TP("events", 1), TP("requests", 0)
+    changelog, unfetched = TP("app-user-state-changelog", 0), TP("requests", 1)
+    consumer = FakeConsumer(
+        highwaters={events0: 100, events1: 50, requests0: 7, changelog: 999, unfetched: None},
+        committed={events0: 90, requests0: 7, changelog: 0},
+        positions={events1: 45})  # nothing committed yet on events1: its position counts
+    lag = asyncio.run(consumer_lag(consumer, ["events", "requests", "idle"]))
+    assert lag == {"events": 10 + 5, "requests": 0, "idle": 0}
+
+
+def test_table_counter_refreshes_a_slow_count_less_often() -> None:
+    now = [0.0]
+
+    class SlowTable:
+        calls = 0
+
+        def __len__(self) -> int:
+            SlowTable.calls += 1
+            now[0] += 0.1  # counting takes 100 ms
+            return 42
+
+    counter = TableCounter(SlowTable(), time_share=0.02, clock=lambda: now[0])
+    assert counter.count() == 42 and SlowTable.calls == 1
+    now[0] += 2.0
+    assert counter.count() == 42 and SlowTable.calls == 1  # 100 ms at 2 % -> next in 5 s
+    now[0] += 3.0
+    assert counter.count() == 42 and SlowTable.calls == 2
