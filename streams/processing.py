@@ -156,11 +156,16 @@ class Processor:
             return
         try:
             state = self.state_of(event.user_id, message)
+            if message.offset is not None and state.last_offset is not None \
+                    and message.offset <= state.last_offset:
+                # Redelivered after a crash between the state write and the offset commit.
+                self.metrics.events.labels(event.event_type, "duplicate").inc()
+                return
             updated = apply_event(
                 self.bundle, state, event.user_id, event.item_id, event.event_type, event.ts,
                 self.settings.event_weights[event.event_type], online=True,
                 steps=self.settings.online_steps, lr=self.settings.online_lr,
-                negatives=self.settings.online_negatives)
+                negatives=self.settings.online_negatives, offset=message.offset)
             self.store.put(event.user_id, updated, message)
         except Exception as exc:  # a bug must not stop the stream; the event is kept aside
             log.exception("failed to apply event at %s[%s]@%s", message.topic, message.partition,
@@ -185,7 +190,8 @@ class Processor:
             fresh = initial_state(self.bundle, user_id)
             return UserState(vector=fresh.vector, history=state.history or fresh.history,
                              counts=state.counts, applied=state.applied,
-                             model_version=self.bundle.version, last_ts=state.last_ts)
+                             model_version=self.bundle.version, last_ts=state.last_ts,
+                             last_offset=state.last_offset)
         return state
 
     def _answer(self, pending: list[tuple[ParsedRequest, InMessage]], outputs: list[OutMessage]) -> None:

@@ -31,6 +31,8 @@ class UserState:
         applied: number of events applied online; part of each update's seed.
         model_version: version of the model whose space ``vector`` lives in.
         last_ts: ts of the last event applied.
+        last_offset: Kafka offset of the last event applied (a user's events all come from one
+            partition), so an event redelivered after a crash is not learned twice.
     """
 
     vector: np.ndarray
@@ -39,6 +41,7 @@ class UserState:
     applied: int = 0
     model_version: str = ""
     last_ts: float = 0.0
+    last_offset: int | None = None
 
 
 def encode_state(state: UserState) -> bytes:
@@ -49,6 +52,7 @@ def encode_state(state: UserState) -> bytes:
         "n": state.applied,
         "m": state.model_version,
         "t": state.last_ts,
+        "o": state.last_offset,
     })
 
 
@@ -61,6 +65,7 @@ def decode_state(raw: bytes) -> UserState:
         applied=int(obj["n"]),
         model_version=str(obj["m"]),
         last_ts=float(obj["t"]),
+        last_offset=obj.get("o"),
     )
 
 
@@ -106,7 +111,8 @@ def update_seed(user_id: str, applied: int) -> int:
 
 
 def apply_event(bundle: ModelBundle, state: UserState, user_id: str, item_id: str, event_type: str, ts: float,
-                weight: float, *, online: bool, steps: int, lr: float, negatives: int) -> UserState:
+                weight: float, *, online: bool, steps: int, lr: float, negatives: int,
+                offset: int | None = None) -> UserState:
     """Apply one interaction to a user's state and return the new state.
 
     A learning step moves the user vector towards the item (away from it for
@@ -125,5 +131,6 @@ def apply_event(bundle: ModelBundle, state: UserState, user_id: str, item_id: st
     counts = dict(state.counts)
     counts[event_type] = counts.get(event_type, 0) + 1
     return UserState(vector=vector, history=history, counts=counts, applied=state.applied + 1,
-                     model_version=state.model_version, last_ts=max(state.last_ts, ts))
+                     model_version=state.model_version, last_ts=max(state.last_ts, ts),
+                     last_offset=offset if offset is not None else state.last_offset)
 

@@ -109,3 +109,17 @@ def test_frozen_mode_leaves_state_untouched(bundle, trained_world, settings) -> 
     processor.process([msg(frozen, "event", e) for e in clicks])
     assert store.states == {}
     assert processor.metrics.events.labels("click", "frozen")._value.get() == 4
+
+
+def test_a_redelivered_event_is_not_learned_twice(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=2e9)
+    store = DictStateStore()
+    processor = Processor(bundle, settings, store)
+    processor.process([msg(settings, "event", e, offset=10 + i) for i, e in enumerate(clicks)])
+    once = store.states["crashy"]
+    # After a crash faust delivers the uncommitted tail again.
+    processor.process([msg(settings, "event", e, offset=10 + i) for i, e in enumerate(clicks)][1:])
+    again = store.states["crashy"]
+    assert again.applied == once.applied == 3 and again.last_offset == 12
+    assert (again.vector == once.vector).all()
+    assert processor.metrics.events.labels("click", "duplicate")._value.get() == 2
