@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from streams.broker import EmbeddedBroker, create_topics, free_port, start_embedded_broker
+from streams.broker import EmbeddedBroker, create_topics, free_port, start_embedded_broker, stop_process
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,14 +64,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 def start_worker(settings: Settings, model_dir: Path, workdir: Path, *extra: str,
