@@ -123,3 +123,29 @@ def test_a_redelivered_event_is_not_learned_twice(bundle, trained_world, setting
     assert again.applied == once.applied == 3 and again.last_offset == 12
     assert (again.vector == once.vector).all()
     assert processor.metrics.events.labels("click", "duplicate")._value.get() == 2
+
+
+def test_state_survives_a_model_swap(bundle, trained_world, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from models import load_artifact
+    from trainer.train import train_to_artifact
+
+    store = DictStateStore()
+    processor = Processor(bundle, settings, store)
+    trained_world.world.user_cluster["swapper"] = 2
+    clicks = events_for_cluster(trained_world.world, "swapper", 2, 4, start_ts=2e9)
+    processor.process([msg(settings, "event", e, offset=i) for i, e in enumerate(clicks)])
+    before = store.states["swapper"]
+    newer = load_artifact(train_to_artifact(trained_world.events, tmp_path / "v2", seed=3, max_epochs=2,
+                                            log=lambda line: None))
+    processor.bundle = newer  # what the model watcher does between batches
+    state = processor.state_of("swapper", msg(settings, "event", clicks[0]))
+    # The history (item ids) and counts carry over; the vector restarts in the new model's space.
+    assert state.history == before.history and state.counts == before.counts
+    assert state.model_version == newer.version and state.last_offset == before.last_offset
+    assert not state.vector.any()  # "swapper" is unknown to the new model: its zero vector
+    outputs = processor.process([msg(settings, "request", {
+        "request_id": "after-swap", "user_id": "swapper",
+        "candidates": [{"item_id": i} for i in trained_world.world.items]})])
+    [result] = results(settings, outputs)
+    assert result["model"]["version"] == newer.version and "error" not in result
+    assert cluster_share_at_k(trained_world.world, "swapper", [i["item_id"] for i in result["items"]], 10) >= 0.5
