@@ -12,6 +12,7 @@ from models import ModelBundle
 from streams.agents import register_agents
 from streams.metrics import WorkerMetrics
 from streams.monitoring import register_monitor
+from streams.items import ItemCatalog
 from streams.model_updates import ModelSwapper
 from streams.processing import Processor
 from streams.security import faust_credentials
@@ -88,11 +89,16 @@ def build_worker(settings: Settings, bundle: ModelBundle, *, web_port: int, data
     processor = Processor(bundle, settings, TableStateStore(table), metrics)
     register_agents(app, settings, topics, processor)
     register_monitor(app, table, [settings.events_topic, settings.requests_topic], metrics)
-    swapper = ModelSwapper(settings, processor, metrics)
+    catalog = ItemCatalog(settings, processor)
+    swapper = ModelSwapper(settings, processor, metrics, catalog)
 
     @app.task
     async def follow_model_updates() -> None:
         await swapper.watch()
+
+    @app.task
+    async def follow_items() -> None:
+        await catalog.follow()
 
     return Worker(app, topics, table, processor, metrics)
 

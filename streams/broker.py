@@ -155,6 +155,7 @@ def project_topics(settings: Settings) -> list[str]:
         settings.results_topic,
         settings.dead_letter_topic,
         settings.model_updates_topic,
+        settings.items_topic,
     ]
 
 
@@ -182,8 +183,11 @@ def create_topics(
         return []
     # Model announcements need one total order that every worker reads whole.
     partitions = {settings.model_updates_topic: 1}
+    # Item metadata keeps the latest record per item.
+    configs = {settings.items_topic: {"cleanup.policy": "compact"}}
     futures = admin.create_topics(
-        [NewTopic(n, partitions.get(n, settings.partitions), settings.replication_factor)
+        [NewTopic(n, partitions.get(n, settings.partitions), settings.replication_factor,
+                  config=configs.get(n, {}))
          for n in missing],
         operation_timeout=timeout,
     )

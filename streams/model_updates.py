@@ -51,10 +51,12 @@ def is_newer(candidate: dict[str, Any], serving: ModelBundle) -> bool:
 
 
 class ModelSwapper:
-    def __init__(self, settings: Settings, processor: Processor, metrics: WorkerMetrics) -> None:
+    def __init__(self, settings: Settings, processor: Processor, metrics: WorkerMetrics,
+                 catalog: Any = None) -> None:
         self.settings = settings
         self.processor = processor
         self.metrics = metrics
+        self.catalog = catalog
 
     async def handle(self, raw: bytes | None) -> bool:
         """Act on one announcement; True when the serving model changed."""
@@ -71,6 +73,9 @@ class ModelSwapper:
         loop = asyncio.get_running_loop()
         try:
             bundle = await loop.run_in_executor(None, load_and_validate, path)
+            if self.catalog is not None and self.catalog.items:
+                # The new model is not serving yet, so its tables can grow off the event loop.
+                await loop.run_in_executor(None, bundle.register_items, list(self.catalog.items.values()))
         except Exception as exc:  # a bad artifact must never stop serving the current one
             log.error("rejected model %s at %s, still serving %s: %s", version, path, serving.version, exc)
             self.metrics.model_load_failures.inc()

@@ -52,6 +52,7 @@ class Settings:
     results_topic: str = "reranked-results"
     dead_letter_topic: str = "dead-letters"
     model_updates_topic: str = "model-updates"
+    items_topic: str = "items"
 
     # Security, passed to every Kafka client (faust, confluent-kafka, aiokafka).
     security_protocol: str = "PLAINTEXT"

@@ -40,6 +40,7 @@ def isolated_settings(broker: EmbeddedBroker, **overrides: Any) -> Settings:
         results_topic=f"reranked-results-{tag}",
         dead_letter_topic=f"dead-letters-{tag}",
         model_updates_topic=f"model-updates-{tag}",
+        items_topic=f"items-{tag}",
         **overrides,
     )
 

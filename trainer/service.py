@@ -153,6 +153,26 @@ def evaluate_on_stream(bundle: ModelBundle, settings: Settings, messages: Sequen
     return ranking_metrics(results, truth)
 
 
+def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
+    """The latest metadata record per item on the items topic (empty when there is no topic)."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams.items import parse_item
+    from streams.kafka_io import read_topic
+    from streams.security import confluent_security
+
+    topics = AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings)}
+                         ).list_topics(timeout=10).topics
+    if settings.items_topic not in topics:
+        return []
+    latest: dict[str, dict[str, Any]] = {}
+    for _, _, value in read_topic(settings, settings.items_topic)[0]:
+        record = parse_item(value)
+        if record is not None:
+            latest[record["item_id"]] = record
+    return list(latest.values())
+
+
 def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn", seed: int = 0,
              max_epochs: int | None = None, announce: bool = True,
              progress: Callable[[str], None] = print,
@@ -177,12 +197,15 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
                          "no events since the serving model's watermark")
     if not train:
         return RunResult("skipped", None, None, {}, None, time.monotonic() - started, "no events")
-    progress(f"trainer: {len(train)} events to train on, {len(held)} held out, {invalid} invalid skipped")
+    items = items_from_topic(settings)
+    progress(f"trainer: {len(train)} events to train on, {len(held)} held out, {invalid} invalid skipped"
+             + (f", {len(items)} items with metadata" if items else ""))
     staging = store.staging_dir(root, "train")
     try:
         artifact = Path(train_fn(
             [event for _, _, event in train], staging / "artifact", kind=kind,
             event_weights=settings.event_weights, seed=seed, max_epochs=max_epochs, log=progress,
+            items=items or None,
             trained_through={"topic": topic, "offsets": cut,
                              "max_ts": max(e["ts"] for _, _, e in train)}))
         candidate = load_artifact(artifact)
