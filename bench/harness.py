@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,11 +76,12 @@ def cpu_busy(seconds: float = 1.0) -> float:
 
 
 QUIET_LOAD = 0.0  # --quiet: wait for the 1-minute load average to fall below this before measuring
-QUIET_MAX_WAIT_S = 900.0
+QUIET_MAX_WAIT_S = 900.0  # --quiet-max-wait
 
 
 def wait_for_quiet() -> dict[str, float]:
     """Wait (up to QUIET_MAX_WAIT_S) until load1 <= QUIET_LOAD; returns what the machine looked like."""
+    # Checked every 5 s; the load average decays with a 1-minute time constant.
     waited = 0.0
     if QUIET_LOAD > 0:
         started = time.monotonic()
@@ -426,6 +428,7 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
             record["cpu_busy_before"] = cpu_busy()
             cpu_before = {k: _cpu_seconds(p) for k, p in pids.items()}
             client_before = time.process_time()
+            metrics_before = [s.metrics() for s in services] if cfg.target == "worker" else []
             spy = None
             if cfg.profile == "py-spy" and cfg.target == "worker":
                 spy = start_py_spy(services[0].process.pid, cfg.warmup_s + cfg.window_s,
@@ -442,11 +445,20 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
             cpu_after = {k: _cpu_seconds(p) for k, p in pids.items()}
             record["cpu_share"] = {k: round((cpu_after[k] - cpu_before[k]) / elapsed, 3) for k in pids}
             record["cpu_share"]["client"] = round((time.process_time() - client_before) / elapsed, 3)
+            # CPU per request offered: less sensitive to other load on the machine than wall times.
+            n_offered = max(1, int(round(rate * (cfg.warmup_s + cfg.window_s))))
+            record["cpu_us_per_request"] = {k: round(v * elapsed / n_offered * 1e6, 1)
+                                            for k, v in record["cpu_share"].items()}
             record["load1_after"] = load1()
             record.update(result.summary())
             record["sustainable"] = result.sustainable()
             if cfg.target == "worker":
-                m = services[0].metrics()
+                # The window's own samples (warm-up included): the counts after minus before,
+                # summed over the workers, so the probes and start-up are left out.
+                m: dict[str, float] = {}
+                for s, before in zip(services, metrics_before):
+                    for key, value in s.metrics().items():
+                        m[key] = m.get(key, 0.0) + value - before.get(key, 0.0)
                 record["worker_batch_mean"] = _hist_mean(m, "reranker_batch_requests")
                 record["worker_score_ms_mean"] = _hist_mean(m, "reranker_score_duration_seconds", 1000.0)
                 # Request ts (set by the client at send) to the worker's publish; the rest of the
@@ -593,6 +605,7 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
                         rss_start = rss_mb(worker.process.pid)
                     if applied > 0 and first_at is None:
                         first_at, cpu0 = now, _cpu_seconds(worker.process.pid)
+                        broker_cpu0 = _cpu_seconds(broker.process.pid)
                         if profile_s:
                             start_py_spy(worker.process.pid, profile_s,
                                          work / f"profile-ingest-{n_users}-{store.split(':')[0]}.txt")
@@ -604,6 +617,7 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
                 time.sleep(0.1)
             last_at = samples[-1][0]
             cpu1 = _cpu_seconds(worker.process.pid)
+            broker_cpu1 = _cpu_seconds(broker.process.pid)
             committed_at = wait_committed(broker.bootstrap, settings.app_id, settings.events_topic,
                                           positions, timeout=120)
             record["load1_after"] = load1()
@@ -614,8 +628,16 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
             lo = next(t for t, a in samples if a >= 0.1 * n_events)
             hi = next(t for t, a in samples if a >= 0.9 * n_events)
             record["events_per_s_10_90"] = round(0.8 * n_events / max(1e-9, hi - lo), 1)
+            # Rate in each tenth of the events: shows whether ingestion slows as topics and state grow.
+            marks = [first_at] + [next(t for t, a in samples if a >= q / 10 * n_events) for q in range(1, 11)]
+            record["events_per_s_by_tenth"] = [round(0.1 * n_events / max(1e-9, b - a), 1)
+                                               for a, b in zip(marks, marks[1:])]
             record["commit_lag_s"] = round(committed_at - last_at, 2)
             record["worker_cpu_share"] = round((cpu1 - cpu0) / span, 3)
+            record["broker_cpu_share"] = round((broker_cpu1 - broker_cpu0) / span, 3)
+            # CPU per event (from the first applied event on; the last sample may run ~0.1 s late).
+            record["worker_cpu_us_per_event"] = round((cpu1 - cpu0) / n_events * 1e6, 1)
+            record["broker_cpu_us_per_event"] = round((broker_cpu1 - broker_cpu0) / n_events * 1e6, 1)
             if not backlog:
                 record["produce_to_commit_events_per_s"] = round(n_events / (committed_at - t_produce), 1)
             time.sleep(2.0)  # let the store flush what it buffers before sizing it
@@ -723,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quiet", type=float, default=0.0, metavar="LOAD",
                     help="before each measurement wait (up to 15 min) for the 1-minute load average "
                          "to fall to LOAD; the figure is recorded either way")
+    ap.add_argument("--quiet-max-wait", type=float, default=900.0, metavar="SECONDS")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("latency", help="latency windows at stepped rates (fresh broker each)")
@@ -760,8 +783,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", choices=TARGETS, default="worker")
 
     a = ap.parse_args(argv)
-    global WORKER_REPO, QUIET_LOAD
-    QUIET_LOAD = a.quiet
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the broker and workers of a run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    global WORKER_REPO, QUIET_LOAD, QUIET_MAX_WAIT_S
+    QUIET_LOAD, QUIET_MAX_WAIT_S = a.quiet, a.quiet_max_wait
     if a.worker_repo:
         WORKER_REPO = Path(a.worker_repo).resolve()
     work = Path(a.work)
@@ -790,7 +815,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          overrides=_overrides(a.set), backlog=not a.live, profile_s=a.profile)
             emit(rec)
             say(f"  ingest {users} users / {rec['events']} events ({a.store}): {rec['events_per_s']} events/s "
-                f"(10-90%: {rec['events_per_s_10_90']}), worker cpu {rec['worker_cpu_share']:.0%}, "
+                f"(10-90%: {rec['events_per_s_10_90']}), worker cpu {rec['worker_cpu_share']:.0%} "
+                f"({rec['worker_cpu_us_per_event']} us/event), broker cpu {rec['broker_cpu_share']:.0%}, "
                 f"RSS {rec['rss_mb_start']} -> {rec['rss_mb']} MB, data dir {rec['data_dir_mb']} MB; "
                 f"load1 {rec['load1_before']}")
     elif a.command == "forward":

@@ -25,8 +25,8 @@ def main() -> None:
     with open(a.path) as fh:
         for line in fh:
             stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack:
-                continue
+            if not stack or not count.isdigit():
+                continue  # the rare frame name with a line break in it
             n = int(count)
             total += n
             frames = stack.split(";")

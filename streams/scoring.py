@@ -64,10 +64,14 @@ def rerank_batch(bundle: ModelBundle, inputs: Sequence[ScoringInput]) -> list[li
     for row, request in enumerate(inputs):
         n = len(request.candidates)
         model_scores = scores[row, :n]
-        upstream = np.nan_to_num(request.upstream, nan=-np.inf)
+        upstream = np.asarray(request.upstream, dtype=np.float64)
+        upstream = np.where(np.isnan(upstream), -np.inf, upstream)
         # lexsort sorts by the last key first.
         order = np.lexsort((np.arange(n), -upstream, -model_scores))
         if request.k is not None:
             order = order[: request.k]
-        ranked.append([(request.candidates[i], float(model_scores[i])) for i in order])
+        # tolist() converts in one call; indexing numpy scalars one by one costs ~1 us each.
+        candidates = request.candidates
+        ranked.append([(candidates[i], score)
+                       for i, score in zip(order.tolist(), model_scores[order].tolist())])
     return ranked
