@@ -7,7 +7,7 @@ model never saw in training can still be scored from its metadata (see `add_item
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -367,4 +367,97 @@ def score_and_grad_np(
         gx = (gx @ w) * (a > 0)
     # gx is now dLoss/d(first-layer output), [N, h1].
     grad_u += gx.sum(axis=0) @ p["w_u"] + ((gx @ p["w_m"]) * q).sum(axis=0)
+    return s, grad_u
+
+
+# Batched twins of the three functions above, for the online update of many users at once.
+#
+# Every product goes through np.matmul on stacked operands ([B, m, n] @ [n, p] and the like),
+# which numpy evaluates as one BLAS call per row with that row's own [m, n] x [n, p] shape. A row's
+# result therefore depends only on the row, never on how many other rows share the batch, even in
+# float32. A flattened [B*m, n] x [n, p] product does not have that property: with OpenBLAS, rows
+# of it came out differently for B = 3 or 64 than alone (e.g. [17, 64] x [64, 1] per row). With
+# the same per-row shapes as the single-user twins, the kernels are also the ones those use.
+
+
+def history_context_batch_np(p: dict[str, Any], histories: np.ndarray) -> np.ndarray:
+    """Batched `history_context_np`.
+
+    Args:
+        p: Output of `numpy_params`.
+        histories: [B, H'] int64 item rows, 0 = padding, most recent last.
+
+    Returns:
+        [B, D] history contexts, zeros for all-padding rows, in the dtype of `p`'s tables.
+    """
+    length = p["history_len"]
+    h = histories[:, -length:]
+    mask = h > 0
+    present = mask.any(axis=1)
+    w = p["pos_w"][length - h.shape[1] :] * mask
+    total = w.sum(axis=1, keepdims=True)
+    everyone = present.all()
+    if not everyone:
+        # Empty rows divide by 1 instead of 0 (their weights are all zero) and are zeroed below.
+        total[~present] = 1.0
+    ctx = np.matmul((w / total)[:, None, :], p["hist_emb"][h])  # [B, 1, D]
+    out = np.matmul(p["proj_w"], ctx.transpose(0, 2, 1))[:, :, 0] + p["proj_b"]  # [B, D]
+    if not everyone:
+        out[~present] = 0.0
+    return out
+
+
+def item_terms_batch(p: dict[str, Any], items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batched `item_terms`.
+
+    Args:
+        p: Output of `numpy_params`.
+        items: [B, N] int64 item rows.
+
+    Returns:
+        (q [B, N, D] item embeddings, [B, N, h1] first-layer pre-activation from q plus its bias,
+        [B, N] item biases).
+    """
+    q = p["item_emb"][items]
+    return q, np.matmul(q, p["w_q"].T) + p["b1"], p["item_bias"][items]
+
+
+def score_and_grad_batch_np(
+    p: dict[str, Any],
+    u: np.ndarray,
+    items: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray],
+    dloss_dscore: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Batched `score_and_grad_np`: B users, each with its own N items.
+
+    Args:
+        p: Output of `numpy_params`.
+        u: [B, D] user representations.
+        items: [B, N] int64 item rows, or their precomputed `item_terms_batch`.
+        dloss_dscore: None to skip the backward pass, or a callable mapping scores [B, N] to
+            dLoss/dscore [B, N].
+
+    Returns:
+        (scores [B, N], dLoss/du [B, D] or None).
+    """
+    q, pre_q, base = item_terms_batch(p, items) if isinstance(items, np.ndarray) else items
+    uq = q * u[:, None, :]
+    # [h1, D] @ [B, D, 1] -> [B, h1, 1] -> [B, 1, h1]: the u block of the first layer, per user.
+    x = np.matmul(uq, p["w_m"].T) + pre_q + np.matmul(p["w_u"], u[:, :, None]).transpose(0, 2, 1)
+    acts = []
+    for w, b in p["hidden"]:
+        x = np.maximum(x, 0.0)
+        acts.append(x)
+        x = np.matmul(x, w.T) + b
+    s = x[:, :, 0] + uq.sum(axis=2) + base
+    if dloss_dscore is None:
+        return s, None
+    g = dloss_dscore(s).astype(q.dtype, copy=False)
+    grad_u = np.matmul(g[:, None, :], q)[:, 0]  # [B, 1, N] @ [B, N, D] -> [B, D]
+    gx = g[:, :, None]
+    for (w, _), a in zip(reversed(p["hidden"]), reversed(acts)):
+        gx = np.matmul(gx, w) * (a > 0)
+    # gx is now dLoss/d(first-layer output), [B, N, h1].
+    grad_u += np.matmul(gx.sum(axis=1)[:, None, :], p["w_u"])[:, 0] \
+        + (np.matmul(gx, p["w_m"]) * q).sum(axis=1)
     return s, grad_u

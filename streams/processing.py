@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -19,11 +20,12 @@ import orjson
 
 from models import ModelBundle
 from streams.metrics import WorkerMetrics, request_start
-from streams.records import (ContractError, ParsedRequest, encode_error_result, encode_result,
-                             parse_event, parse_request)
+from streams.records import (ContractError, ParsedRequest, UserEvent, encode_error_result,
+                             encode_result, parse_event, parse_request)
 from streams.scoring import ScoringInput, rerank_batch
 from streams.settings import Settings
-from streams.state import UserState, already_trained, apply_event, history_rows, initial_state
+from streams.state import (Interaction, UserState, already_trained, apply_event, apply_events, history_rows,
+                           initial_state)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ class InMessage:
     key: bytes | None
     value: bytes | None
     handle: object = None
+
+
+# An event, its message and what became of it ("ok", "duplicate"), as `_apply_rounds` reports it.
+Outcome = tuple[UserEvent, InMessage, str]
 
 
 @dataclass
@@ -92,7 +98,10 @@ class Processor:
 
     Requests are collected and scored together in one forward pass; an event
     for a user with a request still waiting flushes the waiting requests first,
-    so no request sees an interaction that came after it.
+    so no request sees an interaction that came after it. Events are collected
+    too and applied as a group (one batched online update per round, one state
+    write per user) right before any flush, so every request still sees every
+    event of its user that came before it.
     """
 
     def __init__(self, bundle: ModelBundle, settings: Settings, store: StateStore,
@@ -107,10 +116,14 @@ class Processor:
         outputs: list[OutMessage] = []
         pending: list[tuple[ParsedRequest, InMessage]] = []
         pending_users: set[str] = set()
+        group: list[tuple[UserEvent, InMessage]] = []
         for message in messages:
             if message.topic == self.settings.requests_topic:
                 request = self._parse_request(message, outputs)
                 if request is not None:
+                    # The group may hold events of this user: they came before the request and
+                    # are applied before it is answered, since every answer applies the group
+                    # first. No event after it can join the group while it waits (see below).
                     pending.append((request, message))
                     pending_users.add(request.user_id)
             elif message.topic == self.settings.events_topic:
@@ -123,9 +136,12 @@ class Processor:
                     outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
                     continue
                 if event.user_id in pending_users:
+                    self._apply_group(group, outputs)
+                    group = []
                     self._answer(pending, outputs)
                     pending, pending_users = [], set()
-                self._apply(event, message, outputs)
+                group.append((event, message))
+        self._apply_group(group, outputs)
         self._answer(pending, outputs)
         return outputs
 
@@ -145,15 +161,16 @@ class Processor:
                     self.bundle.version, self.clock())))
             return None
 
-    def _apply(self, event, message: InMessage, outputs: list[OutMessage]) -> None:
-        if already_trained(self.bundle.trained_through, message.topic, message.partition,
-                           message.offset, event.ts):
-            self.metrics.events.labels(event.event_type, "trained").inc()
-            return
-        if not self.settings.online_updates:
-            # Frozen serving: the model's own state only, neither vector nor history moves.
-            self.metrics.events.labels(event.event_type, "frozen").inc()
-            return
+    def _apply_one(self, event: UserEvent, message: InMessage, outputs: list[OutMessage]) -> None:
+        """Apply one event and write its user's state: the fallback when a group fails.
+
+        The trained and frozen checks are the caller's (`_apply_group` has made and counted them).
+
+        Args:
+            event: The parsed event.
+            message: Its message (offset for duplicate detection, source for the store).
+            outputs: Where a dead letter goes if applying it fails.
+        """
         try:
             state = self.state_of(event.user_id, message)
             if message.offset is not None and state.last_offset is not None \
@@ -177,6 +194,104 @@ class Processor:
         self.metrics.events.labels(event.event_type, "ok").inc()
         if message.timestamp is not None:
             self.metrics.state_update_lag.observe(max(0.0, self.clock() - message.timestamp))
+
+    def _apply_group(self, group: list[tuple[UserEvent, InMessage]], outputs: list[OutMessage]) -> None:
+        """Apply consecutive events as `_apply_one` would one by one, with batched online updates.
+
+        A user's k-th event goes in round k, one `apply_events` call per round over all users
+        that have one, each on the state the previous round left in a local dict; the store sees
+        one write per user, of the final state, when all rounds are done. Checks and metrics are
+        the one-by-one path's, per event. If the batched work fails, the group is applied again
+        one event at a time through `_apply_one`, so a bad event only dead-letters itself.
+        """
+        if not group:
+            return
+        planned: list[tuple[UserEvent, InMessage]] = []
+        for event, message in group:
+            if already_trained(self.bundle.trained_through, message.topic, message.partition,
+                               message.offset, event.ts):
+                self.metrics.events.labels(event.event_type, "trained").inc()
+            elif not self.settings.online_updates:
+                # Frozen serving: the model's own state only, neither vector nor history moves.
+                self.metrics.events.labels(event.event_type, "frozen").inc()
+            else:
+                planned.append((event, message))
+        if not planned:
+            return
+        by_user: dict[str, list[tuple[UserEvent, InMessage]]] = {}
+        for event, message in planned:
+            by_user.setdefault(event.user_id, []).append((event, message))
+        try:
+            results = self._apply_rounds(by_user)
+        except Exception:  # a bug must not stop the stream; isolate it event by event
+            # Nothing was written yet, so the one-by-one path starts from the same states.
+            log.exception("batched update of %d events failed; applying them one by one", len(planned))
+            for event, message in planned:
+                self._apply_one(event, message, outputs)
+            return
+        for user_id, (state, source, outcomes) in results.items():
+            if source is not None:
+                try:
+                    self.store.put(user_id, state, source)
+                except Exception:
+                    log.exception("failed to store the state of %d events of one user; applying them "
+                                  "one by one", len(outcomes))
+                    for event, message, _ in outcomes:
+                        self._apply_one(event, message, outputs)
+                    continue
+            for event, message, outcome in outcomes:
+                self.metrics.events.labels(event.event_type, outcome).inc()
+                if outcome == "ok" and message.timestamp is not None:
+                    self.metrics.state_update_lag.observe(max(0.0, self.clock() - message.timestamp))
+
+    def _apply_rounds(self, by_user: dict[str, list[tuple[UserEvent, InMessage]]]
+                      ) -> dict[str, tuple[UserState, InMessage | None, list[Outcome]]]:
+        """Each user's events applied in order, in memory, batched across users.
+
+        Args:
+            by_user: Each user's events to apply (trained and frozen ones already set aside), in
+                message order.
+
+        Returns:
+            Per user: the final state, the message of the last event applied (None when every
+            event was a duplicate: nothing to write) and each event's outcome, "ok" or "duplicate".
+        """
+        settings = self.settings
+        states = {user_id: self.state_of(user_id, events[0][1]) for user_id, events in by_user.items()}
+        sources: dict[str, InMessage | None] = dict.fromkeys(by_user)
+        outcomes: dict[str, list[Outcome]] = {user_id: [] for user_id in by_user}
+        queues = {user_id: deque(events) for user_id, events in by_user.items()}
+        while queues:
+            users: list[str] = []
+            batch: list[tuple[UserEvent, InMessage]] = []
+            for user_id, queue in list(queues.items()):
+                last_offset = states[user_id].last_offset
+                while queue:
+                    event, message = queue.popleft()
+                    if message.offset is not None and last_offset is not None \
+                            and message.offset <= last_offset:
+                        # Redelivered after a crash between the state write and the offset commit.
+                        outcomes[user_id].append((event, message, "duplicate"))
+                        continue
+                    users.append(user_id)
+                    batch.append((event, message))
+                    break
+                if not queue:
+                    del queues[user_id]
+            if not batch:
+                break
+            updated = apply_events(
+                self.bundle, [states[user_id] for user_id in users],
+                [Interaction(event.user_id, event.item_id, event.event_type, event.ts,
+                             settings.event_weights[event.event_type], message.offset)
+                 for event, message in batch],
+                online=True, steps=settings.online_steps, lr=settings.online_lr,
+                negatives=settings.online_negatives)
+            for user_id, (event, message), state in zip(users, batch, updated):
+                states[user_id] = state
+                sources[user_id] = message
+                outcomes[user_id].append((event, message, "ok"))
+        return {user_id: (states[user_id], sources[user_id], outcomes[user_id]) for user_id in by_user}
 
     def state_of(self, user_id: str, source: InMessage) -> UserState:
         """The user's current state, or the state the model knows for them."""

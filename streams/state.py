@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
 
-from models import ModelBundle, online_update
+from models import ModelBundle, online_update_batch
 
 
 @dataclass
@@ -110,6 +110,27 @@ def update_seed(user_id: str, applied: int) -> int:
     return int.from_bytes(digest, "little")
 
 
+@dataclass(frozen=True)
+class Interaction:
+    """One event to apply to a user's state (the arguments of `apply_event`, as a record).
+
+    Attributes:
+        user_id: The user; with the state's `applied` count it seeds the online update.
+        item_id: The item interacted with.
+        event_type: Counted in the state's `counts`.
+        ts: Event time; `last_ts` keeps the largest.
+        weight: > 0 positive (enters the history), < 0 explicit negative, 0 counted only.
+        offset: Kafka offset, kept as `last_offset`; None keeps the previous one.
+    """
+
+    user_id: str
+    item_id: str
+    event_type: str
+    ts: float
+    weight: float
+    offset: int | None = None
+
+
 def apply_event(bundle: ModelBundle, state: UserState, user_id: str, item_id: str, event_type: str, ts: float,
                 weight: float, *, online: bool, steps: int, lr: float, negatives: int,
                 offset: int | None = None) -> UserState:
@@ -117,20 +138,60 @@ def apply_event(bundle: ModelBundle, state: UserState, user_id: str, item_id: st
 
     A learning step moves the user vector towards the item (away from it for
     negative feedback) against the model's item representations; positive
-    interactions also enter the history.
+    interactions also enter the history. `apply_events` with one row.
     """
-    vector = state.vector
-    item_row = bundle.item_index.get(item_id, 0)
-    if online and item_row and weight != 0.0:
-        vector = online_update(bundle, vector, history_rows(bundle, state.history), item_row, weight,
-                               seed=update_seed(user_id, state.applied),
-                               steps=steps, lr=lr, n_negatives=negatives)
-    history = state.history
-    if weight > 0:
-        history = (history + [item_id])[-bundle.history_len:]
-    counts = dict(state.counts)
-    counts[event_type] = counts.get(event_type, 0) + 1
-    return UserState(vector=vector, history=history, counts=counts, applied=state.applied + 1,
-                     model_version=state.model_version, last_ts=max(state.last_ts, ts),
-                     last_offset=offset if offset is not None else state.last_offset)
+    [updated] = apply_events(bundle, [state], [Interaction(user_id, item_id, event_type, ts, weight, offset)],
+                             online=online, steps=steps, lr=lr, negatives=negatives)
+    return updated
 
+
+def apply_events(bundle: ModelBundle, states: Sequence[UserState], interactions: Sequence[Interaction], *,
+                 online: bool, steps: int, lr: float, negatives: int) -> list[UserState]:
+    """Apply interaction i to states[i], for every i, with one batched online update.
+
+    Rows are independent: result i is bit for bit what `apply_event` gives for that state and
+    interaction alone, whatever the other rows hold (`online_update_batch` guarantees it for the
+    vectors). A user's successive events therefore go in successive calls, each on the state the
+    previous one returned.
+
+    Args:
+        bundle: The serving model.
+        states: B current states.
+        interactions: B events, interactions[i] for states[i].
+        online: Whether vectors learn; False still advances history, counts and the rest.
+        steps: Gradient steps per event.
+        lr: Step size.
+        negatives: Sampled negatives per positive event.
+
+    Returns:
+        B new states (the inputs are not modified).
+    """
+    if len(states) != len(interactions):
+        raise ValueError(f"{len(states)} states for {len(interactions)} interactions")
+    vectors = [state.vector for state in states]
+    rows = [bundle.item_index.get(it.item_id, 0) for it in interactions]
+    learn = [i for i, (row, it) in enumerate(zip(rows, interactions)) if online and row and it.weight != 0.0]
+    if learn:
+        learned = online_update_batch(
+            bundle,
+            np.stack([np.asarray(states[i].vector, dtype=np.float32).reshape(-1) for i in learn]),
+            np.stack([history_rows(bundle, states[i].history) for i in learn]),
+            np.array([rows[i] for i in learn], dtype=np.int64),
+            np.array([interactions[i].weight for i in learn], dtype=np.float64),
+            [update_seed(interactions[i].user_id, states[i].applied) for i in learn],
+            steps=steps, lr=lr, n_negatives=negatives)
+        for k, i in enumerate(learn):
+            vectors[i] = learned[k].copy()  # its own buffer, not a view pinning the whole batch
+    return [_advanced(bundle, state, it, vector) for state, it, vector in zip(states, interactions, vectors)]
+
+
+def _advanced(bundle: ModelBundle, state: UserState, it: Interaction, vector: np.ndarray) -> UserState:
+    """The state after `it`, with `vector` as its (already updated) user vector."""
+    history = state.history
+    if it.weight > 0:
+        history = (history + [it.item_id])[-bundle.history_len:]
+    counts = dict(state.counts)
+    counts[it.event_type] = counts.get(it.event_type, 0) + 1
+    return UserState(vector=vector, history=history, counts=counts, applied=state.applied + 1,
+                     model_version=state.model_version, last_ts=max(state.last_ts, it.ts),
+                     last_offset=it.offset if it.offset is not None else state.last_offset)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import ModelBundle, load_artifact, online_update, push_history, save_artifact
+from models import ModelBundle, load_artifact, online_update, online_update_batch, push_history, save_artifact
 from models.dnn import DNNReranker
+from models.online import _batch_targets, _labels_and_weights, _sample_negatives
 
 D, H, N_CLUSTERS, PER_CLUSTER = 16, 5, 4, 10
 N_ITEMS, N_USERS = N_CLUSTERS * PER_CLUSTER, 6
@@ -136,3 +137,113 @@ def test_hand_derived_update_matches_the_generic_autograd_path(bundle: ModelBund
         slow = online_update(generic, vec, hist, item, weight, seed=11)
         assert not np.allclose(fast, vec)
         np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)
+
+
+def random_events(b: ModelBundle, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """n events mixing positive, dismiss and zero weights, unknown items and empty histories."""
+    rng = np.random.default_rng(seed)
+    d, h, n_items = b.model.dim, b.model.history_len, b.model.n_items
+    vecs = rng.normal(0, 0.3, size=(n, d)).astype(np.float32)
+    hists = rng.integers(0, n_items + 1, size=(n, h))
+    hists[np.arange(n) % 4 == 0] = 0  # no history at all
+    for i, cut in enumerate(rng.integers(0, h + 1, size=n)):
+        hists[i, :cut] = 0  # left padding of any length
+    items = rng.integers(1, n_items + 1, size=n)
+    items[np.arange(n) % 7 == 3] = 0  # unknown item
+    weights = rng.choice([1.0, 0.5, 3.0, -1.0, -0.25, 0.0], size=n)
+    weights[:2] = [1.0, -1.0][:n]  # both kinds in every batch of two or more
+    seeds = [int(s) for s in rng.integers(0, 2**64, size=n, dtype=np.uint64)]  # as update_seed makes them
+    return vecs, hists, items, weights, seeds
+
+
+def without_hidden_layers(b: ModelBundle) -> ModelBundle:
+    """The fixture's bundle with an MLP-free model: a different set of products in the update."""
+    import dataclasses
+
+    torch.manual_seed(1)
+    model = DNNReranker(N_USERS, N_ITEMS, dim=D, history_len=H, mlp_hidden=[])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return dataclasses.replace(b, model=model, cache={})
+
+
+@pytest.mark.parametrize("n", [1, 3, 64])
+@pytest.mark.parametrize("hidden", [True, False])
+@pytest.mark.parametrize("steps,n_negatives", [(3, 4), (1, 16)])
+def test_a_batch_row_is_bit_identical_to_the_event_alone(
+    bundle: ModelBundle, n: int, hidden: bool, steps: int, n_negatives: int
+) -> None:
+    b = bundle if hidden else without_hidden_layers(bundle)
+    vecs, hists, items, weights, seeds = random_events(b, n, seed=n)
+    kw = dict(steps=steps, lr=0.05, n_negatives=n_negatives)
+    before = vecs.copy()
+    out = online_update_batch(b, vecs, hists, items, weights, seeds, **kw)
+    assert out.dtype == np.float32 and out.shape == vecs.shape
+    assert np.array_equal(vecs, before)  # inputs untouched
+    for i in range(n):
+        alone = online_update(b, vecs[i], hists[i], int(items[i]), float(weights[i]), seed=seeds[i], **kw)
+        assert np.array_equal(out[i], alone), i
+        if items[i] == 0 or weights[i] == 0:
+            assert np.array_equal(out[i], vecs[i])
+        else:
+            assert not np.array_equal(out[i], vecs[i])
+    # The same rows next to other company: a prefix, and the batch reversed.
+    head = online_update_batch(b, vecs[:3], hists[:3], items[:3], weights[:3], seeds[:3], **kw)
+    assert np.array_equal(head, out[:3])
+    back = online_update_batch(b, vecs[::-1], hists[::-1], items[::-1], weights[::-1], seeds[::-1], **kw)
+    assert np.array_equal(back[::-1], out)
+
+
+def test_batch_negatives_are_the_per_event_draws(bundle: ModelBundle) -> None:
+    _, _, items, weights, seeds = random_events(bundle, 40, seed=5)
+    keep = (items > 0) & (weights != 0)
+    rows, weights, seeds = items[keep], weights[keep], [s for s, k in zip(seeds, keep) if k]
+    got_items, got_labels, got_w = _batch_targets(bundle, rows, weights, seeds, 4)
+    for i, (row, weight, seed) in enumerate(zip(rows.tolist(), weights.tolist(), seeds)):
+        negs = (_sample_negatives(bundle, np.random.default_rng(seed), 4, row) if weight > 0
+                else np.zeros(0, dtype=np.int64))
+        labels, w = _labels_and_weights(negs, weight)
+        k = 1 + negs.size
+        assert got_items[i, 0] == row and np.array_equal(got_items[i, 1:k], negs)
+        assert np.array_equal(got_labels[i, :k], labels) and np.array_equal(got_w[i, :k], w)
+        # Dismisses are padded with zero-weight copies of the item: they add nothing.
+        assert not got_labels[i, k:].any() and not got_w[i, k:].any() and (got_items[i, k:] == row).all()
+
+
+def test_batch_no_ops_and_bad_rows(bundle: ModelBundle) -> None:
+    vecs, hists, items, weights, seeds = random_events(bundle, 5, seed=9)
+    same = online_update_batch(bundle, vecs, hists, items, weights, seeds, steps=0, lr=0.05, n_negatives=4)
+    assert np.array_equal(same, vecs) and same is not vecs
+    items[1] = N_ITEMS + 1
+    with pytest.raises(ValueError, match="out of range"):
+        online_update_batch(bundle, vecs, hists, items, weights, seeds, steps=1, lr=0.05, n_negatives=4)
+    with pytest.raises(ValueError, match="disagree"):
+        online_update_batch(bundle, vecs, hists, items[:4], weights, seeds, steps=1, lr=0.05, n_negatives=4)
+
+
+def test_batch_on_the_generic_path_loops_over_events(bundle: ModelBundle) -> None:
+    import dataclasses
+
+    from models import Reranker
+
+    class Delegate(Reranker):
+        def __init__(self, inner: Reranker) -> None:
+            super().__init__(inner.n_users, inner.n_items)
+            self.inner = inner
+
+        def user_repr(self, user_vec: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+            return self.inner.user_repr(user_vec, history)
+
+        def score(self, user_repr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            return self.inner.score(user_repr, items)
+
+    generic = dataclasses.replace(bundle, model=Delegate(bundle.model), cache={})
+    vecs, hists, items, weights, seeds = random_events(bundle, 6, seed=3)
+    kw = dict(steps=2, lr=0.05, n_negatives=4)
+    slow = online_update_batch(generic, vecs, hists, items, weights, seeds, **kw)
+    fast = online_update_batch(bundle, vecs, hists, items, weights, seeds, **kw)
+    for i in range(6):
+        alone = online_update(generic, vecs[i], hists[i], int(items[i]), float(weights[i]), seed=seeds[i], **kw)
+        assert np.array_equal(slow[i], alone)
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from models import MODEL_REGISTRY, Reranker, get_model_class, register
-from models.dnn import DNNReranker, history_context_np, numpy_params, score_and_grad_np
+from models.dnn import (DNNReranker, history_context_batch_np, history_context_np, numpy_params,
+                        score_and_grad_batch_np, score_and_grad_np)
 
 
 def make_model(n_users: int = 7, n_items: int = 11, **kw) -> DNNReranker:
@@ -112,6 +113,33 @@ def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int]
     (g_t,) = torch.autograd.grad(loss, v)
     np.testing.assert_allclose(s_np, s_t.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g_np, g_t[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden,vocab", [([16, 8], ()), ([], ()), ([4], ("g:a", "g:b"))])
+def test_batched_numpy_twins_equal_the_single_user_ones_bit_for_bit(hidden: list[int], vocab: tuple[str, ...]) -> None:
+    torch.manual_seed(0)
+    model = DNNReranker(7, 11, dim=8, history_len=5, mlp_hidden=hidden, feature_vocab=vocab)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+        if vocab:
+            model.set_item_features(torch.arange(1, 12), torch.rand(11, len(vocab)))
+    p = numpy_params(model)
+    rng = np.random.default_rng(2)
+    hist = rng.integers(0, 12, size=(6, 5))
+    hist[0] = 0  # no history: zero context
+    items = rng.integers(0, 12, size=(6, 4))
+    vec = rng.normal(size=(6, 8)).astype(np.float32)
+    y = (rng.random((6, 4)) < 0.3).astype(np.float32)
+
+    ctx = history_context_batch_np(p, hist)
+    s, g = score_and_grad_batch_np(p, vec + ctx, items, lambda s: 1 / (1 + np.exp(-s)) - y)
+    assert ctx.shape == (6, 8) and not ctx[0].any() and s.shape == (6, 4) and g is not None and g.shape == (6, 8)
+    for b in range(6):
+        ctx_b = history_context_np(p, hist[b])
+        s_b, g_b = score_and_grad_np(p, vec[b] + ctx_b, items[b], lambda s: 1 / (1 + np.exp(-s)) - y[b])
+        assert np.array_equal(ctx[b], ctx_b) and np.array_equal(s[b], s_b) and np.array_equal(g[b], g_b)
+    assert score_and_grad_batch_np(p, vec + ctx, items)[1] is None
 
 
 @pytest.mark.parametrize("hidden", [[], [6]])

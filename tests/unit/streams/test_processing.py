@@ -1,5 +1,6 @@
 """The Processor: ordering, state, fallbacks and bad input, on the offline store."""
 
+import numpy as np
 import orjson
 import pytest
 
@@ -149,3 +150,138 @@ def test_state_survives_a_model_swap(bundle, trained_world, settings, tmp_path) 
     [result] = results(settings, outputs)
     assert result["model"]["version"] == newer.version and "error" not in result
     assert cluster_share_at_k(trained_world.world, "swapper", [i["item_id"] for i in result["items"]], 10) >= 0.5
+
+
+class RecordingStore(DictStateStore):
+    """A dict store that remembers every write: (user_id, offset of the source message)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[tuple[str, int | None]] = []
+
+    def put(self, user_id, state, source) -> None:  # type: ignore[no-untyped-def]
+        self.puts.append((user_id, source.offset))
+        super().put(user_id, state, source)
+
+
+def same_states(a: DictStateStore, b: DictStateStore) -> None:
+    assert a.states.keys() == b.states.keys()
+    for user, x in a.states.items():
+        y = b.states[user]
+        assert np.array_equal(x.vector, y.vector) and x.vector.dtype == y.vector.dtype, user
+        assert (x.history, x.counts, x.applied, x.model_version, x.last_ts, x.last_offset) == \
+            (y.history, y.counts, y.applied, y.model_version, y.last_ts, y.last_offset), user
+
+
+def mixed_batch(settings: Settings, trained_world) -> list[InMessage]:  # type: ignore[no-untyped-def]
+    """Known and unknown users with several events each, requests in between, a redelivered
+    event, an unknown item, a dismiss and an invalid event."""
+    world = trained_world.world
+    known = world.users[:3]
+    users = [*known, "newcomer-a", "newcomer-b"]
+    candidates = [{"item_id": i, "score": 0.01 * n} for n, i in enumerate(world.items[:25])]
+    out: list[InMessage] = []
+    offset = 100
+    for n in range(40):
+        user = users[(n * 7) % len(users) if n % 3 else n % 2]
+        if n % 9 == 4:
+            out.append(msg(settings, "request", {"request_id": f"r{n}", "user_id": user,
+                                                 "candidates": candidates}))
+            continue
+        event = {"user_id": user, "item_id": world.items[(n * 5) % len(world.items)],
+                 "event_type": ["click", "view", "purchase", "dismiss"][n % 4], "ts": 2e9 + n}
+        if n == 17:
+            event["item_id"] = "never-seen-item"
+        out.append(msg(settings, "event", event, offset=offset))
+        offset += 1
+    redelivered = next(m for m in out if m.topic == settings.events_topic and m.offset == 103)
+    out.insert(20, redelivered)
+    out.insert(27, msg(settings, "event", {"user_id": users[0], "item_id": "x", "event_type": "wink", "ts": 2e9}, offset=999))
+    out.append(msg(settings, "request", {"request_id": "last", "user_id": users[0], "candidates": candidates}))
+    return out
+
+
+def test_a_batch_gives_the_states_and_results_of_one_message_at_a_time(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    messages = mixed_batch(settings, trained_world)
+    batched_store, single_store = RecordingStore(), RecordingStore()
+    batched = Processor(bundle, settings, batched_store, clock=lambda: 0.0)
+    single = Processor(bundle, settings, single_store, clock=lambda: 0.0)
+    out_batched = batched.process(messages)
+    out_single = [o for m in messages for o in single.process([m])]
+    same_states(batched_store, single_store)
+    assert results(settings, out_batched) == results(settings, out_single)
+    assert len(results(settings, out_batched)) == sum(m.topic == settings.requests_topic for m in messages)
+    strip = lambda letters: sorted((d["offset"], d["reason"]) for d in letters)  # noqa: E731
+    assert strip(dead(settings, out_batched)) == strip(dead(settings, out_single)) == [(999, "unknown_event_type")]
+    for outcome in ("ok", "duplicate"):
+        counts = [sum(p.metrics.events.labels(t, outcome)._value.get() for t in settings.event_weights)
+                  for p in (batched, single)]
+        assert counts[0] == counts[1] > 0, outcome
+    # Fewer writes: one per user and group, and every state written last by its last event.
+    assert len(batched_store.puts) < len(single_store.puts)
+    last_write = {user: offset for user, offset in batched_store.puts}
+    assert last_write == {user: state.last_offset for user, state in batched_store.states.items()}
+
+
+def test_a_request_between_two_events_of_its_user_sees_only_the_first(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    user = trained_world.world.users[5]
+    clicks = events_for_cluster(trained_world.world, user, 2, 2, start_ts=2e9)
+    request = {"request_id": "between", "user_id": user,
+               "candidates": [{"item_id": i} for i in trained_world.world.items]}
+    store = DictStateStore()
+    outputs = Processor(bundle, settings, store, clock=lambda: 0.0).process(
+        [msg(settings, "event", clicks[0], offset=1), msg(settings, "request", request),
+         msg(settings, "event", clicks[1], offset=2)])
+    first_only = Processor(bundle, settings, DictStateStore(), clock=lambda: 0.0).process(
+        [msg(settings, "event", clicks[0], offset=1), msg(settings, "request", request)])
+    both = Processor(bundle, settings, DictStateStore(), clock=lambda: 0.0).process(
+        [msg(settings, "event", clicks[0], offset=1), msg(settings, "event", clicks[1], offset=2),
+         msg(settings, "request", request)])
+    assert results(settings, outputs) == results(settings, first_only) != results(settings, both)
+    assert store.states[user].applied == 2 and store.states[user].last_offset == 2
+
+
+def test_a_group_writes_each_user_once(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    def event(user: str, offset: int) -> InMessage:
+        return msg(settings, "event", {"user_id": user, "item_id": trained_world.world.items[offset % 7],
+                                       "event_type": "click", "ts": 2e9 + offset}, offset=offset)
+
+    store = RecordingStore()
+    processor = Processor(bundle, settings, store)
+    processor.process([event("a", 1), event("b", 2), event("a", 3), event("c", 4), event("a", 5), event("b", 6)])
+    assert sorted(store.puts) == [("a", 5), ("b", 6), ("c", 4)]
+    assert store.states["a"].applied == 3 and store.states["b"].applied == 2
+    # A request for a user with events waiting only flushes at that user's next event.
+    store.puts.clear()
+    processor.process([event("a", 7), event("b", 8),
+                       msg(settings, "request", {"request_id": "q", "user_id": "a", "candidates": [{"item_id": "x"}]}),
+                       event("c", 9), event("a", 10), event("b", 11)])
+    assert store.puts == [("a", 7), ("b", 8), ("c", 9), ("a", 10), ("b", 11)]
+
+
+def test_a_failing_batch_falls_back_to_one_event_at_a_time(bundle, trained_world, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import streams.state
+
+    poison = bundle.item_ids[4]
+    real = streams.state.online_update_batch
+
+    def fragile(b, vecs, histories, item_rows, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if bundle.item_index[poison] in item_rows.tolist():
+            raise RuntimeError("poisoned")
+        return real(b, vecs, histories, item_rows, *args, **kwargs)
+
+    def event(user: str, item: str, offset: int) -> InMessage:
+        return msg(settings, "event", {"user_id": user, "item_id": item, "event_type": "click",
+                                       "ts": 2e9 + offset}, offset=offset)
+
+    good = [event("a", bundle.item_ids[1], 1), event("b", bundle.item_ids[2], 2), event("a", bundle.item_ids[3], 3)]
+    clean = DictStateStore()
+    Processor(bundle, settings, clean).process(good)
+    monkeypatch.setattr(streams.state, "online_update_batch", fragile)
+    store = DictStateStore()
+    processor = Processor(bundle, settings, store)
+    outputs = processor.process([good[0], event("c", poison, 10), *good[1:]])
+    same_states(store, clean)  # "c" has no state: its event failed alone
+    assert [(d["offset"], d["reason"]) for d in dead(settings, outputs)] == [(10, "internal_error")]
+    assert processor.metrics.events.labels("click", "error")._value.get() == 1
+    assert processor.metrics.events.labels("click", "ok")._value.get() == 3
