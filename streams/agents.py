@@ -9,6 +9,7 @@ from typing import Sequence
 import faust
 from faust.types import EventT, StreamT
 
+from streams.batching import take_available
 from streams.processing import InMessage, Processor
 from streams.settings import Settings
 from streams.topics import Topics
@@ -40,10 +41,10 @@ def register_agents(app: faust.App, settings: Settings, topics: Topics, processo
 
     @app.agent(topics.inputs, name="rerank")
     async def rerank(stream: StreamT) -> None:
-        # A small time window batches requests into one forward pass without
-        # holding a lone request back for longer than the window.
-        async for batch in stream.take_events(settings.batch_max,
-                                              within=settings.batch_window_ms / 1000.0):
+        # One forward pass per batch of whatever has arrived; nothing waits for a timer.
+        async for batch in take_available(stream, settings.batch_max,
+                                          within=settings.batch_window_ms / 1000.0):
+            processor.metrics.batch_messages.observe(len(batch))
             for out in processor.process(in_order(batch, settings.events_topic)):
                 await sinks[out.topic].send(key=out.key, value=out.value)
             # Liveness: a consumer can stop without an error (faust issue #175), which only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,10 @@ def run_worker(worker: Worker, log_level: str = "INFO") -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
     from faust.worker import Worker as FaustWorker
 
+    # What exists now (the model, torch, faust) lives as long as the process: frozen, it is left
+    # out of the collector's full passes, which otherwise stall the event loop for milliseconds.
+    gc.collect()
+    gc.freeze()
     FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
 
 

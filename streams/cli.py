@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -143,7 +144,23 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0 if stop else 1
 
 
+def _limit_blas_threads(threads: int) -> None:
+    """Cap numpy's BLAS pool before numpy loads (the pool size is read once, at import).
+
+    The online update is many tiny matrix products; with a pool per core, OpenBLAS threads
+    contend with the consumer thread and the broker, and ingestion measured 17% slower.
+    An explicit environment setting wins.
+    """
+    if threads > 0 and "numpy" not in sys.modules:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(threads))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings(args, store=args.store, web_host=args.web_host, log_level=args.loglevel,
+                             metrics_host=args.metrics_host,
+                             online_updates=False if args.no_online_updates else None)
+    _limit_blas_threads(settings.torch_threads)
     from models import load_artifact
     from streams.app import build_worker, run_worker
     from streams.broker import create_topics
@@ -151,9 +168,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.ports import first_free_port
     from streams.settings import default_data_dir
 
-    settings = load_settings(args, store=args.store, web_host=args.web_host, log_level=args.loglevel,
-                             metrics_host=args.metrics_host,
-                             online_updates=False if args.no_online_updates else None)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir = args.model or settings.model_dir
     if not model_dir:

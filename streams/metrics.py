@@ -64,6 +64,9 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "reranker_batch_requests", "Requests scored in one forward pass.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_messages = Histogram(
+            "reranker_batch_messages", "Messages (events and requests) taken from the stream as one batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
         self.candidates = Histogram(
             "reranker_request_candidates", "Candidates per request.",
             buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000), registry=r)

@@ -21,6 +21,7 @@ EXPECTED = {
     "reranker_request_latency_seconds": ("histogram", set()),
     "reranker_score_duration_seconds": ("histogram", set()),
     "reranker_batch_requests": ("histogram", set()),
+    "reranker_batch_messages": ("histogram", set()),
     "reranker_request_candidates": ("histogram", set()),
     "reranker_requests_total": ("counter", {"outcome"}),
     "reranker_events_total": ("counter", {"event_type", "outcome"}),
