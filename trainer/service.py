@@ -36,6 +36,7 @@ from streams.kafka_io import produce_records
 from streams.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
 from streams.training_input import log_from_topic
+from trainer.report import rank_metrics
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +125,11 @@ def holdout_stream(settings: Settings, topic: str, train: Sequence[Record], held
 
 def ranking_metrics(results: Sequence[dict[str, Any]], truth: dict[str, str], k: int = 10
                     ) -> dict[str, float]:
-    """HR@k, NDCG@k and MRR over ``truth``; a request without a result counts as a miss."""
-    got = {r["request_id"]: [i["item_id"] for i in r.get("items", [])] for r in results}
-    hr = ndcg = mrr = 0.0
-    for request_id, item in truth.items():
-        ranked = got.get(request_id, [])
-        if item in ranked:
-            rank = ranked.index(item) + 1
-            mrr += 1.0 / rank
-            if rank <= k:
-                hr += 1.0
-                ndcg += 1.0 / math.log2(rank + 1)
-    n = max(1, len(truth))
-    return {"hr_at_10": hr / n, "ndcg_at_10": ndcg / n, "mrr": mrr / n, "requests": float(len(truth))}
+    """HR@k, NDCG@k and MRR over ``truth`` (`trainer.report.rank_metrics` on result records);
+    a request without a result counts as a miss. Keys keep the manifest's names (k = 10)."""
+    m = rank_metrics({r["request_id"]: [i["item_id"] for i in r.get("items", [])] for r in results}, truth, k)
+    return {"hr_at_10": m[f"hr@{k}"], "ndcg_at_10": m[f"ndcg@{k}"], "mrr": m["mrr"],
+            "requests": float(m["requests"])}
 
 
 def evaluate_on_stream(bundle: ModelBundle, settings: Settings, messages: Sequence[InMessage],
