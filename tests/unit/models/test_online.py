@@ -1,10 +1,12 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models import ModelBundle, load_artifact, online_update, online_update_batch, push_history, save_artifact
+from models import (ModelBundle, Reranker, load_artifact, online_update, online_update_batch, push_history,
+                    save_artifact)
 from models.dnn import DNNReranker
 from models.online import _batch_targets, _labels_and_weights, _sample_negatives
 
@@ -55,6 +57,25 @@ def all_scores(b: ModelBundle, vec: np.ndarray, hist: np.ndarray) -> np.ndarray:
         )
     return s[0].numpy()
 
+
+
+class Delegate(Reranker):
+    """Any kind without a hand-derived gradient takes the autograd path."""
+
+    def __init__(self, inner: Reranker) -> None:
+        super().__init__(inner.n_users, inner.n_items)
+        self.inner = inner
+
+    def user_repr(self, user_vec: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.inner.user_repr(user_vec, history)
+
+    def score(self, user_repr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.inner.score(user_repr, items)
+
+
+def generic_bundle(bundle: ModelBundle) -> ModelBundle:
+    """``bundle`` with its model behind a kind the online update knows no gradient for."""
+    return dataclasses.replace(bundle, model=Delegate(bundle.model), cache={})
 
 def test_push_history() -> None:
     h = np.array([0, 0, 3, 4], dtype=np.int64)
@@ -112,24 +133,7 @@ def test_positive_events_on_one_cluster_raise_that_cluster(bundle: ModelBundle) 
 
 
 def test_hand_derived_update_matches_the_generic_autograd_path(bundle: ModelBundle) -> None:
-    import dataclasses
-
-    from models import Reranker
-
-    class Delegate(Reranker):
-        """Any kind without a hand-derived gradient takes the autograd path."""
-
-        def __init__(self, inner: Reranker) -> None:
-            super().__init__(inner.n_users, inner.n_items)
-            self.inner = inner
-
-        def user_repr(self, user_vec: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-            return self.inner.user_repr(user_vec, history)
-
-        def score(self, user_repr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-            return self.inner.score(user_repr, items)
-
-    generic = dataclasses.replace(bundle, model=Delegate(bundle.model), cache={})
+    generic = generic_bundle(bundle)
     vec = bundle.model.user_vectors()[4].numpy().copy()
     hist = np.array([0, 0, 3, 17, 29], dtype=np.int64)
     for item, weight in ((21, 1.0), (21, -1.0), (5, 3.0)):
@@ -223,22 +227,7 @@ def test_batch_no_ops_and_bad_rows(bundle: ModelBundle) -> None:
 
 
 def test_batch_on_the_generic_path_loops_over_events(bundle: ModelBundle) -> None:
-    import dataclasses
-
-    from models import Reranker
-
-    class Delegate(Reranker):
-        def __init__(self, inner: Reranker) -> None:
-            super().__init__(inner.n_users, inner.n_items)
-            self.inner = inner
-
-        def user_repr(self, user_vec: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-            return self.inner.user_repr(user_vec, history)
-
-        def score(self, user_repr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-            return self.inner.score(user_repr, items)
-
-    generic = dataclasses.replace(bundle, model=Delegate(bundle.model), cache={})
+    generic = generic_bundle(bundle)
     vecs, hists, items, weights, seeds = random_events(bundle, 6, seed=3)
     kw = dict(steps=2, lr=0.05, n_negatives=4)
     slow = online_update_batch(generic, vecs, hists, items, weights, seeds, **kw)

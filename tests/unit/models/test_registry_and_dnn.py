@@ -89,8 +89,9 @@ def test_history_order_matters_and_padding_is_ignored() -> None:
     assert torch.allclose(a, c) and torch.allclose(a, d)
 
 
-@pytest.mark.parametrize("hidden,vocab", [([16, 8], ()), ([4], ()), ([], ()), ([4], ("g:a", "g:b", "g:c"))])
-def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int], vocab: tuple[str, ...]) -> None:
+def random_dnn(hidden: list[int], vocab: tuple[str, ...]) -> DNNReranker:
+    """A small DNN (7 users, 11 items, dim 8, history 5) with large random weights, so every
+    layer and the feature terms matter."""
     torch.manual_seed(0)
     model = DNNReranker(7, 11, dim=8, history_len=5, mlp_hidden=hidden, feature_vocab=vocab)
     with torch.no_grad():
@@ -98,6 +99,12 @@ def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int]
             p.normal_(0, 0.3)
         if vocab:
             model.set_item_features(torch.arange(1, 12), torch.rand(11, len(vocab)))
+    return model
+
+
+@pytest.mark.parametrize("hidden,vocab", [([16, 8], ()), ([4], ()), ([], ()), ([4], ("g:a", "g:b", "g:c"))])
+def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int], vocab: tuple[str, ...]) -> None:
+    model = random_dnn(hidden, vocab)
     p = numpy_params(model)
     hist = np.array([0, 3, 7, 7, 1], dtype=np.int64)
     items = np.array([2, 5, 0, 9], dtype=np.int64)
@@ -117,13 +124,7 @@ def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int]
 
 @pytest.mark.parametrize("hidden,vocab", [([16, 8], ()), ([], ()), ([4], ("g:a", "g:b"))])
 def test_batched_numpy_twins_equal_the_single_user_ones_bit_for_bit(hidden: list[int], vocab: tuple[str, ...]) -> None:
-    torch.manual_seed(0)
-    model = DNNReranker(7, 11, dim=8, history_len=5, mlp_hidden=hidden, feature_vocab=vocab)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-        if vocab:
-            model.set_item_features(torch.arange(1, 12), torch.rand(11, len(vocab)))
+    model = random_dnn(hidden, vocab)
     p = numpy_params(model)
     rng = np.random.default_rng(2)
     hist = rng.integers(0, 12, size=(6, 5))
