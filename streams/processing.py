@@ -93,6 +93,13 @@ def dead_letter(settings: Settings, message: InMessage, reason: str, error: str)
     return OutMessage(settings.dead_letter_topic, message.key, value)
 
 
+def redelivered(message: InMessage, state: UserState) -> bool:
+    """Whether the event was already applied to ``state``: Kafka redelivers what was consumed
+    after the last committed offset when a worker restarts after the state write."""
+    return message.offset is not None and state.last_offset is not None \
+        and message.offset <= state.last_offset
+
+
 class Processor:
     """Applies events to user state and answers re-rank requests, in message order.
 
@@ -173,8 +180,7 @@ class Processor:
         """
         try:
             state = self.state_of(event.user_id, message)
-            if message.offset is not None and state.last_offset is not None \
-                    and message.offset <= state.last_offset:
+            if redelivered(message, state):
                 # Redelivered after a crash between the state write and the offset commit.
                 self.metrics.events.labels(event.event_type, "duplicate").inc()
                 return
@@ -265,11 +271,9 @@ class Processor:
             users: list[str] = []
             batch: list[tuple[UserEvent, InMessage]] = []
             for user_id, queue in list(queues.items()):
-                last_offset = states[user_id].last_offset
                 while queue:
                     event, message = queue.popleft()
-                    if message.offset is not None and last_offset is not None \
-                            and message.offset <= last_offset:
+                    if redelivered(message, states[user_id]):
                         # Redelivered after a crash between the state write and the offset commit.
                         outcomes[user_id].append((event, message, "duplicate"))
                         continue
