@@ -42,8 +42,10 @@ if str(REPO) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bench.loadgen import LoadResult, RequestFactory, probe, run_open_loop  # noqa: E402
-from streams.broker import EmbeddedBroker, create_topics, free_port, start_embedded_broker  # noqa: E402
+from bench.open_loop import LoadResult, RequestFactory, probe, run_open_loop  # noqa: E402
+from streams.devtools.broker import EmbeddedBroker, start_embedded_broker  # noqa: E402
+from streams.kafka.topics import create_topics  # noqa: E402
+from streams.ports import free_port  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 DEFAULT_WORK = REPO / "var" / "bench"
@@ -130,7 +132,7 @@ class BenchWorld:
 def prepare_world(work: Path, *, n_users: int = 2000, n_items: int = 2000, n_events: int = 40_000,
                   max_epochs: int = 3, seed: int = 11, retrain: bool = False) -> BenchWorld:
     """A planted-taste world and a small model trained on it (cached under ``work``)."""
-    from streams.synthetic import generate_events, make_world
+    from streams.devtools.synthetic import generate_events, make_world
 
     world = make_world(n_users=n_users, n_items=n_items, n_clusters=8, seed=seed)
     model_dir = work / f"model-u{n_users}-i{n_items}-e{n_events}-x{max_epochs}-s{seed}"
@@ -151,7 +153,7 @@ def prepare_world(work: Path, *, n_users: int = 2000, n_items: int = 2000, n_eve
 
 def state_events(bw: BenchWorld, per_user: int, seed: int = 5) -> list[dict[str, Any]]:
     """Interactions newer than the model's watermark, so the worker applies them online."""
-    from streams.synthetic import generate_events
+    from streams.devtools.synthetic import generate_events
 
     return generate_events(bw.world, per_user * len(bw.users), seed=seed, start_ts=bw.max_ts + 1000.0)
 
@@ -310,7 +312,7 @@ def produce_events(settings: Settings, records: Sequence[dict[str, Any]]) -> dic
     """Produce JSON events keyed by user (murmur2); returns the end offset written per partition."""
     from confluent_kafka import Producer
 
-    from streams.kafka_io import producer_config
+    from streams.kafka.clients import producer_config
 
     positions: dict[int, int] = {}
     failures: list[str] = []
@@ -669,8 +671,8 @@ def process_timing(model_dir: Path, items: Sequence[str], *, n_users: int = 10_0
     import numpy as np
 
     from models import load_artifact
-    from streams.processing import InMessage, Processor
-    from streams.state import decode_state, encode_state
+    from streams.core.processing import InMessage, Processor
+    from streams.core.state import decode_state, encode_state
 
     class EncodedDictStore:
         """Keeps states encoded, like the faust table, so the codec is part of the cost."""
@@ -715,8 +717,8 @@ def forward_timing(model_dir: Path, *, calls: int = 3000, candidates: int = 100,
     import torch
 
     from models import load_artifact
-    from streams.scoring import ScoringInput, rerank_batch
-    from streams.state import history_rows, initial_state
+    from streams.core.scoring import ScoringInput, rerank_batch
+    from streams.core.state import history_rows, initial_state
 
     bundle = load_artifact(model_dir)
     model = bundle.model

@@ -24,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streams.broker import free_port, start_embedded_broker  # noqa: E402
+from streams.ports import free_port  # noqa: E402
+from streams.devtools.broker import start_embedded_broker  # noqa: E402
 
 
 def run(cmd: list[str], env: dict[str, str], timings: dict[str, float], name: str) -> str:

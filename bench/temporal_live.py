@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ml100k_live import run  # noqa: E402
-from streams.broker import free_port, start_embedded_broker  # noqa: E402
+from streams.ports import free_port  # noqa: E402
+from streams.devtools.broker import start_embedded_broker  # noqa: E402
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import load_artifact  # noqa: E402
-from streams.offline import score_stream_offline  # noqa: E402
+from streams.core.offline import score_stream_offline  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from trainer.service import ranking_metrics  # noqa: E402
 

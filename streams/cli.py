@@ -126,7 +126,8 @@ def _write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import create_topics, start_embedded_broker
+    from streams.kafka.topics import create_topics
+    from streams.devtools.broker import start_embedded_broker
 
     settings = load_settings(args, broker=f"{args.host}:{args.port}")
     stop: list[bool] = []
@@ -162,10 +163,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                              online_updates=False if args.no_online_updates else None)
     _limit_blas_threads(settings.torch_threads)
     from models import load_artifact
-    from streams.app import build_worker, run_worker
-    from streams.broker import create_topics
-    from streams.metrics import WorkerMetrics
-    from streams.ports import first_free_port
+    from streams.worker.app import build_worker, run_worker
+    from streams.kafka.topics import create_topics
+    from streams.core.worker_metrics import WorkerMetrics
+    from streams.ports import free_port
     from streams.settings import default_data_dir
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -177,7 +178,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     # A models root serves its newest version; announcements then keep the worker current.
     bundle = load_artifact(resolve(model_dir))
-    web_port = args.web_port or settings.web_port or first_free_port(6066, settings.web_host)
+    web_port = args.web_port or settings.web_port or free_port(settings.web_host, start=6066)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
     create_topics(settings)
@@ -196,17 +197,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     started = time.monotonic()
     if args.events:
-        from streams.kafka_io import iter_jsonl
+        from streams.kafka.clients import iter_jsonl
 
         events = list(iter_jsonl(args.events))
         trained_through = None
     else:
-        from streams.training_input import events_from_topic
+        from trainer.event_log import events_from_topic
 
         events, trained_through = events_from_topic(settings, args.topic)
     items = None
     if args.items:
-        from streams.kafka_io import iter_jsonl
+        from streams.kafka.clients import iter_jsonl
 
         items = list(iter_jsonl(args.items))
     print(f"training {args.kind} on {len(events)} events" + (f", {len(items)} items" if items else ""), flush=True)
@@ -269,7 +270,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 def _trainer_metrics(port: int, settings: Settings):  # type: ignore[no-untyped-def]
     if not port:
         return None
-    from trainer.metrics import TrainerMetrics
+    from trainer.service_metrics import TrainerMetrics
 
     metrics = TrainerMetrics()
     metrics.serve(port, settings.metrics_host)
@@ -277,8 +278,8 @@ def _trainer_metrics(port: int, settings: Settings):  # type: ignore[no-untyped-
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.broker import create_topics, project_topics
-    from streams.kafka_io import iter_jsonl, produce_records
+    from streams.kafka.topics import create_topics, project_topics
+    from streams.kafka.clients import iter_jsonl, produce_records
 
     settings = load_settings(args)
     # A topic the broker auto-creates would get its default partition count, not ours.
@@ -290,8 +291,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.broker import create_topics
-    from streams.replay import replay_requests, replay_stream
+    from streams.kafka.topics import create_topics
+    from streams.devtools.replay import replay_requests, replay_stream
 
     settings = load_settings(args)
     create_topics(settings)
@@ -315,7 +316,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from models import load_artifact
-    from streams.offline import score_offline
+    from streams.core.offline import score_offline
 
     settings = load_settings(args, online_updates=False if args.no_online_updates else None)
     bundle = load_artifact(args.model)
@@ -339,7 +340,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_loadgen(args: argparse.Namespace) -> int:
     import threading
 
-    from streams.loadgen import run_loadgen
+    from streams.devtools.traffic import run_loadgen
 
     settings = load_settings(args)
     stop = threading.Event()
@@ -352,13 +353,13 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.devtools.demo import run_demo
 
     return run_demo(load_settings(args), duration=args.duration, port=args.port)
 
 
 def _read(path: str):  # type: ignore[no-untyped-def]
-    from streams.kafka_io import iter_jsonl
+    from streams.kafka.clients import iter_jsonl
 
     return iter_jsonl(path)
 

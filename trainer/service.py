@@ -31,11 +31,11 @@ import orjson
 
 from models import ModelBundle, load_artifact
 from models import store
-from streams.broker import create_topics
-from streams.kafka_io import produce_records
-from streams.processing import DictStateStore, InMessage, Processor
+from streams.kafka.topics import create_topics
+from streams.kafka.clients import produce_records
+from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
-from streams.training_input import log_from_topic
+from trainer.event_log import log_from_topic
 from trainer.report import rank_metrics
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
     """The latest metadata record per item on the items topic (empty when there is no topic)."""
     from confluent_kafka.admin import AdminClient
 
-    from streams.items import parse_item
-    from streams.kafka_io import read_topic
-    from streams.security import confluent_security
+    from streams.core.records import parse_item
+    from streams.kafka.clients import read_topic
+    from streams.kafka.security import confluent_security
 
     topics = AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings)}
                          ).list_topics(timeout=10).topics

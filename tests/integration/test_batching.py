@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from streams.synthetic import generate_requests
+from streams.devtools.synthetic import generate_requests
 from tests.conftest import isolated_settings, start_worker
 from tests.integration.test_end_to_end import ask
 

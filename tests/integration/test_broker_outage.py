@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import free_port, start_embedded_broker
-from streams.synthetic import generate_requests
+from streams.ports import free_port
+from streams.devtools.broker import start_embedded_broker
+from streams.devtools.synthetic import generate_requests
 from tests.conftest import isolated_settings, start_worker
 from tests.integration.test_end_to_end import ask
 

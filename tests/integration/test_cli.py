@@ -9,7 +9,8 @@ import sys
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.broker import free_port, wait_for_port
+from streams.ports import free_port
+from streams.devtools.broker import wait_for_port
 from streams.settings import Settings
 from tests.conftest import REPO, settings_env
 

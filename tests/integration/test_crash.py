@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from models import load_artifact
-from streams.kafka_io import KafkaSender, ResultCollector, message_key
-from streams.offline import score_offline
-from streams.synthetic import events_for_cluster, generate_requests
+from streams.kafka.clients import KafkaSender, ResultCollector, message_key
+from streams.core.offline import score_offline
+from streams.devtools.synthetic import events_for_cluster, generate_requests
 from tests.conftest import isolated_settings, start_worker
 from tests.integration.test_end_to_end import ask
 

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.kafka_io import KafkaSender, ResultCollector, message_key, producer_config
+from streams.kafka.clients import KafkaSender, ResultCollector, message_key, producer_config
 from streams.settings import Settings
-from streams.synthetic import (World, cluster_share_at_k, events_for_cluster, generate_events,
+from streams.devtools.synthetic import (World, cluster_share_at_k, events_for_cluster, generate_events,
                                generate_requests, make_world)
 from tests.conftest import (WorkerProcess, isolated_settings, run_cli, start_worker, wait_until,
                             write_jsonl)

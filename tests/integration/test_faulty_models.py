@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from models import load_artifact
-from streams.kafka_io import produce_records
-from streams.synthetic import generate_requests
+from streams.kafka.clients import produce_records
+from streams.devtools.synthetic import generate_requests
 from tests.conftest import isolated_settings, start_worker, wait_until
 from tests.integration.test_end_to_end import ask
 from trainer.train import train_to_artifact
@@ -64,7 +64,7 @@ def test_bad_announcements_are_rejected_and_a_good_one_swaps(broker, trained_wor
         announcements.append({"name": "dnn", "version": "missing", "path": str(tmp_path / "nowhere")})
         produce_records(settings, settings.model_updates_topic, announcements)
         # A malformed announcement too: it must not stop the watcher.
-        from streams.kafka_io import KafkaSender
+        from streams.kafka.clients import KafkaSender
 
         sender = KafkaSender(settings)
         sender.send(settings.model_updates_topic, None, b"{not json")

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from streams.kafka_io import KafkaSender, ResultCollector
+from streams.kafka.clients import KafkaSender, ResultCollector
 from tests.conftest import isolated_settings, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

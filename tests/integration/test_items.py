@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka_io import produce_records
-from streams.synthetic import generate_events, make_world
+from streams.kafka.clients import produce_records
+from streams.devtools.synthetic import generate_events, make_world
 from tests.conftest import isolated_settings, start_worker, wait_until
 from tests.integration.test_end_to_end import ask
 from trainer.train import train_to_artifact

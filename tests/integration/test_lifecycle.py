@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from models import load_artifact, store
-from streams.kafka_io import KafkaSender, ResultCollector, message_key, produce_records
-from streams.synthetic import generate_events, generate_requests, make_world
+from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
+from streams.devtools.synthetic import generate_events, generate_requests, make_world
 from tests.conftest import REPO, isolated_settings, run_cli, settings_env, start_worker
 from trainer.service import run_once
 

@@ -24,10 +24,10 @@ import orjson
 import pytest
 import yaml
 
-from streams.broker import free_port
-from streams.kafka_io import KafkaSender, message_key, produce_records
+from streams.ports import free_port
+from streams.kafka.clients import KafkaSender, message_key, produce_records
 from streams.settings import Settings
-from streams.synthetic import events_for_cluster, generate_events, generate_requests
+from streams.devtools.synthetic import events_for_cluster, generate_events, generate_requests
 from tests.conftest import (REPO, TrainedWorld, WorkerProcess, isolated_settings, run_cli,
                             settings_env, start_worker, wait_until)
 from tests.integration.test_end_to_end import ask

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.synthetic import events_for_cluster
+from streams.devtools.synthetic import events_for_cluster
 from tests.conftest import isolated_settings, start_worker
 from tests.integration.test_end_to_end import ask, produce_and_locate, wait_until_processed
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from models import load_artifact
-from streams.offline import score_stream_offline
-from streams.synthetic import cluster_share_at_k, events_for_cluster, generate_requests
+from streams.core.offline import score_stream_offline
+from streams.devtools.synthetic import cluster_share_at_k, events_for_cluster, generate_requests
 from tests.conftest import isolated_settings, run_cli, start_worker, write_jsonl
 
 pytestmark = pytest.mark.integration

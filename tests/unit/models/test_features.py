@@ -8,7 +8,7 @@ import torch
 from models import load_artifact, online_update
 from models.dnn import DNNReranker
 from models.features import build_vocab, feature_names, feature_rows
-from streams.synthetic import World, generate_events, make_world
+from streams.devtools.synthetic import World, generate_events, make_world
 from trainer.train import train_model, train_to_artifact
 
 

@@ -1,6 +1,6 @@
 from types import SimpleNamespace
 
-from streams.agents import in_order
+from streams.worker.agents import in_order
 
 
 def fake_event(topic: str, partition: int, offset: int, ts: float):  # type: ignore[no-untyped-def]

@@ -11,9 +11,9 @@ from faust.types import TP
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.metrics import LATENCY_BUCKETS, WorkerMetrics, request_start
-from streams.monitoring import TableCounter, consumer_lag
-from streams.processing import DictStateStore, InMessage, Processor
+from streams.core.worker_metrics import LATENCY_BUCKETS, WorkerMetrics, request_start
+from streams.worker.monitoring import TableCounter, consumer_lag
+from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
 
 # name -> (type, label names), exactly what a worker exports (README.md "Metrics").

@@ -4,9 +4,10 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.processing import DictStateStore, InMessage, Processor
+from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
-from streams.synthetic import cluster_share_at_k, events_for_cluster
+from streams.devtools.synthetic import cluster_share_at_k, events_for_cluster
+from tests.conftest import assert_same_results
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_a_scoring_failure_answers_every_waiting_request(bundle, settings, monke
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("model exploded")
 
-    monkeypatch.setattr("streams.processing.rerank_batch", broken)
+    monkeypatch.setattr("streams.core.processing.rerank_batch", broken)
     outputs = Processor(bundle, settings, DictStateStore()).process(
         [msg(settings, "request", {"request_id": f"r{i}", "user_id": "u", "candidates": [{"item_id": "a"}]})
          for i in range(3)])
@@ -209,7 +210,7 @@ def test_a_batch_gives_the_states_and_results_of_one_message_at_a_time(bundle, t
     out_batched = batched.process(messages)
     out_single = [o for m in messages for o in single.process([m])]
     same_states(batched_store, single_store)
-    assert results(settings, out_batched) == results(settings, out_single)
+    assert_same_results(results(settings, out_batched), results(settings, out_single))
     assert len(results(settings, out_batched)) == sum(m.topic == settings.requests_topic for m in messages)
     strip = lambda letters: sorted((d["offset"], d["reason"]) for d in letters)  # noqa: E731
     assert strip(dead(settings, out_batched)) == strip(dead(settings, out_single)) == [(999, "unknown_event_type")]
@@ -260,10 +261,10 @@ def test_a_group_writes_each_user_once(bundle, trained_world, settings) -> None:
 
 
 def test_a_failing_batch_falls_back_to_one_event_at_a_time(bundle, trained_world, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import streams.state
+    import streams.core.state
 
     poison = bundle.item_ids[4]
-    real = streams.state.online_update_batch
+    real = streams.core.state.online_update_batch
 
     def fragile(b, vecs, histories, item_rows, *args, **kwargs):  # type: ignore[no-untyped-def]
         if bundle.item_index[poison] in item_rows.tolist():
@@ -277,7 +278,7 @@ def test_a_failing_batch_falls_back_to_one_event_at_a_time(bundle, trained_world
     good = [event("a", bundle.item_ids[1], 1), event("b", bundle.item_ids[2], 2), event("a", bundle.item_ids[3], 3)]
     clean = DictStateStore()
     Processor(bundle, settings, clean).process(good)
-    monkeypatch.setattr(streams.state, "online_update_batch", fragile)
+    monkeypatch.setattr(streams.core.state, "online_update_batch", fragile)
     store = DictStateStore()
     processor = Processor(bundle, settings, store)
     outputs = processor.process([good[0], event("c", poison, 10), *good[1:]])

@@ -3,7 +3,7 @@ import math
 import orjson
 import pytest
 
-from streams.records import (ContractError, encode_error_result, encode_result, parse_event,
+from streams.core.records import (ContractError, encode_error_result, encode_result, parse_event,
                              parse_request, recover_request_id)
 from streams.settings import DEFAULT_EVENT_WEIGHTS
 

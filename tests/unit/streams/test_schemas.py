@@ -7,9 +7,9 @@ import jsonschema
 import orjson
 import pytest
 
-from streams.processing import DictStateStore, InMessage, Processor
+from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
-from streams.synthetic import generate_events, generate_requests, make_world
+from streams.devtools.synthetic import generate_events, generate_requests, make_world
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from streams.scoring import ScoringInput, rerank_batch
-from streams.state import history_rows, initial_state
+from streams.core.scoring import ScoringInput, rerank_batch
+from streams.core.state import history_rows, initial_state
 
 
 def scoring_input(bundle, user: str, items: list[str], k=None, upstream=None) -> ScoringInput:  # type: ignore[no-untyped-def]

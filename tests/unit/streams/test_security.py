@@ -8,9 +8,10 @@ import pytest
 from faust.auth import SASLCredentials, SSLCredentials
 
 from models import load_artifact
-from streams.app import build_worker
-from streams.kafka_io import consumer_config, producer_config
-from streams.security import aiokafka_security, confluent_security, faust_credentials
+from streams.worker.app import build_worker
+from streams.kafka.clients import consumer_config, producer_config
+from streams.kafka.security import aiokafka_security, confluent_security
+from streams.worker.faust_hooks import faust_credentials
 from streams.settings import Settings, SettingsError
 
 SASL = {"RERANKER_SECURITY_PROTOCOL": "SASL_SSL", "RERANKER_SASL_MECHANISM": "SCRAM-SHA-512",

@@ -1,6 +1,6 @@
 import numpy as np
 
-from streams.state import (UserState, already_trained, apply_event, decode_state, encode_state,
+from streams.core.state import (UserState, already_trained, apply_event, decode_state, encode_state,
                            history_rows, initial_state, update_seed)
 
 ONLINE = dict(online=True, steps=3, lr=0.05, negatives=4)

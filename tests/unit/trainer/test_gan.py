@@ -7,7 +7,7 @@ import torch
 
 from models import load_artifact, online_update
 from models.gan import GANReranker
-from streams.synthetic import generate_events, make_world
+from streams.devtools.synthetic import generate_events, make_world
 from trainer import gan as gan_module
 from trainer.train import train_model, train_to_artifact
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import DEFAULT_EVENT_WEIGHTS, load_artifact, online_update
-from streams.synthetic import World, generate_events, make_world
+from streams.devtools.synthetic import World, generate_events, make_world
 from trainer.evaluate import write_results
 from trainer.train import train_model, train_to_artifact
 

@@ -8,8 +8,8 @@ import urllib.request
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.broker import free_port
-from trainer.metrics import TrainerMetrics, metric_label
+from streams.ports import free_port
+from trainer.service_metrics import TrainerMetrics, metric_label
 
 EXPECTED = {
     "reranker_trainer_last_success_timestamp_seconds": ("gauge", set()),

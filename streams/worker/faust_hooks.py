@@ -1,4 +1,9 @@
-"""A faust Kafka transport for the embedded broker's quirks, configured by settings.
+"""Every use of faust's and aiokafka's private interfaces, in one place.
+
+faust-streaming is pinned below its next minor version in pyproject.toml; each hook names what
+it relies on, so an upgrade is checked here and nowhere else.
+
+The transport, for the embedded broker's quirks, configured by settings:
 
 * faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``. Against a
   broker that does not answer a waiting fetch early when data arrives (the
@@ -13,13 +18,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any, ClassVar, Iterable, Mapping
+import weakref
+from typing import Any, AsyncIterator, ClassVar, Iterable, Iterator, Mapping
 
 import aiokafka
+import faust
 from aiokafka import TopicPartition
+from faust import streams as faust_streams
+from faust.auth import SASLCredentials, SSLCredentials
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+from faust.types import EventT, StreamT
+from faust.types.auth import SASLMechanism
+
+from streams.kafka.security import ssl_context
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +106,57 @@ def configured_transport(fetch_max_wait_ms: int, verify_end_offsets: bool = True
         "fetch_max_wait_ms": int(fetch_max_wait_ms), "verify_end_offsets": bool(verify_end_offsets)})
     consumer_cls = type("Consumer", (_Consumer,), {"thread_class": thread_cls})
     return type("Transport", (faust_aiokafka.Transport,), {"Consumer": consumer_cls})
+
+
+class RerankerApp(faust.App):
+    """faust.App whose consumer has the settings above (``_new_transport`` is faust's factory)."""
+
+    fetch_wait_ms: int = 1500
+    verify_end_offsets: bool = True
+
+    def _new_transport(self):  # type: ignore[no-untyped-def]  # faust's own signature is untyped
+        transport_cls = configured_transport(self.fetch_wait_ms, self.verify_end_offsets)
+        return transport_cls(self.conf.broker_consumer, self)
+
+
+def faust_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | None:
+    """faust's ``broker_credentials``; faust hands them to its aiokafka clients."""
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    context = ssl_context(settings) if settings.security_protocol.endswith("SSL") else None
+    if settings.security_protocol.startswith("SASL"):
+        return SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                               mechanism=SASLMechanism(settings.sasl_mechanism), ssl_context=context)
+    return SSLCredentials(context)
+
+
+def drain_in_background(stream: StreamT, channel: AsyncIterator[Any]) -> None:
+    """Let the stream drain ``channel`` in a background task (``Stream._enable_passive``, the
+    hook faust's own ``take_events`` uses), so its processors run as messages arrive."""
+    stream._enable_passive(channel)  # type: ignore[attr-defined]  # private, see the module doc
+
+
+@contextlib.contextmanager
+def as_current_event(event: EventT | None) -> Iterator[None]:
+    """Make ``event`` faust's "current event" (``faust.streams._current_event``) inside the block.
+
+    faust picks a table write's changelog partition (and RocksDB picks the per-partition
+    database on reads and writes) from the current event. The agent works on batches, where
+    that is the last event taken, not the one being handled, so it is set for each access.
+    """
+    if event is None:
+        yield
+        return
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
+    """The group's committed offset per partition, as faust keeps it (``Consumer._committed_offset``):
+    read from the broker when the partition is assigned and updated on every commit of this
+    worker. There is no public accessor; a consumer without it gives {} (callers fall back to
+    the position)."""
+    return getattr(consumer, "_committed_offset", None) or {}

@@ -1,4 +1,4 @@
-"""Builds the faust App of a worker, and ``main()`` for the ``reranker`` console script."""
+"""Builds the faust App of a worker: topics, table, agent, monitor, model swaps and item catalog."""
 
 from __future__ import annotations
 
@@ -10,30 +10,18 @@ from pathlib import Path
 import faust
 
 from models import ModelBundle
-from streams.agents import register_agents
-from streams.metrics import WorkerMetrics
-from streams.monitoring import register_monitor
-from streams.items import ItemCatalog
-from streams.model_updates import ModelSwapper
-from streams.processing import Processor
-from streams.security import faust_credentials
+from streams.worker.agents import register_agents
+from streams.core.worker_metrics import WorkerMetrics
+from streams.worker.monitoring import register_monitor
+from streams.worker.items import ItemCatalog
+from streams.worker.model_swap import ModelSwapper
+from streams.core.processing import Processor
 from streams.settings import Settings
-from streams.tables import TableStateStore, define_user_state_table
-from streams.topics import Topics, define_topics
-from streams.transport import configured_transport
+from streams.worker.tables import TableStateStore, define_user_state_table
+from streams.worker.topics import Topics, define_topics
+from streams.worker.faust_hooks import RerankerApp, faust_credentials
 
 log = logging.getLogger(__name__)
-
-
-class RerankerApp(faust.App):
-    """faust.App with the consumer settings of streams/transport.py."""
-
-    fetch_wait_ms: int = 1500
-    verify_end_offsets: bool = True
-
-    def _new_transport(self):  # type: ignore[no-untyped-def]
-        transport_cls = configured_transport(self.fetch_wait_ms, self.verify_end_offsets)
-        return transport_cls(self.conf.broker_consumer, self)
 
 
 @dataclass
@@ -113,10 +101,3 @@ def run_worker(worker: Worker, log_level: str = "INFO") -> None:
     gc.collect()
     gc.freeze()
     FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
-
-
-def main() -> None:
-    """Entry point of the ``reranker`` console script."""
-    from streams.cli import main as cli_main
-
-    cli_main()

@@ -9,10 +9,10 @@ from typing import Sequence
 import faust
 from faust.types import EventT, StreamT
 
-from streams.batching import take_available
-from streams.processing import InMessage, Processor
+from streams.worker.batching import take_available
+from streams.core.processing import InMessage, Processor
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.worker.topics import Topics
 
 
 def in_order(events: Sequence[EventT], events_topic: str) -> list[InMessage]:

@@ -23,6 +23,8 @@ from typing import Any, AsyncIterator, List
 from faust.types import EventT, StreamT
 from mode.utils.aiter import aiter
 
+from streams.worker.faust_hooks import drain_in_background
+
 # Turns of the event loop without a new message after which a batch is closed.
 QUIET_TURNS = 16
 
@@ -59,8 +61,7 @@ async def take_available(stream: StreamT, max_: int, within: float) -> AsyncIter
     # The batch's consumer acknowledges; the stream must not do it as each event passes.
     stream.enable_acks = False
     stream.add_processor(add_to_buffer)
-    # Same private hook as take_events: the stream drains its channel in a background task.
-    stream._enable_passive(aiter(stream.channel))  # type: ignore[attr-defined]
+    drain_in_background(stream, aiter(stream.channel))
     while not stream.should_stop:
         if await stream.wait_for_stopped(has_events):  # type: ignore[arg-type]
             break

@@ -1,17 +1,17 @@
-"""Kafka security settings for each client library, from the one Settings object."""
+"""Kafka security settings for the confluent-kafka and aiokafka clients, from the one Settings object.
+
+faust's own form of them is :func:`streams.worker.faust_hooks.faust_credentials`.
+"""
 
 from __future__ import annotations
 
 import ssl
 from typing import Any
 
-from faust.auth import SASLCredentials, SSLCredentials
-from faust.types.auth import AuthProtocol, SASLMechanism
-
 from streams.settings import Settings
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext:
+def ssl_context(settings: Settings) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
     if settings.ssl_certfile:
         context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
@@ -36,29 +36,15 @@ def confluent_security(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def faust_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | None:
-    """faust's ``broker_credentials``; faust hands them to its aiokafka clients."""
-    if settings.security_protocol == "PLAINTEXT":
-        return None
-    context = _ssl_context(settings) if settings.security_protocol.endswith("SSL") else None
-    if settings.security_protocol.startswith("SASL"):
-        return SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
-                               mechanism=SASLMechanism(settings.sasl_mechanism), ssl_context=context)
-    return SSLCredentials(context)
-
-
 def aiokafka_security(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for aiokafka clients the project creates itself."""
     if settings.security_protocol == "PLAINTEXT":
         return {}
     out: dict[str, Any] = {"security_protocol": settings.security_protocol}
     if settings.security_protocol.endswith("SSL"):
-        out["ssl_context"] = _ssl_context(settings)
+        out["ssl_context"] = ssl_context(settings)
     if settings.security_protocol.startswith("SASL"):
         out.update({"sasl_mechanism": settings.sasl_mechanism,
                     "sasl_plain_username": settings.sasl_username,
                     "sasl_plain_password": settings.sasl_password})
     return out
-
-
-__all__ = ["AuthProtocol", "aiokafka_security", "confluent_security", "faust_credentials"]

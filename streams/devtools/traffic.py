@@ -19,11 +19,11 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from streams.broker import create_topics
-from streams.kafka_io import (KafkaSender, ResultCollector, consumer_config, message_key,
+from streams.kafka.topics import create_topics
+from streams.kafka.clients import (KafkaSender, ResultCollector, consumer_config, message_key,
                               produce_records)
 from streams.settings import Settings
-from streams.synthetic import World, generate_events, generate_requests, make_world
+from streams.devtools.synthetic import World, generate_events, generate_requests, make_world
 
 CANDIDATES = 40
 TOP_K = 10

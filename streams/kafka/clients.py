@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from streams.security import confluent_security
+from streams.kafka.security import confluent_security
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from streams.broker import create_topics, free_port, start_embedded_broker
-from streams.kafka_io import KafkaSender, ResultCollector, message_key, produce_records
+from streams.kafka.topics import create_topics
+from streams.ports import free_port
+from streams.devtools.broker import start_embedded_broker
+from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
 from streams.settings import Settings
-from streams.synthetic import World, cluster_share_at_k, generate_events, generate_requests, make_world
-from streams.training_input import events_from_topic
+from streams.devtools.synthetic import World, cluster_share_at_k, generate_events, generate_requests, make_world
+from trainer.event_log import events_from_topic
 
 TOP_K = 5
 CANDIDATES = 40

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import faust
 
-from streams.metrics import WorkerMetrics
+from streams.core.worker_metrics import WorkerMetrics
+from streams.worker.faust_hooks import committed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,6 @@ class LagSource(Protocol):
     async def position(self, tp: Any) -> int | None: ...
 
 
-def _committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
-    # faust keeps the group's committed offset per partition: read from the broker when the
-    # partition is assigned (perform_seek) and updated on every commit of this worker.
-    # There is no public accessor; a consumer without it falls back to its position.
-    return getattr(consumer, "_committed_offset", None) or {}
-
-
 async def consumer_lag(consumer: LagSource, topics: Iterable[str]) -> dict[str, int]:
     """Messages not yet processed, per topic, over the partitions assigned to this consumer.
 
@@ -55,7 +49,7 @@ async def consumer_lag(consumer: LagSource, topics: Iterable[str]) -> dict[str, 
     """
     wanted = set(topics)
     lag = {topic: 0 for topic in wanted}
-    committed = _committed_offsets(consumer)
+    committed = committed_offsets(consumer)
     for tp in consumer.assignment():
         if tp.topic not in wanted:
             continue

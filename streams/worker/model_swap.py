@@ -14,15 +14,14 @@ import asyncio
 import logging
 from typing import Any
 
-import aiokafka
 import numpy as np
 import orjson
 
 from models import ModelBundle, load_artifact
-from streams.metrics import WorkerMetrics
-from streams.processing import Processor
-from streams.scoring import ScoringInput, rerank_batch
-from streams.security import aiokafka_security
+from streams.core.worker_metrics import WorkerMetrics
+from streams.core.processing import Processor
+from streams.core.scoring import ScoringInput, rerank_batch
+from streams.kafka.follow import follow_topic
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,20 +90,9 @@ class ModelSwapper:
 
     async def watch(self) -> None:
         """Follow the announcements topic from its end until cancelled."""
-        consumer = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
-            fetch_max_wait_ms=max(10, self.settings.consumer_fetch_wait_ms * 20),
-            **aiokafka_security(self.settings))
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(self.settings.model_updates_topic) or {0}
-            tps = [aiokafka.TopicPartition(self.settings.model_updates_topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
-                for records in batches.values():
-                    for record in records:
-                        await self.handle(record.value)
-        finally:
-            await consumer.stop()
+
+        async def handle_all(raws: list[bytes | None]) -> None:
+            for raw in raws:
+                await self.handle(raw)
+
+        await follow_topic(self.settings, self.settings.model_updates_topic, handle_all, from_beginning=False)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
-from streams.kafka_io import KafkaSender, ResultCollector, message_key
+from streams.kafka.clients import KafkaSender, ResultCollector, message_key
 from streams.settings import Settings
 
 

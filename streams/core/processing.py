@@ -19,12 +19,12 @@ import numpy as np
 import orjson
 
 from models import ModelBundle
-from streams.metrics import WorkerMetrics, request_start
-from streams.records import (ContractError, ParsedRequest, UserEvent, encode_error_result,
+from streams.core.worker_metrics import WorkerMetrics, request_start
+from streams.core.records import (ContractError, ParsedRequest, UserEvent, encode_error_result,
                              encode_result, parse_event, parse_request)
-from streams.scoring import ScoringInput, rerank_batch
+from streams.core.scoring import ScoringInput, rerank_batch
 from streams.settings import Settings
-from streams.state import (Interaction, UserState, already_trained, apply_event, apply_events, history_rows,
+from streams.core.state import (Interaction, UserState, already_trained, apply_event, apply_events, history_rows,
                            initial_state)
 
 log = logging.getLogger(__name__)

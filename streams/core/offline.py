@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import orjson
 
 from models import ModelBundle
-from streams.processing import DictStateStore, InMessage, Processor
+from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
 
 

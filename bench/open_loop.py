@@ -11,7 +11,7 @@ co-partitioned state needs); the result consumer is aiokafka with partitions
 assigned directly (no group join) and the same fetch wait as the service.
 
 Usable on its own against a running stack:
-    python -m bench.loadgen --broker HOST:PORT --rate 200 --duration 15 --users-file users.txt
+    python -m bench.open_loop --broker HOST:PORT --rate 200 --duration 15 --users-file users.txt
 """
 
 from __future__ import annotations
