@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple, overload
 
 import orjson
 
@@ -71,6 +71,12 @@ def _load_object(raw: bytes | str | None, max_bytes: int) -> dict[str, Any]:
     return obj
 
 
+@overload
+def _id(obj: Mapping[str, Any], name: str, *, required: Literal[True] = ...) -> str: ...
+@overload
+def _id(obj: Mapping[str, Any], name: str, *, required: bool) -> str | None: ...
+
+
 def _id(obj: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
     value = obj.get(name)
     if value is None:
@@ -84,6 +90,12 @@ def _id(obj: Mapping[str, Any], name: str, *, required: bool = True) -> str | No
     if not text or len(text) > 256:
         raise ContractError("invalid_field", f"field {name!r} must have 1 to 256 characters")
     return text
+
+
+@overload
+def _number(obj: Mapping[str, Any], name: str, *, required: Literal[True]) -> float: ...
+@overload
+def _number(obj: Mapping[str, Any], name: str, *, required: bool) -> float | None: ...
 
 
 def _number(obj: Mapping[str, Any], name: str, *, required: bool) -> float | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from faust.types import TableT
 
 from models import ModelBundle
 from streams.worker.agents import register_agents
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class Worker:
     app: RerankerApp
     topics: Topics
-    table: faust.Table
+    table: TableT
     processor: Processor
     metrics: WorkerMetrics
 

@@ -47,7 +47,7 @@ async def take_available(stream: StreamT, max_: int, within: float) -> AsyncIter
     async def add_to_buffer(value: Any) -> Any:
         while not room.is_set():
             # stream.wait returns early when the stream stops, so a shutdown never hangs here.
-            if (await stream.wait(room)).stopped:  # type: ignore[arg-type]
+            if (await stream.wait(room)).stopped:  # type: ignore[attr-defined]  # on Stream (a mode Service), not StreamT
                 return value
         event = stream.current_event
         if event is None:
@@ -63,7 +63,7 @@ async def take_available(stream: StreamT, max_: int, within: float) -> AsyncIter
     stream.add_processor(add_to_buffer)
     drain_in_background(stream, aiter(stream.channel))
     while not stream.should_stop:
-        if await stream.wait_for_stopped(has_events):  # type: ignore[arg-type]
+        if await stream.wait_for_stopped(has_events):  # type: ignore[attr-defined]  # as above
             break
         if not events:
             continue

@@ -88,7 +88,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         conf = self.app.conf
         transport = self.transport
         return await fetched_end_offsets(
-            server_list(transport.url, transport.default_port), reported,
+            server_list(transport.url, transport.default_port), reported,  # type: ignore[attr-defined]  # on the aiokafka Transport, not TransportT
             auth=credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
 
 
@@ -114,7 +114,7 @@ class RerankerApp(faust.App):
     fetch_wait_ms: int = 1500
     verify_end_offsets: bool = True
 
-    def _new_transport(self):  # type: ignore[no-untyped-def]  # faust's own signature is untyped
+    def _new_transport(self) -> faust_aiokafka.Transport:
         transport_cls = configured_transport(self.fetch_wait_ms, self.verify_end_offsets)
         return transport_cls(self.conf.broker_consumer, self)
 
@@ -133,7 +133,7 @@ def faust_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | 
 def drain_in_background(stream: StreamT, channel: AsyncIterator[Any]) -> None:
     """Let the stream drain ``channel`` in a background task (``Stream._enable_passive``, the
     hook faust's own ``take_events`` uses), so its processors run as messages arrive."""
-    stream._enable_passive(channel)  # type: ignore[attr-defined]  # private, see the module doc
+    stream._enable_passive(channel)  # type: ignore[attr-defined]  # on Stream, not StreamT
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import faust
+from faust.types import TableT
 
 from streams.core.worker_metrics import WorkerMetrics
 from streams.worker.faust_hooks import committed_offsets
@@ -88,7 +89,7 @@ class TableCounter:
         return self.last
 
 
-def register_monitor(app: faust.App, table: faust.Table, topics: Iterable[str], metrics: WorkerMetrics,
+def register_monitor(app: faust.App, table: TableT, topics: Iterable[str], metrics: WorkerMetrics,
                      interval_s: float = MONITOR_INTERVAL_S) -> None:
     """A timer on ``app`` that sets reranker_consumer_lag and reranker_users_in_state."""
     topic_names = list(topics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faust
+from faust.types import TableT
 
 from streams.core.processing import InMessage
 from streams.settings import Settings
@@ -12,7 +13,7 @@ from streams.worker.faust_hooks import as_current_event
 USER_STATE_TABLE = "user-state"
 
 
-def define_user_state_table(app: faust.App, settings: Settings) -> faust.Table:
+def define_user_state_table(app: faust.App, settings: Settings) -> TableT:
     """Table user_id (bytes) -> encoded UserState, partitioned like the input topics."""
     # bytes key and value types make faust use the "raw" codec for the table and its changelog.
     return app.Table(USER_STATE_TABLE, default=None, partitions=settings.partitions,
@@ -22,7 +23,7 @@ def define_user_state_table(app: faust.App, settings: Settings) -> faust.Table:
 class TableStateStore:
     """processing.StateStore over a faust Table."""
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: TableT) -> None:
         self.table = table
 
     def get(self, user_id: str, source: InMessage) -> UserState | None:
