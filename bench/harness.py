@@ -3,7 +3,7 @@
 Every measurement starts a fresh embedded broker (its fetches slow down as its
 topics grow), starts the service under test as real processes (``reranker
 worker``, or the aiokafka echo of bench/echo.py), waits until it answers, and
-runs a fixed window of open-loop load (bench/loadgen.py). BENCHMARKS.md
+runs a fixed window of open-loop load (bench/open_loop.py). BENCHMARKS.md
 ("Performance") has the method, the commands and the numbers.
 
     python -m bench.harness forward
