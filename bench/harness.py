@@ -3,7 +3,7 @@
 Every measurement starts a fresh embedded broker (its fetches slow down as its
 topics grow), starts the service under test as real processes (``reranker
 worker``, or the aiokafka echo of bench/echo.py), waits until it answers, and
-runs a fixed window of open-loop load (bench/loadgen.py). BENCHMARKS.md
+runs a fixed window of open-loop load (bench/open_loop.py). BENCHMARKS.md
 ("Performance") has the method, the commands and the numbers.
 
     python -m bench.harness forward
@@ -44,6 +44,7 @@ import orjson  # noqa: E402
 
 from bench.open_loop import LoadResult, RequestFactory, probe, run_open_loop  # noqa: E402
 from streams.devtools.broker import EmbeddedBroker, start_embedded_broker  # noqa: E402
+from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 from streams.kafka.topics import create_topics  # noqa: E402
 from streams.ports import free_port  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -205,13 +206,7 @@ class Service:
 
     def stop(self, timeout: float = 5.0) -> None:
         # Nothing of a run is kept (each starts a fresh broker), so a slow shutdown is cut short.
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
     def metrics(self) -> dict[str, float]:
         """The worker's /metrics as {'name{labels}': value} (samples only)."""
@@ -255,11 +250,9 @@ def start_worker(bootstrap: str, model_dir: Path, workdir: Path, overrides: dict
     web_port, metrics_port = free_port(), free_port()
     data_dir = workdir / f"data-{index}-{web_port}"
     log_path = workdir / f"worker-{index}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "--model", str(model_dir), "--web-port", str(web_port),
-         "--data-dir", str(data_dir), "--metrics-port", str(metrics_port), "--store", store],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=worker_env(bootstrap, overrides),
-        cwd=WORKER_REPO)
+    process = launch_worker(model_dir, web_port=web_port, metrics_port=metrics_port, data_dir=data_dir,
+                            log_path=log_path, extra_args=["--store", store],
+                            env=worker_env(bootstrap, overrides), cwd=WORKER_REPO)
     return Service(f"worker-{index}", process, log_path, metrics_port, data_dir)
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from streams.ports import free_port  # noqa: E402
 from streams.devtools.broker import start_embedded_broker  # noqa: E402
+from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 
 
 def run(cmd: list[str], env: dict[str, str], timings: dict[str, float], name: str) -> str:
@@ -37,8 +38,11 @@ def run(cmd: list[str], env: dict[str, str], timings: dict[str, float], name: st
     return done.stdout
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_movielens_args(ap: argparse.ArgumentParser, work_prefix: str
+                         ) -> tuple[argparse.Namespace, Path, Path]:
+    """The options of the MovieLens scripts: ``ap``'s own plus --shared, --work and --kind; returns
+    the arguments, the shared directory and the work directory. Exits 77 (the skip status callers
+    look for) when the data or the yardstick scripts are absent."""
     ap.add_argument("--shared", default=str(REPO.parent / "shared"))
     ap.add_argument("--work", default=None)
     ap.add_argument("--kind", default="dnn")
@@ -47,8 +51,14 @@ def main() -> None:
     if not (shared / "data" / "ml-100k" / "u.data").exists() or not (shared / "eval" / "score.py").exists():
         print(f"skipped: MovieLens-100K or the eval scripts are not under {shared}")
         sys.exit(77)
-    work = Path(a.work or tempfile.mkdtemp(prefix="ml100k-"))
+    work = Path(a.work or tempfile.mkdtemp(prefix=work_prefix))
     work.mkdir(parents=True, exist_ok=True)
+    return a, shared, work
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a, shared, work = parse_movielens_args(ap, "ml100k-")
     py = sys.executable
     timings: dict[str, float] = {}
     run([py, str(shared / "eval" / "make_split.py"), "--data", str(shared / "data" / "ml-100k"),
@@ -63,10 +73,8 @@ def main() -> None:
         print(run(cli + ["train", "--topic", "user-events", "--out", str(work / "model"), "--kind", a.kind],
                   env, timings, "train").strip().splitlines()[-1])
         started = time.monotonic()
-        worker = subprocess.Popen(cli + ["worker", "--model", str(work / "model"), "--web-port",
-                                         str(free_port()), "--data-dir", str(work / "worker")],
-                                  env=env, cwd=REPO, stdout=open(work / "worker.log", "wb"),
-                                  stderr=subprocess.STDOUT)
+        worker = launch_worker(work / "model", web_port=free_port(), data_dir=work / "worker",
+                               log_path=work / "worker.log", env=env, cwd=REPO)
         print(run(cli + ["replay", "--requests", str(work / "split" / "requests.jsonl"), "--out",
                          str(work / "live.jsonl"), "--timeout", "300"], env, timings, "replay").strip())
         timings["worker_start_and_replay"] = round(time.monotonic() - started, 1)
@@ -75,8 +83,7 @@ def main() -> None:
                    "--out", str(work / "offline.jsonl")], env, timings, "offline_score")
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(30)
+            stop_process(worker, 30)
         broker.stop()
     score = [py, str(shared / "eval" / "score.py"), "--truth", str(work / "split" / "truth.jsonl"), "--json"]
     live = json.loads(subprocess.check_output(score + ["--results", str(work / "live.jsonl")]))

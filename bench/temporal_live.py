@@ -18,31 +18,21 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.ml100k_live import run  # noqa: E402
+from bench.ml100k_live import parse_movielens_args, run  # noqa: E402
 from streams.ports import free_port  # noqa: E402
 from streams.devtools.broker import start_embedded_broker  # noqa: E402
+from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=str(REPO.parent / "shared"))
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--kind", default="dnn")
     ap.add_argument("--limit", type=int, default=0, help="replay only the first N stream lines")
-    a = ap.parse_args()
-    shared = Path(a.shared)
-    if not (shared / "data" / "ml-100k" / "u.data").exists() or not (shared / "eval" / "score.py").exists():
-        print(f"skipped: MovieLens-100K or the eval scripts are not under {shared}")
-        sys.exit(77)
-    work = Path(a.work or tempfile.mkdtemp(prefix="temporal-"))
-    work.mkdir(parents=True, exist_ok=True)
+    a, shared, work = parse_movielens_args(ap, "temporal-")
     py = sys.executable
     timings: dict[str, float] = {}
     split = work / "split"
@@ -73,18 +63,15 @@ def main() -> None:
                 print(run(cli + ["train", "--topic", "user-events", "--out", str(work / "model"),
                                  "--kind", a.kind], env, timings, "train").strip().splitlines()[-1])
             extra = ["--no-online-updates"] if mode == "frozen" else []
-            worker = subprocess.Popen(cli + ["worker", "--model", str(work / "model"), "--web-port",
-                                             str(free_port()), "--data-dir", str(work / f"worker-{mode}"),
-                                             "--loglevel", "WARNING", *extra],
-                                      env=env, cwd=REPO, stdout=open(work / f"worker-{mode}.log", "wb"),
-                                      stderr=subprocess.STDOUT)
+            worker = launch_worker(work / "model", web_port=free_port(), data_dir=work / f"worker-{mode}",
+                                   log_path=work / f"worker-{mode}.log",
+                                   extra_args=["--loglevel", "WARNING", *extra], env=env, cwd=REPO)
             out = run(cli + ["replay", "--stream", str(stream), "--out", str(work / f"{mode}.jsonl"),
                              "--timeout", "60"], env, timings, f"replay_{mode}")
             print(mode, out.strip().splitlines()[-1], flush=True)
         finally:
             if worker is not None:
-                worker.terminate()
-                worker.wait(30)
+                stop_process(worker, 30)
             broker.stop()
         report[mode] = json.loads(subprocess.check_output(
             [py, str(shared / "eval" / "score.py"), "--truth", str(truth), "--results",

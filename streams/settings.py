@@ -85,7 +85,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     model_dir: str = ""
-    # A batch is what has arrived (streams/batching.py): at most batch_max messages, gathered
+    # A batch is what has arrived (streams/worker/batching.py): at most batch_max messages, gathered
     # for at most batch_window_ms; nothing waits for the window when no more is queued.
     batch_max: int = 64
     batch_window_ms: float = 5.0

@@ -17,7 +17,7 @@ import pytest
 from streams.devtools.broker import EmbeddedBroker, start_embedded_broker
 from streams.kafka.topics import create_topics
 from streams.ports import free_port
-from streams.devtools.processes import stop_process
+from streams.devtools.processes import launch_worker, stop_process
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,11 +77,9 @@ def start_worker(settings: Settings, model_dir: Path, workdir: Path, *extra: str
     create_topics(settings)
     metrics_port, web_port = free_port(), web_port or free_port()
     log_path = workdir / f"worker-{web_port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "--model", str(model_dir),
-         "--web-port", str(web_port), "--data-dir", str(workdir / f"data-{web_port}"),
-         "--metrics-port", str(metrics_port), *extra],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=settings_env(settings), cwd=REPO)
+    process = launch_worker(model_dir, web_port=web_port, metrics_port=metrics_port,
+                            data_dir=workdir / f"data-{web_port}", log_path=log_path, extra_args=extra,
+                            env=settings_env(settings), cwd=REPO)
     return WorkerProcess(process, metrics_port, web_port, log_path)
 
 

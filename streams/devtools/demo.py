@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +24,7 @@ import orjson
 from streams.kafka.topics import create_topics
 from streams.ports import free_port
 from streams.devtools.broker import start_embedded_broker
+from streams.devtools.processes import launch_worker, stop_process
 from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
 from streams.settings import Settings
 from streams.devtools.synthetic import World, cluster_share_at_k, generate_events, generate_requests, make_world
@@ -38,20 +36,6 @@ CANDIDATES = 40
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def start_worker_process(settings: Settings, model_dir: Path, workdir: Path, *, log_level: str = "WARNING",
-                         extra_args: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """A ``reranker worker`` child process; returns it and its metrics port."""
-    metrics_port = free_port()
-    log = open(workdir / "worker.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "--model", str(model_dir),
-         "--broker", settings.bootstrap, "--web-port", str(free_port()),
-         "--data-dir", str(workdir / "worker-data"), "--metrics-port", str(metrics_port),
-         "--loglevel", log_level, *(extra_args or [])],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    return process, metrics_port
 
 
 def _describe(world: World, user: str, items: list[dict], latency_ms: float, label: str) -> str:
@@ -89,7 +73,10 @@ def run_demo(settings: Settings, *, duration: float = 0.0, port: int | None = No
                                       trained_through=trained_through, log=lambda line: None)
         _say(f"trained the initial model from the topic in {time.monotonic() - started:.1f}s -> {model_dir}")
 
-        worker, metrics_port = start_worker_process(settings, model_dir, workdir)
+        metrics_port = free_port()
+        worker = launch_worker(model_dir, web_port=free_port(), metrics_port=metrics_port,
+                               data_dir=workdir / "worker-data", log_path=workdir / "worker.log",
+                               extra_args=["--broker", settings.bootstrap, "--loglevel", "WARNING"])
         collector = ResultCollector(settings)
         sender = KafkaSender(settings)
         started = time.monotonic()
@@ -153,11 +140,7 @@ def run_demo(settings: Settings, *, duration: float = 0.0, port: int | None = No
         pass
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            stop_process(worker, 20)
         broker.stop()
         if latencies:
             lat = np.array(latencies)

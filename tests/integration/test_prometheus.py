@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from streams.ports import free_port
+from streams.devtools.processes import stop_process
 from streams.kafka.clients import KafkaSender, message_key, produce_records
 from streams.settings import Settings
 from streams.devtools.synthetic import events_for_cluster, generate_events, generate_requests
@@ -119,13 +120,7 @@ class Prometheus:
             return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
 
 
 def start_prometheus(binary: str, workdir: Path, targets: dict[str, list[str]]) -> Prometheus:
@@ -235,13 +230,8 @@ def observed(broker, trained_world: TrainedWorld, tmp_path_factory: pytest.TempP
         if prometheus is not None:
             prometheus.stop()
         worker.stop()
-        if trainer is not None and trainer.poll() is None:
-            trainer.terminate()
-            try:
-                trainer.wait(30)
-            except subprocess.TimeoutExpired:
-                trainer.kill()
-                trainer.wait()
+        if trainer is not None:
+            stop_process(trainer, 30)
 
 
 def _has_finite_value(prometheus: Prometheus, expr: str) -> bool:
