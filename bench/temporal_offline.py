@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import load_artifact  # noqa: E402
 from streams.core.offline import score_stream_offline  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from trainer.service import ranking_metrics  # noqa: E402
+from trainer.validation import ranking_metrics  # noqa: E402
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from streams.kafka.clients import produce_records
 from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
 from trainer.event_log import log_from_topic
-from trainer.report import rank_metrics
+from trainer.validation import ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,6 @@ def holdout_stream(settings: Settings, topic: str, train: Sequence[Record], held
     return messages, truth
 
 
-def ranking_metrics(results: Sequence[dict[str, Any]], truth: dict[str, str], k: int = 10
-                    ) -> dict[str, float]:
-    """HR@k, NDCG@k and MRR over ``truth`` (`trainer.report.rank_metrics` on result records);
-    a request without a result counts as a miss. Keys keep the manifest's names (k = 10)."""
-    m = rank_metrics({r["request_id"]: [i["item_id"] for i in r.get("items", [])] for r in results}, truth, k)
-    return {"hr_at_10": m[f"hr@{k}"], "ndcg_at_10": m[f"ndcg@{k}"], "mrr": m["mrr"],
-            "requests": float(m["requests"])}
-
-
 def evaluate_on_stream(bundle: ModelBundle, settings: Settings, messages: Sequence[InMessage],
                        truth: dict[str, str]) -> dict[str, float]:
     """Replay ``messages`` through a Processor serving ``bundle`` with online updates on."""
@@ -208,7 +199,7 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
         serving_metrics = (evaluate_on_stream(serving, settings, messages, truth)
                            if serving is not None else None)
         promote = not truth or serving_metrics is None or (
-            candidate_metrics["ndcg_at_10"] >= serving_metrics["ndcg_at_10"] - settings.promotion_tolerance)
+            candidate_metrics["ndcg@10"] >= serving_metrics["ndcg@10"] - settings.promotion_tolerance)
         decision = {
             "decision": "promoted" if promote else "rejected",
             "tolerance": settings.promotion_tolerance,
@@ -217,8 +208,8 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
             "serving": serving_metrics,
             "serving_version": serving.version if serving else None,
         }
-        progress(f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg_at_10']:.4f}"
-                 + (f" vs serving {serving.version} {serving_metrics['ndcg_at_10']:.4f}"
+        progress(f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg@10']:.4f}"
+                 + (f" vs serving {serving.version} {serving_metrics['ndcg@10']:.4f}"
                     if serving_metrics else " (no serving model)")
                  + f" on {len(truth)} held-out interactions -> {decision['decision']}")
         manifest_path = artifact / "manifest.json"

@@ -58,7 +58,7 @@ def test_artifact_contents(artifact: Path, planted: list[dict]) -> None:
     m = b.manifest
     assert b.trained_through == {"max_ts": max(e["ts"] for e in planted)}
     assert m["training"]["n_events"] == len(planted) and m["training"]["epochs"] >= 1
-    assert m["metrics"]["val_users"] > 0 and 0 <= m["metrics"]["val_ndcg@10"] <= 1
+    assert m["metrics"]["users"] > 0 and 0 <= m["metrics"]["ndcg@10"] <= 1
     assert m["event_weights"] == DEFAULT_EVENT_WEIGHTS
     # Artifact history covers every event, the validation carve-out included.
     last = {e["user_id"]: e["item_id"] for e in planted if e["event_type"] != "dismiss"}
@@ -83,7 +83,7 @@ def test_single_event_users_dismisses_and_odd_ids() -> None:
     events += [{"user_id": "x", "item_id": "y", "event_type": "unknown", "ts": 1}]
     model, info = train_model(events, seed=0, log=lambda _: None, max_epochs=2)
     assert info["user_ids"][1:] == [str(k) for k in range(12)]
-    assert info["metrics"]["val_users"] == 0  # nobody has enough events to give one up
+    assert info["metrics"]["users"] == 0  # nobody has enough events to give one up
     with torch.no_grad():
         s = model(torch.zeros(1, model.dim), torch.zeros(1, 3, dtype=torch.int64), torch.tensor([[0, 1, 2]]))
     assert torch.isfinite(s).all()
@@ -138,7 +138,7 @@ def test_evaluate_writes_score_py_results(artifact: Path, tmp_path: Path) -> Non
 def test_validation_metric_ranks_and_ties() -> None:
     from models.dnn import DNNReranker
     from trainer.data import ValidationSplit
-    from trainer.train import evaluate_split
+    from trainer.validation import evaluate_split
 
     model = DNNReranker(2, 30, dim=4, history_len=3)
     with torch.no_grad():
