@@ -29,16 +29,11 @@ from typing import Any
 import orjson
 
 from models.base import DEFAULT_EVENT_WEIGHTS
+from streams.core.jsonl import read_jsonl
 from trainer.validation import rank_metrics
 
 SYSTEMS = ("model", "random", "popularity", "upstream")
 METRICS = ("hr", "ndcg", "mrr")
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """JSON objects, one per non-blank line."""
-    with open(path, "rb") as f:
-        return [orjson.loads(line) for line in f if line.strip()]
 
 
 def _ids(items: Iterable[Any]) -> list[str]:
@@ -153,10 +148,10 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(
-        read_jsonl(requests_path),
-        read_jsonl(truth_path),
-        read_jsonl(results_path),
-        read_jsonl(events_path) if events_path else None,
+        list(read_jsonl(requests_path)),
+        list(read_jsonl(truth_path)),
+        list(read_jsonl(results_path)),
+        list(read_jsonl(events_path)) if events_path else None,
         k=k,
         seed=seed,
     )
