@@ -221,7 +221,7 @@ def parse_duration(text: str) -> float:
 def cmd_trainer(args: argparse.Namespace) -> int:
     import threading
 
-    from trainer.service import run_forever, run_once
+    from trainer.service import run_and_record, run_forever
 
     settings = load_settings(args, models_dir=args.models_dir, metrics_host=args.metrics_host)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -230,20 +230,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
                     progress=lambda line: print(line, flush=True))
     metrics = _trainer_metrics(args.metrics_port, settings)
     if args.once:
-        started = time.monotonic()
-        if metrics is not None:
-            metrics.run_started()
-        try:
-            result = run_once(settings, **run_args)
-        except Exception:
-            if metrics is not None:
-                metrics.run_failed(time.monotonic() - started)
-            raise
-        if metrics is not None:
-            if result.decision == "skipped":
-                metrics.run_skipped()
-            else:
-                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
+        result = run_and_record(settings, metrics, **run_args)
         print(f"trainer: {result.decision} {result.version or ''} {result.reason}".rstrip(), flush=True)
         return 0
     stop = threading.Event()

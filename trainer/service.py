@@ -236,25 +236,40 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def run_and_record(settings: Settings, metrics: Any = None, **run_args: Any) -> RunResult:
+    """`run_once`, reporting its start and outcome to ``metrics`` (a `TrainerMetrics`, or None).
+
+    Raises:
+        Whatever the run raised, after counting it as a failure.
+    """
+    started = time.monotonic()
+    if metrics is not None:
+        metrics.run_started()
+    try:
+        result = run_once(settings, **run_args)
+    except Exception:
+        if metrics is not None:
+            metrics.run_failed(time.monotonic() - started)
+        raise
+    if metrics is not None:
+        if result.decision == "skipped":
+            metrics.run_skipped()
+        else:
+            metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
+    return result
+
+
 def run_forever(settings: Settings, *, every_s: float, stop: threading.Event, metrics: Any = None,
                 **run_args: Any) -> None:
     """Run, then wait ``every_s`` (interruptible), until ``stop`` is set. A failed run is logged
     and counted; the service keeps going."""
     while not stop.is_set():
         started = time.monotonic()
-        if metrics is not None:
-            metrics.run_started()
         try:
-            result = run_once(settings, **run_args)
+            result = run_and_record(settings, metrics, **run_args)
         except Exception:
             log.exception("training run failed")
-            if metrics is not None:
-                metrics.run_failed(time.monotonic() - started)
         else:
             if result.decision == "skipped":
                 log.info("trainer: skipped: %s", result.reason)
-                if metrics is not None:
-                    metrics.run_skipped()
-            elif metrics is not None:
-                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
         stop.wait(max(0.0, every_s - (time.monotonic() - started)))
