@@ -329,31 +329,10 @@ def train_model(
     return model, info
 
 
-def train_to_artifact(
-    events: list[dict[str, Any]],
-    out_dir: str | Path,
-    *,
-    kind: str = "dnn",
-    event_weights: dict[str, float] | None = None,
-    hparams: dict[str, Any] | None = None,
-    seed: int = 0,
-    trained_through: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-    max_epochs: int | None = None,
-    items: list[dict[str, Any]] | None = None,
-) -> Path:
-    """Train with `train_model` and publish the artifact atomically at `out_dir`; returns its path."""
-    model, info = train_model(
-        events,
-        kind=kind,
-        event_weights=event_weights,
-        hparams=hparams,
-        seed=seed,
-        trained_through=trained_through,
-        log=log,
-        max_epochs=max_epochs,
-        items=items,
-    )
+def train_to_artifact(events: list[dict[str, Any]], out_dir: str | Path, **train_args: Any) -> Path:
+    """Train with `train_model` (``train_args`` are its keyword arguments) and publish the
+    artifact atomically at `out_dir`; returns its path."""
+    model, info = train_model(events, **train_args)
     return save_artifact(
         out_dir,
         model,
