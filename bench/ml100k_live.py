@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from streams.core.jsonl import read_jsonl  # noqa: E402
 from streams.ports import free_port  # noqa: E402
 from streams.devtools.broker import start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
@@ -91,7 +92,7 @@ def main() -> None:
 
     def orders(path: Path) -> dict[str, list[str]]:
         return {r["request_id"]: [i["item_id"] for i in r["items"]]
-                for r in map(json.loads, path.read_text().splitlines())}
+                for r in read_jsonl(path)}
 
     lo, oo = orders(work / "live.jsonl"), orders(work / "offline.jsonl")
     same = sum(lo.get(k) == v for k, v in oo.items())

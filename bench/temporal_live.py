@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ml100k_live import parse_movielens_args, run  # noqa: E402
+from streams.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
 from streams.ports import free_port  # noqa: E402
 from streams.devtools.broker import start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
@@ -44,11 +45,9 @@ def main() -> None:
         stream.write_text("".join(open(split / "stream.jsonl").readlines()[: a.limit]))
     truth = split / "truth.jsonl"
     if a.limit:
-        asked = {json.loads(line)["request_id"] for line in stream.read_text().splitlines()
-                 if json.loads(line)["kind"] == "request"}
-        truth = work / "truth-limited.jsonl"
-        truth.write_text("".join(line for line in open(split / "truth.jsonl")
-                                 if json.loads(line)["request_id"] in asked))
+        asked = {r["request_id"] for r in read_jsonl(stream) if r["kind"] == "request"}
+        truth = write_jsonl(work / "truth-limited.jsonl",
+                            (r for r in read_jsonl(split / "truth.jsonl") if r["request_id"] in asked))
     report: dict[str, object] = {"kind": a.kind, "stream_lines": sum(1 for _ in open(stream))}
     cli = [py, "-m", "streams"]
     for mode in ("online", "frozen"):

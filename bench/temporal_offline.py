@@ -19,9 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import load_artifact  # noqa: E402
+from streams.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
 from streams.core.offline import score_stream_offline  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from trainer.service import ranking_metrics  # noqa: E402
+from trainer.validation import ranking_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +34,8 @@ def main() -> None:
     a = ap.parse_args()
     base = Settings.load()
     bundle = load_artifact(a.model)
-    truth = {r["request_id"]: r["item_id"] for r in map(json.loads, open(Path(a.split) / "truth.jsonl"))}
-    lines = [json.loads(line) for line in open(Path(a.split) / "stream.jsonl")]
+    truth = {r["request_id"]: r["item_id"] for r in read_jsonl(Path(a.split) / "truth.jsonl")}
+    lines = list(read_jsonl(Path(a.split) / "stream.jsonl"))
     specs = a.specs or ["frozen", f"{base.online_steps},{base.online_lr},{base.online_negatives}"]
     for spec in specs:
         if spec == "frozen":
@@ -47,9 +48,7 @@ def main() -> None:
         results = score_stream_offline(bundle, settings, lines)
         metrics = ranking_metrics(results, truth)
         if a.out:
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            with open(Path(a.out) / f"{spec.replace(',', '_')}.jsonl", "w") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in results)
+            write_jsonl(Path(a.out) / f"{spec.replace(',', '_')}.jsonl", results)
         print(json.dumps({"spec": spec, **{k: round(v, 4) for k, v in metrics.items()},
                           "seconds": round(time.monotonic() - started, 1)}), flush=True)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from models.base import MODEL_REGISTRY, Reranker, get_model_class
 from models.features import feature_rows
+from models.store import rename_into_place
 
 FORMAT = 1
 WEIGHTS_FILE = "weights.safetensors"
@@ -141,14 +141,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _row_ids(ids: list[Any], n: int, what: str) -> list[str]:
     """Accept ids with or without the leading "" of row 0; return them with it."""
     ids = [str(x) for x in ids]
@@ -251,19 +243,10 @@ def save_artifact(
         (tmp / MANIFEST_FILE).write_bytes(
             orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
-        for name in (WEIGHTS_FILE, STATE_FILE, MANIFEST_FILE):
-            _fsync(tmp / name)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        _fsync(out_dir.parent)
+        rename_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -67,6 +68,38 @@ def staging_dir(root: str | os.PathLike[str], name: str) -> Path:
     return path
 
 
+def fsync(path: str | os.PathLike[str]) -> None:
+    """Flush a file, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rename_into_place(staged: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Rename a completely written directory to ``target`` in one step, replacing what is there.
+
+    The files are flushed before the rename, so a crash right after it cannot leave empty files
+    behind the new name, and the parent after it, so the rename itself survives a crash.
+    ``staged`` must be on the same filesystem as ``target``.
+    """
+    staged, target = Path(staged), Path(target)
+    for file in staged.iterdir():
+        fsync(file)
+    old = None
+    if target.exists():
+        # A rename cannot replace a non-empty directory: the old one steps aside just before, under
+        # a hidden name, so readers miss the target only between two renames.
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(target, old)
+    os.replace(staged, target)
+    fsync(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
 def publish(staged: str | os.PathLike[str], root: str | os.PathLike[str], version: str) -> Path:
     """Move a complete artifact into ``root/<version>`` with one atomic rename.
 
@@ -77,12 +110,7 @@ def publish(staged: str | os.PathLike[str], root: str | os.PathLike[str], versio
         raise ValueError(f"{staged} holds no complete artifact")
     if target.exists():
         raise FileExistsError(f"version {version} is already published")
-    # fsync the files so a crash right after the rename cannot leave empty files behind it.
-    for file in staged.iterdir():
-        with open(file, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.rename(staged, target)
-    return target
+    return rename_into_place(staged, target)
 
 
 def prune(root: str | os.PathLike[str], keep: int, *, protect: str | None = None) -> list[Path]:

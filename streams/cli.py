@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import orjson
-
+from streams.core.jsonl import read_jsonl, write_jsonl
 from streams.settings import Settings, SettingsError
 
 log = logging.getLogger("reranker")
@@ -118,13 +117,6 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return Settings.load(args.config, overrides={"broker": args.broker, **overrides})
 
 
-def _write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        for record in records:
-            fh.write(orjson.dumps(record) + b"\n")
-
-
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.kafka.topics import create_topics
     from streams.devtools.broker import start_embedded_broker
@@ -197,9 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     started = time.monotonic()
     if args.events:
-        from streams.kafka.clients import iter_jsonl
-
-        events = list(iter_jsonl(args.events))
+        events = list(read_jsonl(args.events))
         trained_through = None
     else:
         from trainer.event_log import events_from_topic
@@ -207,9 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         events, trained_through = events_from_topic(settings, args.topic)
     items = None
     if args.items:
-        from streams.kafka.clients import iter_jsonl
-
-        items = list(iter_jsonl(args.items))
+        items = list(read_jsonl(args.items))
     print(f"training {args.kind} on {len(events)} events" + (f", {len(items)} items" if items else ""), flush=True)
     path = train_to_artifact(events, args.out, kind=args.kind, event_weights=settings.event_weights,
                              seed=args.seed, trained_through=trained_through, max_epochs=args.max_epochs,
@@ -233,7 +221,7 @@ def parse_duration(text: str) -> float:
 def cmd_trainer(args: argparse.Namespace) -> int:
     import threading
 
-    from trainer.service import run_forever, run_once
+    from trainer.service import run_and_record, run_forever
 
     settings = load_settings(args, models_dir=args.models_dir, metrics_host=args.metrics_host)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -242,20 +230,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
                     progress=lambda line: print(line, flush=True))
     metrics = _trainer_metrics(args.metrics_port, settings)
     if args.once:
-        started = time.monotonic()
-        if metrics is not None:
-            metrics.run_started()
-        try:
-            result = run_once(settings, **run_args)
-        except Exception:
-            if metrics is not None:
-                metrics.run_failed(time.monotonic() - started)
-            raise
-        if metrics is not None:
-            if result.decision == "skipped":
-                metrics.run_skipped()
-            else:
-                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
+        result = run_and_record(settings, metrics, **run_args)
         print(f"trainer: {result.decision} {result.version or ''} {result.reason}".rstrip(), flush=True)
         return 0
     stop = threading.Event()
@@ -279,13 +254,13 @@ def _trainer_metrics(port: int, settings: Settings):  # type: ignore[no-untyped-
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from streams.kafka.topics import create_topics, project_topics
-    from streams.kafka.clients import iter_jsonl, produce_records
+    from streams.kafka.clients import produce_records
 
     settings = load_settings(args)
     # A topic the broker auto-creates would get its default partition count, not ours.
     create_topics(settings, {*project_topics(settings), args.topic})
     started = time.monotonic()
-    count = produce_records(settings, args.topic, iter_jsonl(args.file))
+    count = produce_records(settings, args.topic, read_jsonl(args.file))
     print(f"produced {count} records to {args.topic} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
 
@@ -298,14 +273,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     create_topics(settings)
     started = time.monotonic()
     if args.stream:
-        results, missing = replay_stream(settings, _read(args.stream), timeout=args.timeout,
+        results, missing = replay_stream(settings, read_jsonl(args.stream), timeout=args.timeout,
                                          progress=lambda line: print(line, flush=True))
         sent = len(results) + len(missing)
     else:
-        requests = list(_read(args.requests))
+        requests = list(read_jsonl(args.requests))
         results, missing = replay_requests(settings, requests, timeout=args.timeout)
         sent = len(requests)
-    _write_jsonl(args.out, results)
+    write_jsonl(args.out, results)
     print(f"replayed {sent} requests in {time.monotonic() - started:.1f}s: "
           f"{len(results)} results, {len(missing)} missing", flush=True)
     if missing:
@@ -320,10 +295,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     settings = load_settings(args, online_updates=False if args.no_online_updates else None)
     bundle = load_artifact(args.model)
-    events = list(_read(args.events)) if args.events else []
+    events = list(read_jsonl(args.events)) if args.events else []
     started = time.monotonic()
-    results = score_offline(bundle, settings, _read(args.requests), events)
-    _write_jsonl(args.out, results)
+    results = score_offline(bundle, settings, read_jsonl(args.requests), events)
+    write_jsonl(args.out, results)
     print(f"scored {len(results)} requests offline in {time.monotonic() - started:.1f}s", flush=True)
     return 0
 
@@ -356,12 +331,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.devtools.demo import run_demo
 
     return run_demo(load_settings(args), duration=args.duration, port=args.port)
-
-
-def _read(path: str):  # type: ignore[no-untyped-def]
-    from streams.kafka.clients import iter_jsonl
-
-    return iter_jsonl(path)
 
 
 COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "train": cmd_train, "trainer": cmd_trainer, "produce": cmd_produce,

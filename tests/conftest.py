@@ -83,11 +83,6 @@ def start_worker(settings: Settings, model_dir: Path, workdir: Path, *extra: str
     return WorkerProcess(process, metrics_port, web_port, log_path)
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    return path
-
-
 def run_cli(settings: Settings, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     """Run ``reranker ARGS`` as a user would, with ``settings`` in its environment."""
     return subprocess.run([sys.executable, "-m", "streams", *args], env=settings_env(settings),

@@ -9,32 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
-
-
-def load_events_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read one JSON event per line, skipping blank lines.
-
-    Raises:
-        ValueError: A line is not a JSON object; the message names the line.
-    """
-    events: list[dict[str, Any]] = []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ev = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON: {e}") from None
-            if not isinstance(ev, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(ev).__name__}")
-            events.append(ev)
-    return events
 
 
 def id_sort_key(s: str) -> tuple[int, str]:

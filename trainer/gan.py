@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from models.dnn import DNNReranker
 from trainer.data import TrainingExamples, ValidationSplit
-from trainer.train import evaluate_split
+from trainer.validation import evaluate_split
 
 # Chosen on the internal validation split (NDCG@10) of the ML-100K leave-one-out training events,
 # starting from the dnn defaults' model (0.497), one seed, 4 adversarial epochs each:
@@ -142,8 +142,8 @@ def fit_gan(
         log: One line per epoch.
 
     Returns:
-        (served network, in train mode, of the pre-trained model's class; metrics: "val_ndcg@10",
-        "val_hr@10" of the served checkpoint, "pretrained_val_ndcg@10", "served" (the network's
+        (served network, in train mode, of the pre-trained model's class; metrics: "ndcg@10",
+        "hr@10" of the served checkpoint, "pretrained_ndcg@10", "served" (the network's
         name), "best_epoch" (0 when no adversarial epoch completed);
         info: "epochs" run, "stopped" reason, and "log", one dict per epoch with losses,
         validation metrics of both networks, generator entropy and distinct sampled items).
@@ -240,7 +240,7 @@ def fit_gan(
         )
         if has_val:
             mg, md = evaluate_split(g, val), evaluate_split(d, val)
-            rec.update({"val_ndcg@10_generator": mg["ndcg@10"], "val_ndcg@10_discriminator": md["ndcg@10"]})
+            rec.update({"generator_ndcg@10": mg["ndcg@10"], "discriminator_ndcg@10": md["ndcg@10"]})
             line += f" val ndcg@10 G {mg['ndcg@10']:.4f} D {md['ndcg@10']:.4f}"
             m = mg if serve == "generator" else md
         else:
@@ -265,9 +265,9 @@ def fit_gan(
     else:
         stopped += "; no adversarial epoch completed, serving the pre-trained network"
     metrics = {
-        "val_ndcg@10": best["metrics"].get("ndcg@10", pre_ndcg if best["state"] is None else math.nan),
-        "val_hr@10": best["metrics"].get("hr@10", m0.get("hr@10", math.nan) if best["state"] is None else math.nan),
-        "pretrained_val_ndcg@10": pre_ndcg,
+        "ndcg@10": best["metrics"].get("ndcg@10", pre_ndcg if best["state"] is None else math.nan),
+        "hr@10": best["metrics"].get("hr@10", m0.get("hr@10", math.nan) if best["state"] is None else math.nan),
+        "pretrained_ndcg@10": pre_ndcg,
         "served": serve,
         "best_epoch": best["epoch"],
     }

@@ -29,49 +29,16 @@ from typing import Any
 import orjson
 
 from models.base import DEFAULT_EVENT_WEIGHTS
+from streams.core.jsonl import read_jsonl
+from trainer.validation import rank_metrics
 
 SYSTEMS = ("model", "random", "popularity", "upstream")
 METRICS = ("hr", "ndcg", "mrr")
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """JSON objects, one per non-blank line."""
-    with open(path, "rb") as f:
-        return [orjson.loads(line) for line in f if line.strip()]
-
-
 def _ids(items: Iterable[Any]) -> list[str]:
     """Item ids of a ranked list or candidate list whose entries are {"item_id", ...} or plain ids."""
     return [str(x["item_id"] if isinstance(x, Mapping) else x) for x in items]
-
-
-def rank_metrics(ranked: Mapping[str, list[str]], truth: Mapping[str, str], k: int = 10) -> dict[str, Any]:
-    """HR@k, NDCG@k and MRR of the truth items in the ranked lists.
-
-    Args:
-        ranked: request id -> item ids, best first.
-        truth: request id -> held-out item id; every request here counts.
-        k: Cut-off of HR and NDCG.
-
-    Returns:
-        {"requests", "missing" (truth requests without a ranked list), "hr@k", "ndcg@k", "mrr"},
-        unrounded; all metrics 0.0 for an empty truth.
-    """
-    hr = ndcg = mrr = 0.0
-    missing = 0
-    for rid, item in truth.items():
-        ids = ranked.get(rid)
-        if ids is None:
-            missing += 1
-            continue
-        if item in ids:
-            rank = ids.index(item) + 1
-            mrr += 1.0 / rank
-            if rank <= k:
-                hr += 1.0
-                ndcg += 1.0 / math.log2(rank + 1)
-    n = max(len(truth), 1)
-    return {"requests": len(truth), "missing": missing, f"hr@{k}": hr / n, f"ndcg@{k}": ndcg / n, "mrr": mrr / n}
 
 
 def event_popularity(events: Iterable[Mapping[str, Any]]) -> Counter[str]:
@@ -181,10 +148,10 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(
-        read_jsonl(requests_path),
-        read_jsonl(truth_path),
-        read_jsonl(results_path),
-        read_jsonl(events_path) if events_path else None,
+        list(read_jsonl(requests_path)),
+        list(read_jsonl(truth_path)),
+        list(read_jsonl(results_path)),
+        list(read_jsonl(events_path)) if events_path else None,
         k=k,
         seed=seed,
     )

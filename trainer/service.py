@@ -36,7 +36,7 @@ from streams.kafka.clients import produce_records
 from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
 from trainer.event_log import log_from_topic
-from trainer.report import rank_metrics
+from trainer.validation import ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,6 @@ def holdout_stream(settings: Settings, topic: str, train: Sequence[Record], held
     return messages, truth
 
 
-def ranking_metrics(results: Sequence[dict[str, Any]], truth: dict[str, str], k: int = 10
-                    ) -> dict[str, float]:
-    """HR@k, NDCG@k and MRR over ``truth`` (`trainer.report.rank_metrics` on result records);
-    a request without a result counts as a miss. Keys keep the manifest's names (k = 10)."""
-    m = rank_metrics({r["request_id"]: [i["item_id"] for i in r.get("items", [])] for r in results}, truth, k)
-    return {"hr_at_10": m[f"hr@{k}"], "ndcg_at_10": m[f"ndcg@{k}"], "mrr": m["mrr"],
-            "requests": float(m["requests"])}
-
-
 def evaluate_on_stream(bundle: ModelBundle, settings: Settings, messages: Sequence[InMessage],
                        truth: dict[str, str]) -> dict[str, float]:
     """Replay ``messages`` through a Processor serving ``bundle`` with online updates on."""
@@ -208,7 +199,7 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
         serving_metrics = (evaluate_on_stream(serving, settings, messages, truth)
                            if serving is not None else None)
         promote = not truth or serving_metrics is None or (
-            candidate_metrics["ndcg_at_10"] >= serving_metrics["ndcg_at_10"] - settings.promotion_tolerance)
+            candidate_metrics["ndcg@10"] >= serving_metrics["ndcg@10"] - settings.promotion_tolerance)
         decision = {
             "decision": "promoted" if promote else "rejected",
             "tolerance": settings.promotion_tolerance,
@@ -217,8 +208,8 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
             "serving": serving_metrics,
             "serving_version": serving.version if serving else None,
         }
-        progress(f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg_at_10']:.4f}"
-                 + (f" vs serving {serving.version} {serving_metrics['ndcg_at_10']:.4f}"
+        progress(f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg@10']:.4f}"
+                 + (f" vs serving {serving.version} {serving_metrics['ndcg@10']:.4f}"
                     if serving_metrics else " (no serving model)")
                  + f" on {len(truth)} held-out interactions -> {decision['decision']}")
         manifest_path = artifact / "manifest.json"
@@ -245,25 +236,40 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def run_and_record(settings: Settings, metrics: Any = None, **run_args: Any) -> RunResult:
+    """`run_once`, reporting its start and outcome to ``metrics`` (a `TrainerMetrics`, or None).
+
+    Raises:
+        Whatever the run raised, after counting it as a failure.
+    """
+    started = time.monotonic()
+    if metrics is not None:
+        metrics.run_started()
+    try:
+        result = run_once(settings, **run_args)
+    except Exception:
+        if metrics is not None:
+            metrics.run_failed(time.monotonic() - started)
+        raise
+    if metrics is not None:
+        if result.decision == "skipped":
+            metrics.run_skipped()
+        else:
+            metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
+    return result
+
+
 def run_forever(settings: Settings, *, every_s: float, stop: threading.Event, metrics: Any = None,
                 **run_args: Any) -> None:
     """Run, then wait ``every_s`` (interruptible), until ``stop`` is set. A failed run is logged
     and counted; the service keeps going."""
     while not stop.is_set():
         started = time.monotonic()
-        if metrics is not None:
-            metrics.run_started()
         try:
-            result = run_once(settings, **run_args)
+            result = run_and_record(settings, metrics, **run_args)
         except Exception:
             log.exception("training run failed")
-            if metrics is not None:
-                metrics.run_failed(time.monotonic() - started)
         else:
             if result.decision == "skipped":
                 log.info("trainer: skipped: %s", result.reason)
-                if metrics is not None:
-                    metrics.run_skipped()
-            elif metrics is not None:
-                metrics.run_finished(result.seconds, result.candidate, result.decision == "promoted")
         stop.wait(max(0.0, every_s - (time.monotonic() - started)))

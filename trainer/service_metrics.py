@@ -25,11 +25,9 @@ OUTCOMES = ("success", "skipped", "failure")
 
 
 def metric_label(key: str) -> str:
-    """A metrics-dict key as a label value: ``val_ndcg@10`` -> ``ndcg_at_10``."""
-    key = key.strip().lower()
-    key = key.removeprefix("val_")
-    key = key.replace("@", "_at_")
-    return re.sub(r"[^a-z0-9_]+", "_", key).strip("_")
+    """A metric key (`trainer.validation`) as a label value: ``ndcg@10`` -> ``ndcg_at_10``.
+    Label values may hold any character, but "@" would have to be quoted in every query."""
+    return re.sub(r"[^a-z0-9_]+", "_", key.replace("@", "_at_")).strip("_")
 
 
 class TrainerMetrics:
@@ -77,8 +75,8 @@ class TrainerMetrics:
 
         Args:
             duration_s: wall time of the run.
-            metrics: the candidate's held-out metrics, e.g. ``{"ndcg_at_10": .., "hr_at_10": ..}``
-                (``ndcg@10`` style keys are accepted too). Non-finite values are left out.
+            metrics: the candidate's held-out metrics, e.g. ``{"ndcg@10": .., "hr@10": ..}``.
+                Non-finite values are left out.
             promoted: whether the candidate was published.
         """
         self.runs.labels("success").inc()

@@ -26,6 +26,7 @@ from trainer.data import (
     split_validation,
     training_examples,
 )
+from trainer.validation import evaluate_split
 
 # Chosen on the internal validation split (NDCG@10 of each user's last training interaction
 # against 99 unseen items) of the ML-100K leave-one-out training events; single-seed noise is
@@ -82,35 +83,6 @@ def _model_kwargs(cls: type[Reranker], hp: Mapping[str, Any]) -> dict[str, Any]:
     params = inspect.signature(cls.__init__).parameters
     names = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return {k: v for k, v in hp.items() if k in names}
-
-
-@torch.no_grad()
-def evaluate_split(model: Reranker, split: ValidationSplit, k: int = 10, batch_size: int = 1024) -> dict[str, float]:
-    """NDCG@k and HR@k of the held-out item (candidate column 0) among its candidates.
-
-    Ties count against the held-out item, so a model that scores everything equal gets no credit.
-
-    Returns:
-        {"ndcg@k", "hr@k", "n"}; metrics are NaN when the split is empty.
-    """
-    if len(split) == 0:
-        return {f"ndcg@{k}": math.nan, f"hr@{k}": math.nan, "n": 0}
-    was_training = model.training
-    model.eval()
-    ranks = []
-    uv = model.user_vectors()
-    for a in range(0, len(split), batch_size):
-        sl = slice(a, a + batch_size)
-        users = torch.from_numpy(split.users[sl])
-        s = model(uv[users], torch.from_numpy(split.history[sl]), torch.from_numpy(split.candidates[sl]))
-        valid = torch.from_numpy(split.valid[sl])
-        beats = (s[:, 1:] >= s[:, :1]) & valid[:, 1:]
-        ranks.append(1 + beats.sum(dim=1))
-    model.train(was_training)
-    rank = torch.cat(ranks).double()
-    hit = rank <= k
-    ndcg = torch.where(hit, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
-    return {f"ndcg@{k}": float(ndcg.mean()), f"hr@{k}": float(hit.double().mean()), "n": int(rank.numel())}
 
 
 def _batch_loss(
@@ -306,7 +278,7 @@ def train_model(
             pre_epochs, pre_seconds = epochs_run, time.perf_counter() - t0
             model.fill_unknown_rows()
             model, stage_metrics, stage_info = stage(model, ex, val, hp, rng, log)
-            best_metrics = {"ndcg@10": stage_metrics.pop("val_ndcg@10"), "hr@10": stage_metrics.pop("val_hr@10")}
+            best_metrics = {"ndcg@10": stage_metrics.pop("ndcg@10"), "hr@10": stage_metrics.pop("hr@10")}
             best_epoch = stage_metrics.pop("best_epoch")
             # Numbers stay in the metrics; labels (e.g. the served network) go with the stage's info.
             labels = {k: stage_metrics.pop(k) for k in list(stage_metrics) if isinstance(stage_metrics[k], str)}
@@ -326,15 +298,15 @@ def train_model(
 
     seconds = time.perf_counter() - t0
     metrics = {
-        "val_ndcg@10": best_metrics.get("ndcg@10", math.nan),
-        "val_hr@10": best_metrics.get("hr@10", math.nan),
-        "val_users": len(val),
+        "ndcg@10": best_metrics.get("ndcg@10", math.nan),
+        "hr@10": best_metrics.get("hr@10", math.nan),
+        "users": len(val),
         "best_epoch": best_epoch,
         **stage_info.pop("metrics", {}),
     }
     log(
         f"done in {seconds:.1f}s: best epoch {best_epoch} of {epochs_run}, "
-        f"val ndcg@10 {metrics['val_ndcg@10']:.4f} hr@10 {metrics['val_hr@10']:.4f}"
+        f"val ndcg@10 {metrics['ndcg@10']:.4f} hr@10 {metrics['hr@10']:.4f}"
     )
     info = {
         "item_ids": data.item_ids,
@@ -357,31 +329,10 @@ def train_model(
     return model, info
 
 
-def train_to_artifact(
-    events: list[dict[str, Any]],
-    out_dir: str | Path,
-    *,
-    kind: str = "dnn",
-    event_weights: dict[str, float] | None = None,
-    hparams: dict[str, Any] | None = None,
-    seed: int = 0,
-    trained_through: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-    max_epochs: int | None = None,
-    items: list[dict[str, Any]] | None = None,
-) -> Path:
-    """Train with `train_model` and publish the artifact atomically at `out_dir`; returns its path."""
-    model, info = train_model(
-        events,
-        kind=kind,
-        event_weights=event_weights,
-        hparams=hparams,
-        seed=seed,
-        trained_through=trained_through,
-        log=log,
-        max_epochs=max_epochs,
-        items=items,
-    )
+def train_to_artifact(events: list[dict[str, Any]], out_dir: str | Path, **train_args: Any) -> Path:
+    """Train with `train_model` (``train_args`` are its keyword arguments) and publish the
+    artifact atomically at `out_dir`; returns its path."""
+    model, info = train_model(events, **train_args)
     return save_artifact(
         out_dir,
         model,

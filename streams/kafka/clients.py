@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -45,25 +45,6 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         "session.timeout.ms": int(settings.session_timeout_s * 1000),
         **confluent_security(settings),
     }
-
-
-def iter_jsonl(path: str) -> Iterator[dict[str, Any]]:
-    """JSON objects of a JSON-lines file; blank lines are skipped.
-
-    Raises:
-        ValueError: a line that is not a JSON object, with its line number.
-    """
-    with open(path, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{number}: not a JSON object")
-            yield obj
 
 
 def message_key(record: dict[str, Any]) -> bytes | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.core.jsonl import read_jsonl
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -28,5 +29,5 @@ def test_harness_smoke_reports_numbers_and_no_missing_result(tmp_path: Path) -> 
     assert smoke["answered"] == smoke["sent"]
     assert smoke["p50_ms"] > 0 and smoke["p99_ms"] >= smoke["p50_ms"]
     assert smoke["achieved_rate"] > 0
-    records = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    records = list(read_jsonl(tmp_path / "results.jsonl"))
     assert records[-1]["kind"] == "latency" and "load1_before" in records[-1]

@@ -15,8 +15,8 @@ from streams.kafka.clients import KafkaSender, ResultCollector, message_key, pro
 from streams.settings import Settings
 from streams.devtools.synthetic import (World, cluster_share_at_k, events_for_cluster, generate_events,
                                generate_requests, make_world)
-from tests.conftest import (WorkerProcess, isolated_settings, run_cli, start_worker, wait_until,
-                            write_jsonl)
+from streams.core.jsonl import read_jsonl, write_jsonl
+from tests.conftest import WorkerProcess, isolated_settings, run_cli, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,7 @@ def test_replay_equals_offline_score(stack: Stack) -> None:
 
     def orders(path: Path) -> dict[str, list[str]]:
         return {r["request_id"]: [i["item_id"] for i in r["items"]]
-                for r in map(json.loads, path.read_text().splitlines())}
+                for r in read_jsonl(path)}
 
     live_orders, offline_orders = orders(workdir / "live.jsonl"), orders(workdir / "offline.jsonl")
     assert live_orders.keys() == offline_orders.keys() and len(live_orders) == 200

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from models import load_artifact, store
+from streams.core.jsonl import read_jsonl
 from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
 from streams.devtools.synthetic import generate_events, generate_requests, make_world
 from tests.conftest import REPO, isolated_settings, run_cli, settings_env, start_worker
@@ -102,11 +103,11 @@ def test_gate_rejects_a_worse_model(broker, tmp_path: Path) -> None:  # type: ig
 
     bad = run_once(settings, max_epochs=6, announce=False, progress=lambda line: None, train_fn=scrambled)
     assert bad.decision == "rejected", (bad.candidate, bad.serving)
-    assert bad.candidate["ndcg_at_10"] < bad.serving["ndcg_at_10"] - 0.01  # type: ignore[index]
+    assert bad.candidate["ndcg@10"] < bad.serving["ndcg@10"] - 0.01  # type: ignore[index]
     assert [p.name for p in store.versions(settings.models_dir)] == [good.version]
-    decisions = [json.loads(line) for line in (Path(settings.models_dir) / "decisions.jsonl").read_text().splitlines()]
+    decisions = list(read_jsonl(Path(settings.models_dir) / "decisions.jsonl"))
     assert [d["decision"] for d in decisions] == ["promoted", "rejected"]
-    assert decisions[1]["serving"]["ndcg_at_10"] == pytest.approx(bad.serving["ndcg_at_10"])  # type: ignore[index]
+    assert decisions[1]["serving"]["ndcg@10"] == pytest.approx(bad.serving["ndcg@10"])  # type: ignore[index]
 
 
 def test_a_killed_trainer_never_leaves_a_loadable_half_model(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

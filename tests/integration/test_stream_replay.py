@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,8 @@ import pytest
 from models import load_artifact
 from streams.core.offline import score_stream_offline
 from streams.devtools.synthetic import cluster_share_at_k, events_for_cluster, generate_requests
-from tests.conftest import isolated_settings, run_cli, start_worker, write_jsonl
+from streams.core.jsonl import read_jsonl, write_jsonl
+from tests.conftest import isolated_settings, run_cli, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_stream_replay_learns_online_and_matches_offline(broker, trained_world, 
     finally:
         worker.stop()
     assert done.returncode == 0, done.stdout + done.stderr + worker.log()[-2000:]
-    live = [json.loads(line) for line in (tmp_path / "live.jsonl").read_text().splitlines()]
+    live = list(read_jsonl(tmp_path / "live.jsonl"))
     offline = score_stream_offline(load_artifact(trained_world.model_dir),
                                    dataclasses.replace(settings), lines)
     assert [r["request_id"] for r in live] == [r["request_id"] for r in offline]

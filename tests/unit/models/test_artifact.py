@@ -32,7 +32,7 @@ def build(tmp_path: Path, name: str = "art") -> tuple[DNNReranker, Path]:
         item_popularity=np.arange(N_ITEMS + 1, dtype=np.float32),
         trained_through={"topic": "user-events", "offsets": {"0": 12}},
         hparams={"dim": 8, "lr": 0.01},
-        metrics={"val_ndcg@10": 0.5},
+        metrics={"ndcg@10": 0.5},
         event_weights={"click": 1.0},
         extra={"training": {"epochs": 1, "n_events": 10, "seconds": 0.1}},
     )
@@ -57,7 +57,7 @@ def test_round_trip_gives_identical_scores_and_metadata(tmp_path: Path) -> None:
     assert b.user_history.dtype == np.int64 and b.user_history[2, -1] == 4
     assert b.item_popularity.dtype == np.float32 and b.item_popularity[4] == 4.0
     assert b.trained_through == {"topic": "user-events", "offsets": {"0": 12}}
-    assert b.manifest["training"]["n_events"] == 10 and b.manifest["metrics"]["val_ndcg@10"] == 0.5
+    assert b.manifest["training"]["n_events"] == 10 and b.manifest["metrics"]["ndcg@10"] == 0.5
     assert not b.model.training
     assert not any(p.requires_grad for p in b.model.parameters())
 

@@ -1,6 +1,3 @@
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -9,7 +6,6 @@ from trainer.data import (
     build_interactions,
     item_popularity,
     last_positive_history,
-    load_events_jsonl,
     split_validation,
     training_examples,
 )
@@ -28,15 +24,6 @@ EVENTS = [
     ev("1", "30", "click", 7),
     {"user_id": "1", "item_id": "50", "event_type": "click"},  # no ts: ignored
 ]
-
-
-def test_load_events_jsonl(tmp_path: Path) -> None:
-    p = tmp_path / "e.jsonl"
-    p.write_text(json.dumps(EVENTS[0]) + "\n\n" + json.dumps(EVENTS[1]) + "\n")
-    assert load_events_jsonl(p) == EVENTS[:2]
-    p.write_text("{oops\n")
-    with pytest.raises(ValueError, match=":1:"):
-        load_events_jsonl(p)
 
 
 def test_interactions_index_and_order() -> None:

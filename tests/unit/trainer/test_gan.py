@@ -42,12 +42,12 @@ def test_gan_trains_without_nans_and_publishes_a_loadable_artifact(events: list[
         assert rec["gen_distinct_items"] > 20 and rec["gen_entropy"] > 1.0
     assert any(line.startswith("gan epoch   1") and "distinct" in line for line in lines)
     m = b.manifest["metrics"]
-    assert info["served"] == "discriminator" and 1 <= m["best_epoch"] <= 3 and 0 <= m["val_ndcg@10"] <= 1
+    assert info["served"] == "discriminator" and 1 <= m["best_epoch"] <= 3 and 0 <= m["ndcg@10"] <= 1
     assert all(torch.isfinite(p).all() for p in b.model.state_dict().values())
 
     # The same seed and epochs give the DNN the GAN started from; the adversarial phase moved it.
     dnn, dnn_info = train_model(events, seed=0, log=lambda _: None, max_epochs=3)
-    assert m["pretrained_val_ndcg@10"] == pytest.approx(dnn_info["metrics"]["val_ndcg@10"])
+    assert m["pretrained_ndcg@10"] == pytest.approx(dnn_info["metrics"]["ndcg@10"])
     assert not torch.allclose(_all_scores(b.model), _all_scores(dnn), atol=1e-4)
 
     # Serving code paths treat it like a dnn model.
@@ -60,7 +60,7 @@ def test_generator_can_serve_and_serve_is_checked(events: list[dict]) -> None:
     model, info = train_model(events, kind="gan", seed=1, log=lambda _: None, max_epochs=2,
                               hparams={**FAST, "gan_epochs": 2, "serve": "generator"})
     log = info["training"]["gan"]["log"]
-    assert info["metrics"]["val_ndcg@10"] == max(r["val_ndcg@10_generator"] for r in log)
+    assert info["metrics"]["ndcg@10"] == max(r["generator_ndcg@10"] for r in log)
     assert info["training"]["gan"]["served"] == "generator" and info["hparams"]["serve"] == "generator"
     assert isinstance(model, GANReranker) and not any(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="serve"):

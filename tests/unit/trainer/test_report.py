@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from streams.cli import main as cli_main
-from trainer.report import baseline_rankings, build_report, event_popularity, rank_metrics, write_report
+from trainer.report import baseline_rankings, build_report, event_popularity, write_report
+from trainer.validation import rank_metrics
 
 SCORE_PY = Path("/work/shared/eval/score.py")
 

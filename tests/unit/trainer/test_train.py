@@ -1,13 +1,14 @@
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 import torch
 
 from models import DEFAULT_EVENT_WEIGHTS, load_artifact, online_update
+from streams.core.jsonl import read_jsonl, write_jsonl
+from streams.core.offline import score_offline
 from streams.devtools.synthetic import World, generate_events, make_world
-from trainer.evaluate import write_results
+from streams.settings import Settings
 from trainer.train import train_model, train_to_artifact
 
 
@@ -58,7 +59,7 @@ def test_artifact_contents(artifact: Path, planted: list[dict]) -> None:
     m = b.manifest
     assert b.trained_through == {"max_ts": max(e["ts"] for e in planted)}
     assert m["training"]["n_events"] == len(planted) and m["training"]["epochs"] >= 1
-    assert m["metrics"]["val_users"] > 0 and 0 <= m["metrics"]["val_ndcg@10"] <= 1
+    assert m["metrics"]["users"] > 0 and 0 <= m["metrics"]["ndcg@10"] <= 1
     assert m["event_weights"] == DEFAULT_EVENT_WEIGHTS
     # Artifact history covers every event, the validation carve-out included.
     last = {e["user_id"]: e["item_id"] for e in planted if e["event_type"] != "dismiss"}
@@ -83,7 +84,7 @@ def test_single_event_users_dismisses_and_odd_ids() -> None:
     events += [{"user_id": "x", "item_id": "y", "event_type": "unknown", "ts": 1}]
     model, info = train_model(events, seed=0, log=lambda _: None, max_epochs=2)
     assert info["user_ids"][1:] == [str(k) for k in range(12)]
-    assert info["metrics"]["val_users"] == 0  # nobody has enough events to give one up
+    assert info["metrics"]["users"] == 0  # nobody has enough events to give one up
     with torch.no_grad():
         s = model(torch.zeros(1, model.dim), torch.zeros(1, 3, dtype=torch.int64), torch.tensor([[0, 1, 2]]))
     assert torch.isfinite(s).all()
@@ -115,30 +116,28 @@ def test_online_updates_pull_a_cold_user_towards_a_cluster(artifact: Path, world
         assert same > 0.05 and same > others + 0.1, (c, same, others)
 
 
-def test_evaluate_writes_score_py_results(artifact: Path, tmp_path: Path) -> None:
-    reqs = tmp_path / "r.jsonl"
+def test_offline_scoring_writes_score_py_results(artifact: Path, tmp_path: Path) -> None:
     b = load_artifact(artifact)
     user, item1, item2 = b.manifest["user_ids"][1], b.item_ids[1], b.item_ids[2]
-    reqs.write_bytes(
-        orjson.dumps({"request_id": "a", "user_id": user, "candidates": [{"item_id": item1}, {"item_id": "new"}]})
-        + b"\n"
-        + orjson.dumps({"request_id": "b", "user_id": "stranger", "candidates": [item1, item2]})
-        + b"\n"
-    )
-    out = tmp_path / "res.jsonl"
-    assert write_results(b, reqs, out) == 2
-    res = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    reqs = write_jsonl(tmp_path / "r.jsonl", [
+        {"request_id": "a", "user_id": user, "candidates": [{"item_id": item1}, {"item_id": "new"}]},
+        {"request_id": "b", "user_id": "stranger", "candidates": [{"item_id": item1}, {"item_id": item2}]},
+    ])
+    out = write_jsonl(tmp_path / "res.jsonl", score_offline(b, Settings(), read_jsonl(reqs)))
+    res = list(read_jsonl(out))
     assert [r["request_id"] for r in res] == ["a", "b"]
     for r in res:
+        assert "error" not in r
         assert [x["rank"] for x in r["items"]] == [1, 2]
         assert r["items"][0]["score"] >= r["items"][1]["score"]
     assert {x["item_id"] for x in res[0]["items"]} == {item1, "new"}
+    assert {x["item_id"] for x in res[1]["items"]} == {item1, item2}
 
 
 def test_validation_metric_ranks_and_ties() -> None:
     from models.dnn import DNNReranker
     from trainer.data import ValidationSplit
-    from trainer.train import evaluate_split
+    from trainer.validation import evaluate_split
 
     model = DNNReranker(2, 30, dim=4, history_len=3)
     with torch.no_grad():

@@ -30,7 +30,7 @@ def values(metrics: TrainerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ..
 
 def test_names_types_and_labels() -> None:
     metrics = TrainerMetrics()
-    metrics.run_finished(1.0, {"ndcg_at_10": 0.3}, promoted=True)
+    metrics.run_finished(1.0, {"ndcg@10": 0.3}, promoted=True)
     families = {}
     for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         families[f.name + ("_total" if f.type == "counter" else "")] = (
@@ -49,7 +49,7 @@ def test_counters_start_at_zero_for_every_known_label() -> None:
 def test_a_finished_run_records_its_metrics_and_decision() -> None:
     metrics = TrainerMetrics(clock=lambda: 1234.0)
     metrics.run_started()
-    metrics.run_finished(12.5, {"ndcg_at_10": 0.41, "hr_at_10": 0.7, "mrr": math.nan, "requests": 300.0},
+    metrics.run_finished(12.5, {"ndcg@10": 0.41, "hr@10": 0.7, "mrr": math.nan, "requests": 300.0},
                          promoted=False)
     v = values(metrics)
     assert v[("reranker_trainer_last_run_start_timestamp_seconds", ())] == 1234.0
@@ -65,8 +65,8 @@ def test_a_finished_run_records_its_metrics_and_decision() -> None:
 
 def test_validation_metrics_are_those_of_the_last_run_only() -> None:
     metrics = TrainerMetrics()
-    metrics.run_finished(1.0, {"val_ndcg@10": 0.2, "val_hr@10": 0.5}, promoted=True)
-    metrics.run_finished(1.0, {"ndcg_at_10": 0.3}, promoted=True)
+    metrics.run_finished(1.0, {"ndcg@10": 0.2, "hr@10": 0.5}, promoted=True)
+    metrics.run_finished(1.0, {"ndcg@10": 0.3}, promoted=True)
     series = {labels: value for (name, labels), value in values(metrics).items()
               if name == "reranker_trainer_validation_metric"}
     assert series == {(("metric", "ndcg_at_10"),): 0.3}
@@ -85,15 +85,16 @@ def test_failed_and_skipped_runs_do_not_touch_the_last_success() -> None:
     assert v[("reranker_trainer_run_duration_seconds", ())] == 3.0
 
 
-def test_metric_label_normalises_key_styles() -> None:
-    assert metric_label("val_ndcg@10") == "ndcg_at_10"
-    assert metric_label("HR@10") == "hr_at_10"
-    assert metric_label("ndcg_at_10") == "ndcg_at_10"
+def test_metric_label_spells_metric_keys_for_queries() -> None:
+    assert metric_label("ndcg@10") == "ndcg_at_10"
+    assert metric_label("hr@5") == "hr_at_5"
+    assert metric_label("mrr") == "mrr"
+    assert metric_label("pretrained_ndcg@10") == "pretrained_ndcg_at_10"
 
 
 def test_serve_exposes_the_registry_on_the_given_address() -> None:
     metrics = TrainerMetrics()
-    metrics.run_finished(2.0, {"ndcg_at_10": 0.25}, promoted=True)
+    metrics.run_finished(2.0, {"ndcg@10": 0.25}, promoted=True)
     port = free_port()
     metrics.serve(port, "127.0.0.1")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

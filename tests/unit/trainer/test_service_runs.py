@@ -1,0 +1,67 @@
+"""What one trainer run reports to its metrics, whichever command started it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from streams.settings import Settings
+from trainer import service
+from trainer.service import RunResult, run_and_record, run_forever
+from trainer.service_metrics import TrainerMetrics
+from tests.unit.trainer.test_trainer_metrics import values
+
+
+def fake_run(outcome: str | Exception):  # type: ignore[no-untyped-def]
+    def run_once(settings: Settings, **run_args: Any) -> RunResult:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return RunResult(outcome, "v1", None, {"ndcg@10": 0.4, "requests": 10.0}, None, 2.0)
+    return run_once
+
+
+def runs(metrics: TrainerMetrics) -> dict[str, float]:
+    return {labels[0][1]: value for (name, labels), value in values(metrics).items()
+            if name == "reranker_trainer_runs_total"}
+
+
+@pytest.mark.parametrize("decision", ["promoted", "rejected"])
+def test_a_finished_run_is_recorded_with_its_decision(monkeypatch: pytest.MonkeyPatch, decision: str) -> None:
+    monkeypatch.setattr(service, "run_once", fake_run(decision))
+    metrics = TrainerMetrics(clock=lambda: 7.0)
+    assert run_and_record(Settings(), metrics).decision == decision
+    v = values(metrics)
+    assert v[("reranker_trainer_last_run_start_timestamp_seconds", ())] == 7.0
+    assert v[("reranker_trainer_promotions_total", (("decision", decision),))] == 1
+    assert v[("reranker_trainer_validation_metric", (("metric", "ndcg_at_10"),))] == 0.4
+    assert runs(metrics) == {"success": 1, "skipped": 0, "failure": 0}
+
+
+def test_skipped_and_failed_runs_are_counted_and_a_failure_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = TrainerMetrics()
+    monkeypatch.setattr(service, "run_once", fake_run("skipped"))
+    run_and_record(Settings(), metrics)
+    monkeypatch.setattr(service, "run_once", fake_run(RuntimeError("broker gone")))
+    with pytest.raises(RuntimeError, match="broker gone"):
+        run_and_record(Settings(), metrics)
+    assert runs(metrics) == {"success": 0, "skipped": 1, "failure": 1}
+
+
+def test_the_service_loop_counts_a_failed_run_and_keeps_going(monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def run_once(settings: Settings, **run_args: Any) -> RunResult:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+        stop.set()
+        return fake_run("promoted")(settings)
+
+    monkeypatch.setattr(service, "run_once", run_once)
+    metrics = TrainerMetrics()
+    run_forever(Settings(), every_s=0.0, stop=stop, metrics=metrics)
+    assert len(calls) == 2
+    assert runs(metrics) == {"success": 1, "skipped": 0, "failure": 1}
