@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from streams.kafka.clients import read_topic
 from streams.core.records import ContractError, parse_event
+from streams.kafka.clients import read_topic
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

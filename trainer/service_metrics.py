@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, disable_created_metrics,
-                               start_http_server)
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, start_http_server
 
 # The text format would add a *_created gauge beside every counter and histogram: one
 # more series each that no query of this project reads.

@@ -12,20 +12,35 @@ import base64
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import orjson
 
 from models import ModelBundle
-from streams.core.worker_metrics import WorkerMetrics, request_start
-from streams.core.records import (ContractError, ParsedRequest, UserEvent, encode_error_result,
-                             encode_result, parse_event, parse_request)
+from streams.core.records import (
+    ContractError,
+    ParsedRequest,
+    UserEvent,
+    encode_error_result,
+    encode_result,
+    parse_event,
+    parse_request,
+)
 from streams.core.scoring import ScoringInput, rerank_batch
+from streams.core.state import (
+    Interaction,
+    UserState,
+    already_trained,
+    apply_event,
+    apply_events,
+    history_rows,
+    initial_state,
+)
+from streams.core.worker_metrics import WorkerMetrics, request_start
 from streams.settings import Settings
-from streams.core.state import (Interaction, UserState, already_trained, apply_event, apply_events, history_rows,
-                           initial_state)
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ exception inside the agent, which faust would acknowledge and silently drop.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import orjson
 

@@ -6,8 +6,7 @@ workers in one process. README.md ("Metrics") lists them with their meaning.
 
 from __future__ import annotations
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
-                               start_http_server)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 # The text format would add a *_created gauge beside every counter and histogram: one
 # more series each that no query of this project reads.

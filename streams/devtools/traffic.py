@@ -12,18 +12,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from streams.kafka.topics import create_topics
-from streams.kafka.clients import (KafkaSender, ResultCollector, consumer_config, message_key,
-                              produce_records)
-from streams.settings import Settings
 from streams.devtools.synthetic import World, generate_events, generate_requests, make_world
+from streams.kafka.clients import KafkaSender, ResultCollector, consumer_config, message_key, produce_records
+from streams.kafka.topics import create_topics
+from streams.settings import Settings
 
 CANDIDATES = 40
 TOP_K = 10

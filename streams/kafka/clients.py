@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -208,7 +209,7 @@ class ResultCollector:
     def close(self) -> None:
         self.consumer.close()
 
-    def __enter__(self) -> "ResultCollector":
+    def __enter__(self) -> ResultCollector:
         return self
 
     def __exit__(self, *exc: object) -> None:

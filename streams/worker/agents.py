@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from itertools import groupby
-from typing import Sequence
 
 import faust
 from faust.types import EventT, StreamT
 
-from streams.worker.batching import take_available
 from streams.core.processing import InMessage, Processor
 from streams.settings import Settings
+from streams.worker.batching import take_available
 from streams.worker.topics import Topics
 
 

@@ -7,20 +7,19 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import faust
 from faust.types import TableT
 
 from models import ModelBundle
-from streams.worker.agents import register_agents
+from streams.core.processing import Processor
 from streams.core.worker_metrics import WorkerMetrics
-from streams.worker.monitoring import register_monitor
+from streams.settings import Settings
+from streams.worker.agents import register_agents
+from streams.worker.faust_hooks import RerankerApp, faust_credentials
 from streams.worker.items import ItemCatalog
 from streams.worker.model_swap import ModelSwapper
-from streams.core.processing import Processor
-from streams.settings import Settings
+from streams.worker.monitoring import register_monitor
 from streams.worker.tables import TableStateStore, define_user_state_table
 from streams.worker.topics import Topics, define_topics
-from streams.worker.faust_hooks import RerankerApp, faust_credentials
 
 log = logging.getLogger(__name__)
 

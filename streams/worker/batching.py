@@ -18,7 +18,8 @@ finished with it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, List
+from collections.abc import AsyncIterator
+from typing import Any
 
 from faust.types import EventT, StreamT
 from mode.utils.aiter import aiter
@@ -29,7 +30,7 @@ from streams.worker.faust_hooks import drain_in_background
 QUIET_TURNS = 16
 
 
-async def take_available(stream: StreamT, max_: int, within: float) -> AsyncIterator[List[EventT]]:
+async def take_available(stream: StreamT, max_: int, within: float) -> AsyncIterator[list[EventT]]:
     """Yield lists of at most ``max_`` events: each one what had arrived when it was handed over.
 
     Args:

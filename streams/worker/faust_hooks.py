@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from typing import Any, AsyncIterator, ClassVar, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 import aiokafka
 import faust

@@ -18,9 +18,9 @@ import numpy as np
 import orjson
 
 from models import ModelBundle, load_artifact
-from streams.core.worker_metrics import WorkerMetrics
 from streams.core.processing import Processor
 from streams.core.scoring import ScoringInput, rerank_batch
+from streams.core.worker_metrics import WorkerMetrics
 from streams.kafka.follow import follow_topic
 from streams.settings import Settings
 
@@ -75,7 +75,7 @@ class ModelSwapper:
             if self.catalog is not None and self.catalog.items:
                 # The new model is not serving yet, so its tables can grow off the event loop.
                 await loop.run_in_executor(None, bundle.register_items, list(self.catalog.items.values()))
-        except Exception as exc:  # a bad artifact must never stop serving the current one
+        except Exception as exc:  # noqa: BLE001  a bad artifact must never stop serving the current one
             log.error("rejected model %s at %s, still serving %s: %s", version, path, serving.version, exc)
             self.metrics.model_load_failures.inc()
             return False

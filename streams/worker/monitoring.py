@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import faust
 from faust.types import TableT
@@ -101,11 +102,11 @@ def register_monitor(app: faust.App, table: TableT, topics: Iterable[str], metri
         try:
             for topic, value in (await consumer_lag(app.consumer, topic_names)).items():
                 metrics.consumer_lag.labels(topic).set(value)
-        except Exception as exc:  # consumer not started yet, or between assignments
+        except Exception as exc:  # noqa: BLE001  consumer not started yet, or between assignments
             log.debug("consumer lag not available: %r", exc)
         try:
             users = counter.count()
             if users is not None:
                 metrics.users_in_state.set(users)
-        except Exception as exc:  # table not recovered yet
+        except Exception as exc:  # noqa: BLE001  table not recovered yet
             log.debug("table size not available: %r", exc)

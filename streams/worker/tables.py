@@ -6,8 +6,8 @@ import faust
 from faust.types import TableT
 
 from streams.core.processing import InMessage
-from streams.settings import Settings
 from streams.core.state import UserState, decode_state, encode_state
+from streams.settings import Settings
 from streams.worker.faust_hooks import as_current_event
 
 USER_STATE_TABLE = "user-state"
