@@ -92,7 +92,7 @@ def start_embedded_broker(
         # kill the broker before the parent has stopped its clients.
         start_new_session=True,
     )
-    if out is not subprocess.DEVNULL:
+    if not isinstance(out, int):
         out.close()
     broker = EmbeddedBroker(host, port, process)
     try:

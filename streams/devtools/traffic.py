@@ -63,7 +63,7 @@ def topic_is_empty(settings: Settings, topic: str, timeout: float = 5.0) -> bool
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
-            if msg is not None and (msg.error() is None or msg.error().code() != KafkaError._PARTITION_EOF):
+            if msg is not None and ((err := msg.error()) is None or err.code() != KafkaError._PARTITION_EOF):
                 return False
         return True
     finally:
@@ -100,7 +100,7 @@ def run_loadgen(settings: Settings, *, rate: float, duration: float = 0.0, histo
 
     def collect(timeout: float) -> None:
         for result in collector.poll(timeout):
-            started = sent_at.pop(result.get("request_id"), None)
+            started = sent_at.pop(str(result.get("request_id")), None)
             if started is None:
                 continue  # another client's answer
             stats.answered += 1

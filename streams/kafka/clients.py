@@ -147,14 +147,16 @@ def read_topic(settings: Settings, topic: str, *, max_idle: float = 10.0
                 raise TimeoutError(f"reading {topic}: no progress for {max_idle}s "
                                    f"(positions {position}, ends {ends})")
             for msg in batch:
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                if (err := msg.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         continue
-                    raise KafkaException(msg.error())
-                p, off = msg.partition(), msg.offset()
-                position[p] = off + 1
-                if p not in ends or off < ends[p]:
-                    out.append((p, off, msg.value()))
+                    raise KafkaException(err)
+                part, off = msg.partition(), msg.offset()
+                if part is None or off is None:  # only error events lack a position
+                    continue
+                position[part] = off + 1
+                if part not in ends or off < ends[part]:
+                    out.append((part, off, msg.value()))
         out = [m for m in out if m[1] < ends[m[0]]]
         return out, {str(p): end for p, end in sorted(ends.items())}
     finally:
@@ -181,12 +183,12 @@ class ResultCollector:
             return []
         out = []
         for msg in [first, *self.consumer.consume(1000, timeout=0)]:
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            if (err := msg.error()) is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise KafkaException(msg.error())
+                raise KafkaException(err)
             try:
-                out.append(orjson.loads(msg.value()))
+                out.append(orjson.loads(msg.value() or b""))
             except orjson.JSONDecodeError:
                 log.warning("skipping a non-JSON message on %s", self.topic)
         return out
