@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, TypeVar
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -89,6 +91,74 @@ class Reranker(nn.Module):
     def fill_unknown_rows(self) -> None:
         """Set item row 0 to the mean of the known items so unknown items score like an average one."""
         raise NotImplementedError
+
+    def online_vectors(
+        self,
+        vecs: np.ndarray,
+        histories: np.ndarray,
+        items: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray,
+        *,
+        steps: int,
+        lr: float,
+        cache: dict[str, Any],
+    ) -> np.ndarray:
+        """`steps` SGD steps on B free user vectors, the model frozen (the online update).
+
+        Each row minimises sum_n weights[b, n] * BCE(score(vecs[b] + ctx, items[b, n]), labels[b, n]).
+        A row's result must not depend on the other rows, bit for bit. Entries with loss weight 0
+        are padding and come after a row's real entries.
+
+        This generic version takes autograd steps one row at a time, with the padding dropped, so a
+        row is computed with the shapes it has alone. Kinds with a hand-derived gradient override it.
+
+        Args:
+            vecs: [B, D] float32 current free vectors; may be overwritten (the caller's copy).
+            histories: [B, H] int64 item rows, 0-padded, most recent last.
+            items: [B, N] int64 item rows in 1..n_items.
+            labels: [B, N] float32 targets, 1 or 0.
+            weights: [B, N] float32 loss weights >= 0.
+            steps: Gradient steps.
+            lr: Step size.
+            cache: Scratch space that lives as long as the model's weights and item rows (e.g. for
+                weight copies in another layout); the caller empties it when they change.
+
+        Returns:
+            [B, D] float32 new vectors.
+        """
+        out = np.array(vecs, dtype=np.float32, copy=True)
+        for b in range(out.shape[0]):
+            real = np.flatnonzero(weights[b])
+            n = int(real[-1]) + 1 if real.size else 1
+            out[b] = _autograd_steps(self, out[b].copy(), histories[b], items[b, :n], labels[b, :n],
+                                     weights[b, :n], steps, lr)
+        return out
+
+
+def _autograd_steps(
+    model: Reranker,
+    vec: np.ndarray,
+    history: np.ndarray,
+    items: np.ndarray,
+    labels: np.ndarray,
+    w: np.ndarray,
+    steps: int,
+    lr: float,
+) -> np.ndarray:
+    """`Reranker.online_vectors` for one row: vec [D], history [H], items/labels/w [N] -> [D]."""
+    v = torch.from_numpy(vec).unsqueeze(0)
+    h = torch.from_numpy(np.asarray(history, dtype=np.int64)).unsqueeze(0)
+    it = torch.from_numpy(np.ascontiguousarray(items)).unsqueeze(0)
+    y, wt = torch.from_numpy(np.ascontiguousarray(labels)), torch.from_numpy(np.ascontiguousarray(w))
+    for _ in range(steps):
+        v = v.detach().requires_grad_(True)
+        with torch.enable_grad():
+            s = model(v, h, it)[0]
+            loss = (wt * torch.nn.functional.binary_cross_entropy_with_logits(s, y, reduction="none")).sum()
+            (g,) = torch.autograd.grad(loss, v)
+        v = v.detach() - lr * g
+    return v[0].numpy().astype(np.float32, copy=True)
 
 
 MODEL_REGISTRY: dict[str, type[Reranker]] = {}

@@ -5,10 +5,11 @@ import orjson
 import pytest
 import torch
 
-from models import load_artifact, online_update
+from models import load_artifact
 from models.dnn import DNNReranker
 from models.features import build_vocab, feature_names, feature_rows
 from streams.devtools.synthetic import World, generate_events, make_world
+from tests.unit.models.test_online import online_update
 from trainer.train import train_model, train_to_artifact
 
 
