@@ -1,8 +1,17 @@
-"""Re-ranker interface shared by every model kind, and the kind registry."""
+"""Re-ranker interface shared by every model kind, and the kind registry.
+
+A kind is declared once, by `register` on its `Reranker` subclass: its name, its default
+hyper-parameters and, when it trains in more than one stage, the extra stage as a "module:function"
+reference. The reference is resolved only when training asks for it, so this package never imports
+the trainer (which imports it).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, TypeVar
+import importlib
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -27,10 +36,16 @@ class Reranker(nn.Module):
 
     Attributes:
         name: Registry name of the kind, set by `register`.
+        default_hparams: The kind's own training defaults, added to (and overriding) the trainer's
+            `DEFAULT_HPARAMS`; set by `register`.
+        training_stage: "module:function" of the stage run after the common training, or None;
+            set by `register` (see `training_stage_of`).
         hparams: Constructor keyword arguments, JSON-serialisable, enough to rebuild the model.
     """
 
     name: ClassVar[str]
+    default_hparams: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    training_stage: ClassVar[str | None] = None
 
     def __init__(self, n_users: int, n_items: int, **hparams: Any) -> None:
         """Store the table sizes and the constructor arguments.
@@ -166,21 +181,32 @@ MODEL_REGISTRY: dict[str, type[Reranker]] = {}
 _R = TypeVar("_R", bound=type[Reranker])
 
 
-def register(name: str) -> Callable[[_R], _R]:
-    """Class decorator that registers a `Reranker` subclass under `name`.
+def register(
+    name: str, *, defaults: Mapping[str, Any] | None = None, stage: str | None = None
+) -> Callable[[_R], _R]:
+    """Class decorator that registers a `Reranker` subclass under `name`: everything a kind declares.
 
     Args:
         name: Kind name written into artifacts' manifests.
+        defaults: The kind's training defaults on top of the trainer's `DEFAULT_HPARAMS` (new keys,
+            or other values for existing ones); not inherited from a registered parent class.
+        stage: "module:function" run on the model the common training produced, for kinds trained
+            in more than one stage; see `training_stage_of` for its signature. Not inherited.
 
     Returns:
-        The decorator; it sets `cls.name` and returns the class unchanged otherwise.
+        The decorator; it sets `cls.name`, `cls.default_hparams` and `cls.training_stage` and
+        returns the class unchanged otherwise.
     """
+    if stage is not None and (stage.count(":") != 1 or not all(stage.split(":"))):
+        raise ValueError(f"stage of model kind {name!r} must be 'module:function', got {stage!r}")
 
     def deco(cls: _R) -> _R:
         known = MODEL_REGISTRY.get(name)
         if known is not None and known is not cls:
             raise ValueError(f"model kind {name!r} is already registered to {known.__qualname__}")
         cls.name = name
+        cls.default_hparams = MappingProxyType(dict(defaults or {}))
+        cls.training_stage = stage
         MODEL_REGISTRY[name] = cls
         return cls
 
@@ -198,3 +224,21 @@ def get_model_class(name: str) -> type[Reranker]:
     except KeyError:
         known = ", ".join(sorted(MODEL_REGISTRY)) or "none"
         raise KeyError(f"unknown model kind {name!r}; known kinds: {known}") from None
+
+
+def training_stage_of(cls: type[Reranker]) -> Callable[..., Any] | None:
+    """Import and return the extra training stage of a kind, or None when it has none.
+
+    The stage is called as stage(model, examples, validation_split, hparams, rng, log) and returns
+    (served model, metrics, info); see `trainer.gan.fit_gan`.
+
+    Raises:
+        TypeError: The registered reference does not name a function.
+    """
+    if cls.training_stage is None:
+        return None
+    module, _, attr = cls.training_stage.partition(":")
+    fn = getattr(importlib.import_module(module), attr, None)
+    if not callable(fn):
+        raise TypeError(f"training stage {cls.training_stage!r} of model kind {cls.name!r} is not a function")
+    return fn

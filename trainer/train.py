@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models.artifact import save_artifact
-from models.base import DEFAULT_EVENT_WEIGHTS, Reranker, get_model_class
+from models.base import DEFAULT_EVENT_WEIGHTS, Reranker, get_model_class, training_stage_of
 from models.features import build_vocab, feature_rows
 from trainer.data import (
     TrainingExamples,
@@ -26,6 +26,7 @@ from trainer.data import (
     split_validation,
     training_examples,
 )
+from trainer.validation import evaluate_split
 
 # Chosen on the internal validation split (NDCG@10 of each user's last training interaction
 # against 99 unseen items) of the ML-100K leave-one-out training events; single-seed noise is
@@ -63,12 +64,9 @@ DEFAULT_HPARAMS: dict[str, Any] = {
 }
 
 
-def _kind_stages() -> dict[str, tuple[dict[str, Any], Callable[..., Any]]]:
-    """Kinds trained in more than one stage: kind -> (their extra default hyper-parameters, the
-    stage run on the model `_fit` trained). Imported lazily: the stages import this module."""
-    from trainer.gan import GAN_DEFAULT_HPARAMS, fit_gan
-
-    return {"gan": (GAN_DEFAULT_HPARAMS, fit_gan)}
+def _known_hparams(cls: type[Reranker]) -> set[str]:
+    """Names of the hyper-parameters a kind takes: the trainer's and the kind's own."""
+    return set(DEFAULT_HPARAMS) | set(cls.default_hparams)
 
 
 def _auto_threads(n_examples: int) -> int:
@@ -82,35 +80,6 @@ def _model_kwargs(cls: type[Reranker], hp: Mapping[str, Any]) -> dict[str, Any]:
     params = inspect.signature(cls.__init__).parameters
     names = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return {k: v for k, v in hp.items() if k in names}
-
-
-@torch.no_grad()
-def evaluate_split(model: Reranker, split: ValidationSplit, k: int = 10, batch_size: int = 1024) -> dict[str, float]:
-    """NDCG@k and HR@k of the held-out item (candidate column 0) among its candidates.
-
-    Ties count against the held-out item, so a model that scores everything equal gets no credit.
-
-    Returns:
-        {"ndcg@k", "hr@k", "n"}; metrics are NaN when the split is empty.
-    """
-    if len(split) == 0:
-        return {f"ndcg@{k}": math.nan, f"hr@{k}": math.nan, "n": 0}
-    was_training = model.training
-    model.eval()
-    ranks = []
-    uv = model.user_vectors()
-    for a in range(0, len(split), batch_size):
-        sl = slice(a, a + batch_size)
-        users = torch.from_numpy(split.users[sl])
-        s = model(uv[users], torch.from_numpy(split.history[sl]), torch.from_numpy(split.candidates[sl]))
-        valid = torch.from_numpy(split.valid[sl])
-        beats = (s[:, 1:] >= s[:, :1]) & valid[:, 1:]
-        ranks.append(1 + beats.sum(dim=1))
-    model.train(was_training)
-    rank = torch.cat(ranks).double()
-    hit = rank <= k
-    ndcg = torch.where(hit, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
-    return {f"ndcg@{k}": float(ndcg.mean()), f"hr@{k}": float(hit.double().mean()), "n": int(rank.numel())}
 
 
 def _batch_loss(
@@ -229,14 +198,18 @@ def train_model(
     Every event (after the validation carve-out) becomes an example that predicts its item from
     the user's preceding positives, so the history encoder learns next-item prediction. Training
     stops early when validation NDCG@10 has not improved for `patience` epochs, and the best
-    epoch's weights are kept. Kind "gan" then fine-tunes that model adversarially
-    (`trainer.gan.fit_gan`) and returns the network chosen by its `serve` hyper-parameter.
+    epoch's weights are kept. A kind registered with an extra training stage then runs it on that
+    model (kind "gan": `trainer.gan.fit_gan` fine-tunes it adversarially and returns the network
+    chosen by its `serve` hyper-parameter).
+
+    Hyper-parameters, lowest precedence first: `DEFAULT_HPARAMS`, the kind's registered defaults,
+    `hparams`, then `max_epochs`.
 
     Args:
         events: Wire-format events, any order (ordered per user by (ts, arrival)).
         kind: Registered model kind.
         event_weights: Weight per event type; defaults to `DEFAULT_EVENT_WEIGHTS`.
-        hparams: Overrides of `DEFAULT_HPARAMS`.
+        hparams: Overrides of the defaults, for this run.
         seed: Seeds weights, shuffling and negative sampling; same seed, same model.
         trained_through: Stored in the returned info; defaults to {"max_ts": max ts of events}.
         log: Receives one line per epoch and a summary.
@@ -255,14 +228,14 @@ def train_model(
     """
     t0 = time.perf_counter()
     weights_map = dict(DEFAULT_EVENT_WEIGHTS if event_weights is None else event_weights)
-    extra_defaults, stage = _kind_stages().get(kind, ({}, None))
-    unknown = set(hparams or {}) - set(DEFAULT_HPARAMS) - set(extra_defaults)
+    cls = get_model_class(kind)
+    unknown = set(hparams or {}) - _known_hparams(cls)
     if unknown:
         raise ValueError(f"unknown hyper-parameters: {sorted(unknown)}")
-    hp = {**DEFAULT_HPARAMS, **extra_defaults, **(hparams or {})}
+    hp = {**DEFAULT_HPARAMS, **cls.default_hparams, **(hparams or {})}
     if max_epochs is not None:
         hp["max_epochs"] = int(max_epochs)
-    cls = get_model_class(kind)
+    stage = training_stage_of(cls)
     H = int(hp["history_len"])
 
     data = build_interactions(events, weights_map)

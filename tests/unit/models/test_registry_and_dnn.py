@@ -1,8 +1,11 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from models import MODEL_REGISTRY, Reranker, get_model_class, register
+from models import MODEL_REGISTRY, Reranker, get_model_class, register, training_stage_of
 from models.dnn import DNNReranker
 from models.dnn_numpy import history_context_batch_np, numpy_params, score_and_grad_batch_np
 
@@ -28,6 +31,41 @@ def test_registry_lookup() -> None:
 def test_unknown_kind_lists_known_names() -> None:
     with pytest.raises(KeyError, match="dnn"):
         get_model_class("no-such-kind")
+
+
+def test_a_kind_declares_its_defaults_and_training_stage_where_it_is_registered() -> None:
+    from models.gan import GANReranker
+    from trainer.gan import fit_gan
+
+    gan = get_model_class("gan")
+    assert gan is GANReranker and gan.default_hparams["serve"] == "generator"
+    assert training_stage_of(gan) is fit_gan
+    # Not inherited: the dnn kind GANReranker derives from has neither.
+    assert dict(DNNReranker.default_hparams) == {} and training_stage_of(DNNReranker) is None
+    with pytest.raises(TypeError):
+        gan.default_hparams["serve"] = "discriminator"  # type: ignore[index]
+
+
+def test_register_checks_the_stage_reference() -> None:
+    with pytest.raises(ValueError, match="module:function"):
+        register("bad-stage", stage="trainer.gan.fit_gan")
+    assert "bad-stage" not in MODEL_REGISTRY
+
+    @register("missing-stage", stage="trainer.gan:no_such_function")
+    class Missing(DNNReranker):
+        pass
+
+    try:
+        with pytest.raises(TypeError, match="no_such_function"):
+            training_stage_of(Missing)
+    finally:
+        del MODEL_REGISTRY["missing-stage"]
+
+
+def test_importing_models_does_not_import_the_trainer() -> None:
+    code = "import sys, models; print(sorted(m for m in sys.modules if m.split('.')[0] == 'trainer'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_register_refuses_a_second_class_under_a_taken_name() -> None:
