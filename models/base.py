@@ -17,15 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 0.5,
-    "click": 1.0,
-    "add_to_cart": 2.0,
-    "purchase": 3.0,
-    "rating": 1.0,
-    "dismiss": -1.0,
-}
-
 
 class Reranker(nn.Module):
     """Scores candidate items for a user from a free user vector and a recent-item history.

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from models.base import DEFAULT_EVENT_WEIGHTS
+from streams.settings import DEFAULT_EVENT_WEIGHTS
 
 SYSTEMS = ("model", "random", "popularity", "upstream")
 METRICS = ("hr", "ndcg", "mrr")

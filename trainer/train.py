@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from models.artifact import save_artifact
-from models.base import DEFAULT_EVENT_WEIGHTS, Reranker, get_model_class, training_stage_of
+from models.base import Reranker, get_model_class, training_stage_of
 from models.features import build_vocab, feature_rows
+from streams.settings import DEFAULT_EVENT_WEIGHTS
 from trainer.data import (
     TrainingExamples,
     ValidationSplit,
     build_interactions,
-    item_popularity,
     last_positive_history,
     split_validation,
     training_examples,
@@ -220,8 +220,8 @@ def train_model(
 
     Returns:
         (model in eval mode with unknown rows filled, info). info holds everything
-        `save_artifact` needs: item_ids, user_ids, user_history, item_popularity,
-        trained_through, hparams, metrics, event_weights, training.
+        `save_artifact` needs: item_ids, user_ids, user_history, trained_through, hparams,
+        metrics, event_weights, training.
 
     Raises:
         ValueError: No usable event, or a bad hyper-parameter.
@@ -314,7 +314,6 @@ def train_model(
         "user_ids": data.user_ids,
         # Inference starts from everything the user did, the validation carve-out included.
         "user_history": last_positive_history(data.sequences, H),
-        "item_popularity": item_popularity(data.sequences, data.n_items),
         "trained_through": trained_through if trained_through is not None else {"max_ts": data.max_ts},
         "hparams": hp,
         "metrics": metrics,
@@ -361,7 +360,6 @@ def train_to_artifact(
         item_ids=info["item_ids"],
         user_ids=info["user_ids"],
         user_history=info["user_history"],
-        item_popularity=info["item_popularity"],
         trained_through=info["trained_through"],
         hparams=info["hparams"],
         metrics=info["metrics"],

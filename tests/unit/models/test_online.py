@@ -37,7 +37,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
         item_ids=[f"i{k}" for k in range(1, N_ITEMS + 1)],
         user_ids=[f"u{k}" for k in range(1, N_USERS + 1)],
         user_history=np.zeros((N_USERS + 1, H), dtype=np.int64),
-        item_popularity=np.ones(N_ITEMS + 1, dtype=np.float32),
         trained_through={"max_ts": 0},
         hparams={},
         metrics={},

@@ -5,8 +5,9 @@ import orjson
 import pytest
 import torch
 
-from models import DEFAULT_EVENT_WEIGHTS, load_artifact
+from models import load_artifact
 from streams.devtools.synthetic import World, generate_events, make_world
+from streams.settings import DEFAULT_EVENT_WEIGHTS
 from tests.unit.models.test_online import online_update
 from trainer.evaluate import write_results
 from trainer.train import train_model, train_to_artifact
