@@ -69,6 +69,23 @@ def _known_hparams(cls: type[Reranker]) -> set[str]:
     return set(DEFAULT_HPARAMS) | set(cls.default_hparams)
 
 
+def check_model_hparams(model_hparams: Mapping[str, Mapping[str, Any]]) -> None:
+    """Check per-kind hyper-parameter overrides (the settings' `model_hparams` tables).
+
+    Raises:
+        ValueError: A table names an unregistered kind or a hyper-parameter its kind does not take.
+    """
+    for kind, table in model_hparams.items():
+        try:
+            cls = get_model_class(kind)
+        except KeyError as e:
+            raise ValueError(f"model_hparams: {e.args[0]}") from None
+        unknown = set(table) - _known_hparams(cls)
+        if unknown:
+            raise ValueError(f"model_hparams.{kind}: unknown hyper-parameters {sorted(unknown)}; "
+                             f"known: {sorted(_known_hparams(cls))}")
+
+
 def _auto_threads(n_examples: int) -> int:
     """One thread for small data, where batches are tiny and thread hand-offs cost more than they
     save (and oversubscribed cores make them far worse); up to 4 for real data sets."""
@@ -192,6 +209,7 @@ def train_model(
     log: Callable[[str], None] = print,
     max_epochs: int | None = None,
     items: list[dict[str, Any]] | None = None,
+    model_hparams: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Reranker, dict[str, Any]]:
     """Train a re-ranker on wire-format events.
 
@@ -203,7 +221,7 @@ def train_model(
     chosen by its `serve` hyper-parameter).
 
     Hyper-parameters, lowest precedence first: `DEFAULT_HPARAMS`, the kind's registered defaults,
-    `hparams`, then `max_epochs`.
+    `model_hparams[kind]`, `hparams`, then `max_epochs`.
 
     Args:
         events: Wire-format events, any order (ordered per user by (ts, arrival)).
@@ -217,6 +235,8 @@ def train_model(
         items: Item metadata records {"item_id", "genres"?, "tags"?, ...}. With
             hparams["item_features"] (default on) and a kind that takes `feature_vocab`, the model
             learns a feature vocabulary from the training items' metadata and embeds it.
+        model_hparams: Kind -> overrides of that kind's defaults (the settings' `model_hparams`
+            tables). Only the trained kind's table applies, but every table is checked.
 
     Returns:
         (model in eval mode with unknown rows filled, info). info holds everything
@@ -229,10 +249,11 @@ def train_model(
     t0 = time.perf_counter()
     weights_map = dict(DEFAULT_EVENT_WEIGHTS if event_weights is None else event_weights)
     cls = get_model_class(kind)
+    check_model_hparams(model_hparams or {})
     unknown = set(hparams or {}) - _known_hparams(cls)
     if unknown:
         raise ValueError(f"unknown hyper-parameters: {sorted(unknown)}")
-    hp = {**DEFAULT_HPARAMS, **cls.default_hparams, **(hparams or {})}
+    hp = {**DEFAULT_HPARAMS, **cls.default_hparams, **(model_hparams or {}).get(kind, {}), **(hparams or {})}
     if max_epochs is not None:
         hp["max_epochs"] = int(max_epochs)
     stage = training_stage_of(cls)
@@ -341,6 +362,7 @@ def train_to_artifact(
     log: Callable[[str], None] = print,
     max_epochs: int | None = None,
     items: list[dict[str, Any]] | None = None,
+    model_hparams: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Train with `train_model` and publish the artifact atomically at `out_dir`; returns its path."""
     model, info = train_model(
@@ -353,6 +375,7 @@ def train_to_artifact(
         log=log,
         max_epochs=max_epochs,
         items=items,
+        model_hparams=model_hparams,
     )
     return save_artifact(
         out_dir,
