@@ -3,19 +3,17 @@
 from models import dnn as _dnn  # noqa: F401  (registers the "dnn" kind)
 from models import gan as _gan  # noqa: F401  (registers the "gan" kind)
 from models.artifact import ModelBundle, load_artifact, save_artifact
-from models.base import DEFAULT_EVENT_WEIGHTS, MODEL_REGISTRY, Reranker, get_model_class, register
-from models.online import online_update, online_update_batch, push_history
+from models.base import MODEL_REGISTRY, Reranker, get_model_class, register, training_stage_of
+from models.online import online_update_batch
 
 __all__ = [
-    "DEFAULT_EVENT_WEIGHTS",
     "MODEL_REGISTRY",
     "ModelBundle",
     "Reranker",
     "get_model_class",
     "load_artifact",
-    "online_update",
     "online_update_batch",
-    "push_history",
     "register",
     "save_artifact",
+    "training_stage_of",
 ]

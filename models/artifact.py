@@ -2,9 +2,10 @@
 
 Layout of an artifact directory:
     weights.safetensors   model state_dict
-    state.safetensors     user_history [n_users+1, H] int64, item_popularity [n_items+1] float32
+    state.safetensors     user_history [n_users+1, H] int64
     manifest.json         format, kind, version, ids, hparams, metrics, checksums, ...
-Nothing is ever unpickled.
+Nothing is ever unpickled. Artifacts written before item_popularity was dropped also hold an
+item_popularity [n_items+1] float32 tensor in state.safetensors; loading accepts and ignores it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,6 @@ class ModelBundle:
         user_index: User id -> row (1..n_users).
         user_history: [n_users+1, H] int64 each known user's last H positive item rows at training
             time, 0-padded, most recent last (row 0 all zeros).
-        item_popularity: [n_items+1] float32 training positive counts (row 0 = 0).
         name: Model kind.
         version: Unique artifact version.
         history_len: H.
@@ -59,7 +59,6 @@ class ModelBundle:
     item_ids: list[str]
     user_index: dict[str, int]
     user_history: np.ndarray
-    item_popularity: np.ndarray
     name: str
     version: str
     history_len: int
@@ -71,17 +70,6 @@ class ModelBundle:
     def feature_vocab(self) -> list[str]:
         """Item feature names of the model (empty when it was trained without item metadata)."""
         return list(self.model.hparams.get("feature_vocab") or [])
-
-    def item_features_for(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Feature rows of items by id: [N, V] float32 (V = len(feature_vocab), possibly 0).
-
-        Unknown ids get row 0, the mean feature row of the training items.
-        """
-        rows = [self.item_index.get(str(i), 0) for i in item_ids]
-        feats = getattr(self.model, "item_features", None)
-        if feats is None:
-            return np.zeros((len(rows), 0), dtype=np.float32)
-        return feats[torch.tensor(rows, dtype=torch.int64)].numpy().astype(np.float32, copy=True)
 
     def register_items(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Apply item metadata (records of the `items` topic) to the model.
@@ -123,14 +111,9 @@ class ModelBundle:
             for r, (i, _) in enumerate(new, start=first):
                 self.item_ids.append(i)
                 self.item_index[i] = r
-            self.item_popularity = np.concatenate([self.item_popularity, np.zeros(len(new), dtype=np.float32)])
-        # Derived copies (numpy weights, negative-sampling table) are rebuilt on next use.
+        # Derived copies (e.g. the online update's numpy weights) are rebuilt on next use.
         self.cache.clear()
         return len(known) + len(new)
-
-    def register_item(self, item_id: str, metadata: Mapping[str, Any]) -> bool:
-        """`register_items` for one item; True when it was updated or added (False: no-op)."""
-        return self.register_items([{**metadata, "item_id": item_id}]) == 1
 
 
 def _sha256(path: Path) -> str:
@@ -160,7 +143,6 @@ def save_artifact(
     item_ids: list[str],
     user_ids: list[str],
     user_history: np.ndarray,
-    item_popularity: np.ndarray,
     trained_through: dict[str, Any],
     hparams: dict[str, Any],
     metrics: dict[str, Any],
@@ -178,7 +160,6 @@ def save_artifact(
         item_ids: Row -> item id, with or without the leading "" of row 0.
         user_ids: Row -> user id, likewise.
         user_history: [n_users+1, H] int64 last positive item rows per user, most recent last.
-        item_popularity: [n_items+1] positive counts.
         trained_through: Training watermark, stored verbatim.
         hparams: All hyper-parameters used (model and training), stored verbatim.
         metrics: Validation metrics, stored verbatim.
@@ -196,11 +177,8 @@ def save_artifact(
     item_ids = _row_ids(item_ids, n_items, "item_ids")
     user_ids = _row_ids(user_ids, n_users, "user_ids")
     hist = np.ascontiguousarray(user_history, dtype=np.int64)
-    pop = np.ascontiguousarray(item_popularity, dtype=np.float32)
     if hist.shape != (n_users + 1, H):
         raise ValueError(f"user_history shape {hist.shape} != {(n_users + 1, H)}")
-    if pop.shape != (n_items + 1,):
-        raise ValueError(f"item_popularity shape {pop.shape} != {(n_items + 1,)}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -208,7 +186,7 @@ def save_artifact(
     try:
         state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state_dict, str(tmp / WEIGHTS_FILE))
-        state = {"user_history": torch.from_numpy(hist), "item_popularity": torch.from_numpy(pop)}
+        state = {"user_history": torch.from_numpy(hist)}
         save_file(state, str(tmp / STATE_FILE))
         now = datetime.now(timezone.utc)
         digests = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
@@ -318,15 +296,13 @@ def load_artifact(path: str | Path) -> ModelBundle:
     model.eval()
     model.requires_grad_(False)
 
-    check(set(state) == {"user_history", "item_popularity"}, f"state tensors are {sorted(state)}")
-    hist, pop = state["user_history"], state["item_popularity"]
+    # Older artifacts also hold item_popularity, which nothing reads.
+    check(set(state) in ({"user_history"}, {"user_history", "item_popularity"}),
+          f"state tensors are {sorted(state)}")
+    hist = state["user_history"]
     check(
         hist.dtype == torch.int64 and tuple(hist.shape) == (n_users + 1, H),
         f"user_history is {hist.dtype} {tuple(hist.shape)}, expected int64 {(n_users + 1, H)}",
-    )
-    check(
-        pop.dtype == torch.float32 and tuple(pop.shape) == (n_items + 1,),
-        f"item_popularity is {pop.dtype} {tuple(pop.shape)}, expected float32 {(n_items + 1,)}",
     )
     check(bool(((hist >= 0) & (hist <= n_items)).all()), f"user_history has item rows outside 0..{n_items}")
 
@@ -344,7 +320,6 @@ def load_artifact(path: str | Path) -> ModelBundle:
         item_ids=list(item_ids),
         user_index={u: r for r, u in enumerate(user_ids) if r},
         user_history=hist.numpy(),
-        item_popularity=pop.numpy(),
         name=kind,
         version=str(manifest["version"]),
         history_len=H,

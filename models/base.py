@@ -1,19 +1,21 @@
-"""Re-ranker interface shared by every model kind, and the kind registry."""
+"""Re-ranker interface shared by every model kind, and the kind registry.
+
+A kind is declared once, by `register` on its `Reranker` subclass: its name, its default
+hyper-parameters and, when it trains in more than one stage, the extra stage as a "module:function"
+reference. The reference is resolved only when training asks for it, so this package never imports
+the trainer (which imports it).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, TypeVar
+import importlib
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
 
+import numpy as np
+import torch
 from torch import Tensor, nn
-
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 0.5,
-    "click": 1.0,
-    "add_to_cart": 2.0,
-    "purchase": 3.0,
-    "rating": 1.0,
-    "dismiss": -1.0,
-}
 
 
 class Reranker(nn.Module):
@@ -25,10 +27,16 @@ class Reranker(nn.Module):
 
     Attributes:
         name: Registry name of the kind, set by `register`.
+        default_hparams: The kind's own training defaults, added to (and overriding) the trainer's
+            `DEFAULT_HPARAMS`; set by `register`.
+        training_stage: "module:function" of the stage run after the common training, or None;
+            set by `register` (see `training_stage_of`).
         hparams: Constructor keyword arguments, JSON-serialisable, enough to rebuild the model.
     """
 
     name: ClassVar[str]
+    default_hparams: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    training_stage: ClassVar[str | None] = None
 
     def __init__(self, n_users: int, n_items: int, **hparams: Any) -> None:
         """Store the table sizes and the constructor arguments.
@@ -90,27 +98,106 @@ class Reranker(nn.Module):
         """Set item row 0 to the mean of the known items so unknown items score like an average one."""
         raise NotImplementedError
 
+    def online_vectors(
+        self,
+        vecs: np.ndarray,
+        histories: np.ndarray,
+        items: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray,
+        *,
+        steps: int,
+        lr: float,
+        cache: dict[str, Any],
+    ) -> np.ndarray:
+        """`steps` SGD steps on B free user vectors, the model frozen (the online update).
+
+        Each row minimises sum_n weights[b, n] * BCE(score(vecs[b] + ctx, items[b, n]), labels[b, n]).
+        A row's result must not depend on the other rows, bit for bit. Entries with loss weight 0
+        are padding and come after a row's real entries.
+
+        This generic version takes autograd steps one row at a time, with the padding dropped, so a
+        row is computed with the shapes it has alone. Kinds with a hand-derived gradient override it.
+
+        Args:
+            vecs: [B, D] float32 current free vectors; may be overwritten (the caller's copy).
+            histories: [B, H] int64 item rows, 0-padded, most recent last.
+            items: [B, N] int64 item rows in 1..n_items.
+            labels: [B, N] float32 targets, 1 or 0.
+            weights: [B, N] float32 loss weights >= 0.
+            steps: Gradient steps.
+            lr: Step size.
+            cache: Scratch space that lives as long as the model's weights and item rows (e.g. for
+                weight copies in another layout); the caller empties it when they change.
+
+        Returns:
+            [B, D] float32 new vectors.
+        """
+        out = np.array(vecs, dtype=np.float32, copy=True)
+        for b in range(out.shape[0]):
+            real = np.flatnonzero(weights[b])
+            n = int(real[-1]) + 1 if real.size else 1
+            out[b] = _autograd_steps(self, out[b].copy(), histories[b], items[b, :n], labels[b, :n],
+                                     weights[b, :n], steps, lr)
+        return out
+
+
+def _autograd_steps(
+    model: Reranker,
+    vec: np.ndarray,
+    history: np.ndarray,
+    items: np.ndarray,
+    labels: np.ndarray,
+    w: np.ndarray,
+    steps: int,
+    lr: float,
+) -> np.ndarray:
+    """`Reranker.online_vectors` for one row: vec [D], history [H], items/labels/w [N] -> [D]."""
+    v = torch.from_numpy(vec).unsqueeze(0)
+    h = torch.from_numpy(np.asarray(history, dtype=np.int64)).unsqueeze(0)
+    it = torch.from_numpy(np.ascontiguousarray(items)).unsqueeze(0)
+    y, wt = torch.from_numpy(np.ascontiguousarray(labels)), torch.from_numpy(np.ascontiguousarray(w))
+    for _ in range(steps):
+        v = v.detach().requires_grad_(True)
+        with torch.enable_grad():
+            s = model(v, h, it)[0]
+            loss = (wt * torch.nn.functional.binary_cross_entropy_with_logits(s, y, reduction="none")).sum()
+            (g,) = torch.autograd.grad(loss, v)
+        v = v.detach() - lr * g
+    return v[0].numpy().astype(np.float32, copy=True)
+
 
 MODEL_REGISTRY: dict[str, type[Reranker]] = {}
 
 _R = TypeVar("_R", bound=type[Reranker])
 
 
-def register(name: str) -> Callable[[_R], _R]:
-    """Class decorator that registers a `Reranker` subclass under `name`.
+def register(
+    name: str, *, defaults: Mapping[str, Any] | None = None, stage: str | None = None
+) -> Callable[[_R], _R]:
+    """Class decorator that registers a `Reranker` subclass under `name`: everything a kind declares.
 
     Args:
         name: Kind name written into artifacts' manifests.
+        defaults: The kind's training defaults on top of the trainer's `DEFAULT_HPARAMS` (new keys,
+            or other values for existing ones); not inherited from a registered parent class.
+        stage: "module:function" run on the model the common training produced, for kinds trained
+            in more than one stage; see `training_stage_of` for its signature. Not inherited.
 
     Returns:
-        The decorator; it sets `cls.name` and returns the class unchanged otherwise.
+        The decorator; it sets `cls.name`, `cls.default_hparams` and `cls.training_stage` and
+        returns the class unchanged otherwise.
     """
+    if stage is not None and (stage.count(":") != 1 or not all(stage.split(":"))):
+        raise ValueError(f"stage of model kind {name!r} must be 'module:function', got {stage!r}")
 
     def deco(cls: _R) -> _R:
         known = MODEL_REGISTRY.get(name)
         if known is not None and known is not cls:
             raise ValueError(f"model kind {name!r} is already registered to {known.__qualname__}")
         cls.name = name
+        cls.default_hparams = MappingProxyType(dict(defaults or {}))
+        cls.training_stage = stage
         MODEL_REGISTRY[name] = cls
         return cls
 
@@ -128,3 +215,21 @@ def get_model_class(name: str) -> type[Reranker]:
     except KeyError:
         known = ", ".join(sorted(MODEL_REGISTRY)) or "none"
         raise KeyError(f"unknown model kind {name!r}; known kinds: {known}") from None
+
+
+def training_stage_of(cls: type[Reranker]) -> Callable[..., Any] | None:
+    """Import and return the extra training stage of a kind, or None when it has none.
+
+    The stage is called as stage(model, examples, validation_split, hparams, rng, log) and returns
+    (served model, metrics, info); see `trainer.gan.fit_gan`.
+
+    Raises:
+        TypeError: The registered reference does not name a function.
+    """
+    if cls.training_stage is None:
+        return None
+    module, _, attr = cls.training_stage.partition(":")
+    fn = getattr(importlib.import_module(module), attr, None)
+    if not callable(fn):
+        raise TypeError(f"training stage {cls.training_stage!r} of model kind {cls.name!r} is not a function")
+    return fn

@@ -201,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {args.kind} on {len(events)} events" + (f", {len(items)} items" if items else ""), flush=True)
     path = train_to_artifact(events, args.out, kind=args.kind, event_weights=settings.event_weights,
                              seed=args.seed, trained_through=trained_through, max_epochs=args.max_epochs,
-                             items=items)
+                             items=items, model_hparams=settings.model_hparams)
     print(f"model written to {path} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
 

@@ -112,6 +112,10 @@ class Settings:
     online_negatives: int = 16
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
 
+    # Training hyper-parameters per model kind, over the kind's defaults (TOML tables
+    # [model_hparams.<kind>]; JSON in the environment). Checked against the kinds when training.
+    model_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+
     @classmethod
     def load(
         cls,
@@ -207,7 +211,12 @@ def _coerce(name: str, value: Any) -> Any:
             return kind(value)
         if typing.get_origin(kind) is dict:
             parsed = json.loads(value) if isinstance(value, str) else dict(value)
-            return {str(k): float(v) for k, v in parsed.items()}
+            if typing.get_args(kind)[1] is float:
+                return {str(k): float(v) for k, v in parsed.items()}
+            # Tables of tables: each inner table passes on as it is.
+            if not all(isinstance(v, Mapping) for v in parsed.values()):
+                raise TypeError(value)
+            return {str(k): {str(n): x for n, x in v.items()} for k, v in parsed.items()}
     except (TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
         raise SettingsError(f"setting {name!r}: cannot use {value!r} as {kind}") from exc
     raise SettingsError(f"setting {name!r} has unsupported type {kind}")

@@ -108,16 +108,6 @@ def last_positive_history(sequences: list[list[tuple[int, float]]], history_len:
     return out
 
 
-def item_popularity(sequences: list[list[tuple[int, float]]], n_items: int) -> np.ndarray:
-    """Positive-event counts per item row: [n_items + 1] float32, row 0 = 0."""
-    pop = np.zeros(n_items + 1, dtype=np.float32)
-    for seq in sequences:
-        for i, w in seq:
-            if w > 0:
-                pop[i] += 1.0
-    return pop
-
-
 @dataclass
 class ValidationSplit:
     """Each eligible user's last positive interaction against sampled never-seen items.

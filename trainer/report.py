@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from models.base import DEFAULT_EVENT_WEIGHTS
 from streams.core.jsonl import read_jsonl
+from streams.settings import DEFAULT_EVENT_WEIGHTS
 from trainer.validation import rank_metrics
 
 SYSTEMS = ("model", "random", "popularity", "upstream")

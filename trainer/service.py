@@ -189,7 +189,7 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
         artifact = Path(train_fn(
             [event for _, _, event in train], staging / "artifact", kind=kind,
             event_weights=settings.event_weights, seed=seed, max_epochs=max_epochs, log=progress,
-            items=items or None,
+            items=items or None, model_hparams=settings.model_hparams,
             trained_through={"topic": topic, "offsets": cut,
                              "max_ts": max(e["ts"] for _, _, e in train)}))
         candidate = load_artifact(artifact)

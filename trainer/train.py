@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from models.artifact import save_artifact
-from models.base import DEFAULT_EVENT_WEIGHTS, Reranker, get_model_class
+from models.base import Reranker, get_model_class, training_stage_of
 from models.features import build_vocab, feature_rows
+from streams.settings import DEFAULT_EVENT_WEIGHTS
 from trainer.data import (
     TrainingExamples,
     ValidationSplit,
     build_interactions,
-    item_popularity,
     last_positive_history,
     split_validation,
     training_examples,
@@ -64,12 +64,26 @@ DEFAULT_HPARAMS: dict[str, Any] = {
 }
 
 
-def _kind_stages() -> dict[str, tuple[dict[str, Any], Callable[..., Any]]]:
-    """Kinds trained in more than one stage: kind -> (their extra default hyper-parameters, the
-    stage run on the model `_fit` trained). Imported lazily: the stages import this module."""
-    from trainer.gan import GAN_DEFAULT_HPARAMS, fit_gan
+def _known_hparams(cls: type[Reranker]) -> set[str]:
+    """Names of the hyper-parameters a kind takes: the trainer's and the kind's own."""
+    return set(DEFAULT_HPARAMS) | set(cls.default_hparams)
 
-    return {"gan": (GAN_DEFAULT_HPARAMS, fit_gan)}
+
+def check_model_hparams(model_hparams: Mapping[str, Mapping[str, Any]]) -> None:
+    """Check per-kind hyper-parameter overrides (the settings' `model_hparams` tables).
+
+    Raises:
+        ValueError: A table names an unregistered kind or a hyper-parameter its kind does not take.
+    """
+    for kind, table in model_hparams.items():
+        try:
+            cls = get_model_class(kind)
+        except KeyError as e:
+            raise ValueError(f"model_hparams: {e.args[0]}") from None
+        unknown = set(table) - _known_hparams(cls)
+        if unknown:
+            raise ValueError(f"model_hparams.{kind}: unknown hyper-parameters {sorted(unknown)}; "
+                             f"known: {sorted(_known_hparams(cls))}")
 
 
 def _auto_threads(n_examples: int) -> int:
@@ -195,20 +209,25 @@ def train_model(
     log: Callable[[str], None] = print,
     max_epochs: int | None = None,
     items: list[dict[str, Any]] | None = None,
+    model_hparams: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Reranker, dict[str, Any]]:
     """Train a re-ranker on wire-format events.
 
     Every event (after the validation carve-out) becomes an example that predicts its item from
     the user's preceding positives, so the history encoder learns next-item prediction. Training
     stops early when validation NDCG@10 has not improved for `patience` epochs, and the best
-    epoch's weights are kept. Kind "gan" then fine-tunes that model adversarially
-    (`trainer.gan.fit_gan`) and returns the network chosen by its `serve` hyper-parameter.
+    epoch's weights are kept. A kind registered with an extra training stage then runs it on that
+    model (kind "gan": `trainer.gan.fit_gan` fine-tunes it adversarially and returns the network
+    chosen by its `serve` hyper-parameter).
+
+    Hyper-parameters, lowest precedence first: `DEFAULT_HPARAMS`, the kind's registered defaults,
+    `model_hparams[kind]`, `hparams`, then `max_epochs`.
 
     Args:
         events: Wire-format events, any order (ordered per user by (ts, arrival)).
         kind: Registered model kind.
         event_weights: Weight per event type; defaults to `DEFAULT_EVENT_WEIGHTS`.
-        hparams: Overrides of `DEFAULT_HPARAMS`.
+        hparams: Overrides of the defaults, for this run.
         seed: Seeds weights, shuffling and negative sampling; same seed, same model.
         trained_through: Stored in the returned info; defaults to {"max_ts": max ts of events}.
         log: Receives one line per epoch and a summary.
@@ -216,25 +235,28 @@ def train_model(
         items: Item metadata records {"item_id", "genres"?, "tags"?, ...}. With
             hparams["item_features"] (default on) and a kind that takes `feature_vocab`, the model
             learns a feature vocabulary from the training items' metadata and embeds it.
+        model_hparams: Kind -> overrides of that kind's defaults (the settings' `model_hparams`
+            tables). Only the trained kind's table applies, but every table is checked.
 
     Returns:
         (model in eval mode with unknown rows filled, info). info holds everything
-        `save_artifact` needs: item_ids, user_ids, user_history, item_popularity,
-        trained_through, hparams, metrics, event_weights, training.
+        `save_artifact` needs: item_ids, user_ids, user_history, trained_through, hparams,
+        metrics, event_weights, training.
 
     Raises:
         ValueError: No usable event, or a bad hyper-parameter.
     """
     t0 = time.perf_counter()
     weights_map = dict(DEFAULT_EVENT_WEIGHTS if event_weights is None else event_weights)
-    extra_defaults, stage = _kind_stages().get(kind, ({}, None))
-    unknown = set(hparams or {}) - set(DEFAULT_HPARAMS) - set(extra_defaults)
+    cls = get_model_class(kind)
+    check_model_hparams(model_hparams or {})
+    unknown = set(hparams or {}) - _known_hparams(cls)
     if unknown:
         raise ValueError(f"unknown hyper-parameters: {sorted(unknown)}")
-    hp = {**DEFAULT_HPARAMS, **extra_defaults, **(hparams or {})}
+    hp = {**DEFAULT_HPARAMS, **cls.default_hparams, **(model_hparams or {}).get(kind, {}), **(hparams or {})}
     if max_epochs is not None:
         hp["max_epochs"] = int(max_epochs)
-    cls = get_model_class(kind)
+    stage = training_stage_of(cls)
     H = int(hp["history_len"])
 
     data = build_interactions(events, weights_map)
@@ -313,7 +335,6 @@ def train_model(
         "user_ids": data.user_ids,
         # Inference starts from everything the user did, the validation carve-out included.
         "user_history": last_positive_history(data.sequences, H),
-        "item_popularity": item_popularity(data.sequences, data.n_items),
         "trained_through": trained_through if trained_through is not None else {"max_ts": data.max_ts},
         "hparams": hp,
         "metrics": metrics,
@@ -339,7 +360,6 @@ def train_to_artifact(events: list[dict[str, Any]], out_dir: str | Path, **train
         item_ids=info["item_ids"],
         user_ids=info["user_ids"],
         user_history=info["user_history"],
-        item_popularity=info["item_popularity"],
         trained_through=info["trained_through"],
         hparams=info["hparams"],
         metrics=info["metrics"],

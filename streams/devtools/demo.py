@@ -70,7 +70,8 @@ def run_demo(settings: Settings, *, duration: float = 0.0, port: int | None = No
         started = time.monotonic()
         events, trained_through = events_from_topic(settings, settings.events_topic)
         model_dir = train_to_artifact(events, workdir / "model", event_weights=settings.event_weights,
-                                      trained_through=trained_through, log=lambda line: None)
+                                      trained_through=trained_through, log=lambda line: None,
+                                      model_hparams=settings.model_hparams)
         _say(f"trained the initial model from the topic in {time.monotonic() - started:.1f}s -> {model_dir}")
 
         metrics_port = free_port()

@@ -29,7 +29,6 @@ def build(tmp_path: Path, name: str = "art") -> tuple[DNNReranker, Path]:
         item_ids=[f"i{k}" for k in range(1, N_ITEMS + 1)],
         user_ids=["", *[f"u{k}" for k in range(1, N_USERS + 1)]],
         user_history=hist,
-        item_popularity=np.arange(N_ITEMS + 1, dtype=np.float32),
         trained_through={"topic": "user-events", "offsets": {"0": 12}},
         hparams={"dim": 8, "lr": 0.01},
         metrics={"ndcg@10": 0.5},
@@ -55,7 +54,7 @@ def test_round_trip_gives_identical_scores_and_metadata(tmp_path: Path) -> None:
     assert b.name == "dnn" and b.history_len == H and b.version == b.manifest["version"]
     assert b.item_ids[0] == "" and b.item_index["i3"] == 3 and b.user_index["u5"] == 5
     assert b.user_history.dtype == np.int64 and b.user_history[2, -1] == 4
-    assert b.item_popularity.dtype == np.float32 and b.item_popularity[4] == 4.0
+    assert sorted(load_file(str(out / "state.safetensors"))) == ["user_history"]
     assert b.trained_through == {"topic": "user-events", "offsets": {"0": 12}}
     assert b.manifest["training"]["n_events"] == 10 and b.manifest["metrics"]["ndcg@10"] == 0.5
     assert not b.model.training
@@ -118,6 +117,18 @@ def test_rejects_wrong_state_shape(tmp_path: Path) -> None:
         load_artifact(out)
 
 
+def test_loads_an_older_artifact_with_item_popularity_and_rejects_other_state(tmp_path: Path) -> None:
+    model, out = build(tmp_path)
+    s = load_file(str(out / "state.safetensors"))
+    rewrite_with_checksum(out, "state.safetensors", {**s, "item_popularity": torch.ones(N_ITEMS + 1)})
+    b = load_artifact(out)
+    assert torch.equal(scores(model, b.user_history), scores(b, b.user_history))
+    assert not hasattr(b, "item_popularity")
+    rewrite_with_checksum(out, "state.safetensors", {**s, "extra": torch.ones(3)})
+    with pytest.raises(ValueError, match="state tensors"):
+        load_artifact(out)
+
+
 def test_rejects_manifest_that_disagrees_with_tensors(tmp_path: Path) -> None:
     _, out = build(tmp_path)
     m = json.loads((out / "manifest.json").read_text())
@@ -165,7 +176,6 @@ def test_save_rejects_mismatched_state(tmp_path: Path) -> None:
             item_ids=[str(k) for k in range(N_ITEMS)],
             user_ids=[str(k) for k in range(N_USERS)],
             user_history=np.zeros((N_USERS, H), dtype=np.int64),
-            item_popularity=np.zeros(N_ITEMS + 1, dtype=np.float32),
             trained_through={},
             hparams={},
             metrics={},

@@ -1,14 +1,12 @@
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models import (ModelBundle, Reranker, load_artifact, online_update, online_update_batch, push_history,
-                    save_artifact)
+from models import ModelBundle, Reranker, load_artifact, online_update_batch, save_artifact
 from models.dnn import DNNReranker
-from models.online import _batch_targets, _labels_and_weights, _sample_negatives
+from models.online import _batch_targets
 
 D, H, N_CLUSTERS, PER_CLUSTER = 16, 5, 4, 10
 N_ITEMS, N_USERS = N_CLUSTERS * PER_CLUSTER, 6
@@ -39,7 +37,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
         item_ids=[f"i{k}" for k in range(1, N_ITEMS + 1)],
         user_ids=[f"u{k}" for k in range(1, N_USERS + 1)],
         user_history=np.zeros((N_USERS + 1, H), dtype=np.int64),
-        item_popularity=np.ones(N_ITEMS + 1, dtype=np.float32),
         trained_through={"max_ts": 0},
         hparams={},
         metrics={},
@@ -77,12 +74,34 @@ def generic_bundle(bundle: ModelBundle) -> ModelBundle:
     """``bundle`` with its model behind a kind the online update knows no gradient for."""
     return dataclasses.replace(bundle, model=Delegate(bundle.model), cache={})
 
-def test_push_history() -> None:
-    h = np.array([0, 0, 3, 4], dtype=np.int64)
-    out = push_history(h, 9)
-    assert out.tolist() == [0, 3, 4, 9] and h.tolist() == [0, 0, 3, 4]
-    assert push_history(np.array([1, 2, 3]), 4).tolist() == [2, 3, 4]
-    assert push_history(h, 0).tolist() == h.tolist()  # unknown item: padding is not pushed
+
+def online_update(
+    bundle: ModelBundle, vec: np.ndarray, history: np.ndarray, item_row: int, weight: float, *, seed: int,
+    steps: int = 3, lr: float = 0.05, n_negatives: int = 4,
+) -> np.ndarray:
+    """One event alone: `online_update_batch` with one row; [D], [H] -> new [D]."""
+    return online_update_batch(bundle, np.asarray(vec, dtype=np.float32)[None], np.asarray(history)[None],
+                               np.array([item_row]), np.array([weight]), [seed],
+                               steps=steps, lr=lr, n_negatives=n_negatives)[0]
+
+
+def reference_targets(n_items: int, row: int, weight: float, seed: int, n_negatives: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What one event should learn from, written out plainly: items [K], labels [K], weights [K].
+
+    Positive: the item (label 1, weight |w|) and n_negatives uniform draws from the other items by
+    default_rng(seed).integers (label 0, weight |w| / n_negatives). Dismiss: the item alone, label 0.
+    """
+    if weight > 0 and n_negatives > 0 and n_items > 1:
+        r = np.random.default_rng(seed).integers(1, n_items, size=n_negatives)
+        negs = np.where(r >= row, r + 1, r).astype(np.int64)
+    else:
+        negs = np.zeros(0, dtype=np.int64)
+    labels = np.zeros(1 + negs.size, dtype=np.float32)
+    labels[0] = weight > 0
+    w = np.full(1 + negs.size, abs(weight) / max(negs.size, 1), dtype=np.float32)
+    w[0] = abs(weight)
+    return np.concatenate([[row], negs]).astype(np.int64), labels, w
 
 
 def test_deterministic_for_a_seed(bundle: ModelBundle) -> None:
@@ -204,12 +223,12 @@ def test_batch_negatives_are_the_per_event_draws(bundle: ModelBundle) -> None:
     keep = (items > 0) & (weights != 0)
     rows, weights, seeds = items[keep], weights[keep], [s for s, k in zip(seeds, keep) if k]
     got_items, got_labels, got_w = _batch_targets(bundle, rows, weights, seeds, 4)
+    assert got_items.shape == (rows.size, 5)
     for i, (row, weight, seed) in enumerate(zip(rows.tolist(), weights.tolist(), seeds)):
-        negs = (_sample_negatives(bundle, np.random.default_rng(seed), 4, row) if weight > 0
-                else np.zeros(0, dtype=np.int64))
-        labels, w = _labels_and_weights(negs, weight)
-        k = 1 + negs.size
-        assert got_items[i, 0] == row and np.array_equal(got_items[i, 1:k], negs)
+        items, labels, w = reference_targets(N_ITEMS, row, weight, seed, 4)
+        k = items.size
+        assert k == (5 if weight > 0 else 1) and row not in items[1:]
+        assert np.array_equal(got_items[i, :k], items)
         assert np.array_equal(got_labels[i, :k], labels) and np.array_equal(got_w[i, :k], w)
         # Dismisses are padded with zero-weight copies of the item: they add nothing.
         assert not got_labels[i, k:].any() and not got_w[i, k:].any() and (got_items[i, k:] == row).all()
@@ -236,3 +255,28 @@ def test_batch_on_the_generic_path_loops_over_events(bundle: ModelBundle) -> Non
         alone = online_update(generic, vecs[i], hists[i], int(items[i]), float(weights[i]), seed=seeds[i], **kw)
         assert np.array_equal(slow[i], alone)
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)
+
+
+def test_the_update_runs_the_kinds_own_online_vectors_with_the_bundles_cache(bundle: ModelBundle) -> None:
+    calls: list[tuple[tuple[int, ...], dict]] = []
+
+    class Halving(Delegate):
+        def online_vectors(self, vecs, histories, items, labels, weights, *, steps, lr, cache):  # type: ignore[no-untyped-def]
+            calls.append((items.shape, cache))
+            return vecs * 0.5
+
+    b = dataclasses.replace(bundle, model=Halving(bundle.model), cache={})
+    vecs, hists, items, weights, seeds = random_events(bundle, 6, seed=4)
+    out = online_update_batch(b, vecs, hists, items, weights, seeds, steps=1, lr=0.05, n_negatives=4)
+    learns = (items > 0) & (weights != 0)
+    assert calls == [((int(learns.sum()), 5), b.cache)] and calls[0][1] is b.cache
+    assert np.array_equal(out[learns], vecs[learns] * 0.5) and np.array_equal(out[~learns], vecs[~learns])
+
+
+def test_dnn_keeps_its_numpy_weights_in_the_bundles_cache(bundle: ModelBundle) -> None:
+    b = dataclasses.replace(bundle, cache={})
+    vecs, hists, items, weights, seeds = random_events(b, 4, seed=6)
+    first = online_update_batch(b, vecs, hists, items, weights, seeds, steps=1, lr=0.05, n_negatives=4)
+    params = b.cache["online_dnn_params"]
+    again = online_update_batch(b, vecs, hists, items, weights, seeds, steps=1, lr=0.05, n_negatives=4)
+    assert b.cache["online_dnn_params"] is params and np.array_equal(first, again)

@@ -1,10 +1,13 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from models import MODEL_REGISTRY, Reranker, get_model_class, register
-from models.dnn import (DNNReranker, history_context_batch_np, history_context_np, numpy_params,
-                        score_and_grad_batch_np, score_and_grad_np)
+from models import MODEL_REGISTRY, Reranker, get_model_class, register, training_stage_of
+from models.dnn import DNNReranker
+from models.dnn_numpy import history_context_batch_np, numpy_params, score_and_grad_batch_np
 
 
 def make_model(n_users: int = 7, n_items: int = 11, **kw) -> DNNReranker:
@@ -28,6 +31,41 @@ def test_registry_lookup() -> None:
 def test_unknown_kind_lists_known_names() -> None:
     with pytest.raises(KeyError, match="dnn"):
         get_model_class("no-such-kind")
+
+
+def test_a_kind_declares_its_defaults_and_training_stage_where_it_is_registered() -> None:
+    from models.gan import GANReranker
+    from trainer.gan import fit_gan
+
+    gan = get_model_class("gan")
+    assert gan is GANReranker and gan.default_hparams["serve"] == "generator"
+    assert training_stage_of(gan) is fit_gan
+    # Not inherited: the dnn kind GANReranker derives from has neither.
+    assert dict(DNNReranker.default_hparams) == {} and training_stage_of(DNNReranker) is None
+    with pytest.raises(TypeError):
+        gan.default_hparams["serve"] = "discriminator"  # type: ignore[index]
+
+
+def test_register_checks_the_stage_reference() -> None:
+    with pytest.raises(ValueError, match="module:function"):
+        register("bad-stage", stage="trainer.gan.fit_gan")
+    assert "bad-stage" not in MODEL_REGISTRY
+
+    @register("missing-stage", stage="trainer.gan:no_such_function")
+    class Missing(DNNReranker):
+        pass
+
+    try:
+        with pytest.raises(TypeError, match="no_such_function"):
+            training_stage_of(Missing)
+    finally:
+        del MODEL_REGISTRY["missing-stage"]
+
+
+def test_importing_models_does_not_import_the_trainer() -> None:
+    code = "import sys, models; print(sorted(m for m in sys.modules if m.split('.')[0] == 'trainer'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_register_refuses_a_second_class_under_a_taken_name() -> None:
@@ -106,24 +144,24 @@ def random_dnn(hidden: list[int], vocab: tuple[str, ...]) -> DNNReranker:
 def test_numpy_twin_matches_torch_scores_and_autograd_gradient(hidden: list[int], vocab: tuple[str, ...]) -> None:
     model = random_dnn(hidden, vocab)
     p = numpy_params(model)
-    hist = np.array([0, 3, 7, 7, 1], dtype=np.int64)
-    items = np.array([2, 5, 0, 9], dtype=np.int64)
-    vec = np.random.default_rng(1).normal(size=8).astype(np.float32)
-    y = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    hist = np.array([[0, 3, 7, 7, 1], [0, 0, 0, 0, 0], [4, 4, 2, 11, 6]], dtype=np.int64)
+    items = np.array([[2, 5, 0, 9], [1, 1, 3, 10], [11, 6, 2, 7]], dtype=np.int64)
+    vec = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    y = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
 
-    ctx = history_context_np(p, hist)
-    s_np, g_np = score_and_grad_np(p, vec + ctx, items, lambda s: 1 / (1 + np.exp(-s)) - y)
+    ctx = history_context_batch_np(p, hist)
+    s_np, g_np = score_and_grad_batch_np(p, vec + ctx, items, lambda s: 1 / (1 + np.exp(-s)) - y)
 
-    v = torch.from_numpy(vec).unsqueeze(0).requires_grad_(True)
-    s_t = model(v, torch.from_numpy(hist).unsqueeze(0), torch.from_numpy(items).unsqueeze(0))[0]
+    v = torch.from_numpy(vec).requires_grad_(True)
+    s_t = model(v, torch.from_numpy(hist), torch.from_numpy(items))
     loss = torch.nn.functional.binary_cross_entropy_with_logits(s_t, torch.from_numpy(y), reduction="sum")
     (g_t,) = torch.autograd.grad(loss, v)
     np.testing.assert_allclose(s_np, s_t.detach().numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(g_np, g_t[0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g_np, g_t.numpy(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("hidden,vocab", [([16, 8], ()), ([], ()), ([4], ("g:a", "g:b"))])
-def test_batched_numpy_twins_equal_the_single_user_ones_bit_for_bit(hidden: list[int], vocab: tuple[str, ...]) -> None:
+def test_numpy_twins_give_a_row_the_same_bits_in_any_batch(hidden: list[int], vocab: tuple[str, ...]) -> None:
     model = random_dnn(hidden, vocab)
     p = numpy_params(model)
     rng = np.random.default_rng(2)
@@ -137,9 +175,16 @@ def test_batched_numpy_twins_equal_the_single_user_ones_bit_for_bit(hidden: list
     s, g = score_and_grad_batch_np(p, vec + ctx, items, lambda s: 1 / (1 + np.exp(-s)) - y)
     assert ctx.shape == (6, 8) and not ctx[0].any() and s.shape == (6, 4) and g is not None and g.shape == (6, 8)
     for b in range(6):
-        ctx_b = history_context_np(p, hist[b])
-        s_b, g_b = score_and_grad_np(p, vec[b] + ctx_b, items[b], lambda s: 1 / (1 + np.exp(-s)) - y[b])
-        assert np.array_equal(ctx[b], ctx_b) and np.array_equal(s[b], s_b) and np.array_equal(g[b], g_b)
+        one = slice(b, b + 1)
+        ctx_b = history_context_batch_np(p, hist[one])
+        s_b, g_b = score_and_grad_batch_np(p, vec[one] + ctx_b, items[one],
+                                           lambda s, one=one: 1 / (1 + np.exp(-s)) - y[one])
+        assert np.array_equal(ctx[one], ctx_b) and np.array_equal(s[one], s_b) and np.array_equal(g[one], g_b)
+    # And in other company: the rows reversed.
+    back = slice(None, None, -1)
+    ctx_r = history_context_batch_np(p, hist[back])
+    s_r, g_r = score_and_grad_batch_np(p, vec[back] + ctx_r, items[back], lambda s: 1 / (1 + np.exp(-s)) - y[back])
+    assert np.array_equal(ctx_r[back], ctx) and np.array_equal(s_r[back], s) and np.array_equal(g_r[back], g)
     assert score_and_grad_batch_np(p, vec + ctx, items)[1] is None
 
 

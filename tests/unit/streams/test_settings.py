@@ -63,9 +63,22 @@ def test_sample_config_is_complete_and_loads() -> None:
     lines = [line.lstrip("# ").strip() for line in sample.read_text().splitlines()
              if not line.lstrip().startswith("##")]
     documented = {line.split("=")[0].strip() for line in lines if "=" in line}
-    documented |= {line.strip("[]") for line in lines if line.startswith("[")}
+    documented |= {line.strip("[]").split(".")[0] for line in lines if line.startswith("[")}
     assert set(settings.as_dict()) <= documented
 
 
 def test_bootstrap_strips_scheme() -> None:
     assert Settings.load(env={"RERANKER_BROKER": "kafka://h:1"}).bootstrap == "h:1"
+
+
+def test_model_hparams_from_toml_tables_and_env_json(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[model_hparams.dnn]\ndim = 32\nmlp_hidden = [16]\n\n[model_hparams.gan]\nserve = "discriminator"\n')
+    settings = Settings.load(config, env={})
+    assert settings.model_hparams == {"dnn": {"dim": 32, "mlp_hidden": [16]}, "gan": {"serve": "discriminator"}}
+    settings = Settings.load(config, env={"RERANKER_MODEL_HPARAMS": '{"dnn": {"lr": 0.001}}'})
+    assert settings.model_hparams == {"dnn": {"lr": 0.001}}  # the environment replaces the file's
+    assert Settings.load(env={}).model_hparams == {}
+    for bad in ('{"dnn": 3}', "[1]", "{"):
+        with pytest.raises(SettingsError, match="model_hparams"):
+            Settings.load(env={"RERANKER_MODEL_HPARAMS": bad})

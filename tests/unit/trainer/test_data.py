@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 
-from models import DEFAULT_EVENT_WEIGHTS
+from streams.settings import DEFAULT_EVENT_WEIGHTS
 from trainer.data import (
     build_interactions,
-    item_popularity,
     last_positive_history,
     split_validation,
     training_examples,
@@ -44,7 +43,6 @@ def test_histories_hold_positives_only_most_recent_last() -> None:
     assert h[0].tolist() == [0, 0, 0, 0]
     assert h[1].tolist() == [0, 1, 2, 3]  # 10, 20, 30: the dismiss is not history
     assert last_positive_history(d.sequences, 2)[1].tolist() == [2, 3]
-    assert item_popularity(d.sequences, d.n_items).tolist() == [0, 1, 1, 2]
 
 
 def test_training_examples_use_only_preceding_positives() -> None:

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import DEFAULT_EVENT_WEIGHTS, load_artifact, online_update
+from models import load_artifact
 from streams.core.jsonl import read_jsonl, write_jsonl
 from streams.core.offline import score_offline
 from streams.devtools.synthetic import World, generate_events, make_world
-from streams.settings import Settings
+from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
+from tests.unit.models.test_online import online_update
 from trainer.train import train_model, train_to_artifact
 
 
@@ -95,6 +96,28 @@ def test_no_usable_events_is_an_error() -> None:
         train_model([{"user_id": 1, "item_id": 2, "event_type": "hover", "ts": 0}], log=lambda _: None)
     with pytest.raises(ValueError, match="unknown hyper-parameters"):
         train_model([{"user_id": 1, "item_id": 2, "event_type": "click", "ts": 0}], hparams={"dimm": 3})
+
+
+def test_model_hparams_of_the_trained_kind_override_its_defaults(planted: list[dict]) -> None:
+    per_kind = {"dnn": {"dim": 8, "mlp_hidden": [4]}, "gan": {"gan_epochs": 1}}
+    model, info = train_model(planted, log=lambda _: None, max_epochs=1, model_hparams=per_kind)
+    assert model.hparams["dim"] == 8 and model.hparams["mlp_hidden"] == [4] and model.dim == 8
+    assert info["hparams"]["dim"] == 8 and "gan_epochs" not in info["hparams"]  # another kind's table
+    # The run's own hparams win over the settings' table.
+    model, _ = train_model(planted, log=lambda _: None, max_epochs=1, model_hparams=per_kind, hparams={"dim": 12})
+    assert model.dim == 12
+
+
+@pytest.mark.parametrize("per_kind,match", [
+    ({"dnnn": {"dim": 8}}, "unknown model kind 'dnnn'"),
+    ({"dnn": {"dimm": 8}}, r"model_hparams\.dnn: unknown hyper-parameters \['dimm'\]"),
+    ({"dnn": {"gan_epochs": 1}}, r"model_hparams\.dnn: unknown hyper-parameters \['gan_epochs'\]"),
+    ({"gan": {"dimm": 8}}, r"model_hparams\.gan: unknown hyper-parameters \['dimm'\]"),
+])
+def test_model_hparams_with_an_unknown_kind_or_key_are_an_error(per_kind: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        train_model([{"user_id": 1, "item_id": 2, "event_type": "click", "ts": 0}], log=lambda _: None,
+                    model_hparams=per_kind)
 
 
 def test_online_updates_pull_a_cold_user_towards_a_cluster(artifact: Path, world: World) -> None:
