@@ -23,13 +23,27 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 
-async def echo(bootstrap: str, requests_topic: str, results_topic: str, partitions: int,
-               fetch_wait_ms: int, linger_ms: float, stop: asyncio.Event, wait_ack: bool = False) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=fetch_wait_ms, fetch_min_bytes=1,
-                                auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
-                                max_request_size=4 * 1024 * 1024)
+async def echo(
+    bootstrap: str,
+    requests_topic: str,
+    results_topic: str,
+    partitions: int,
+    fetch_wait_ms: int,
+    linger_ms: float,
+    stop: asyncio.Event,
+    wait_ack: bool = False,
+) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_wait_ms,
+        fetch_min_bytes=1,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all", max_request_size=4 * 1024 * 1024
+    )
     await consumer.start()
     await producer.start()
     consumer.assign([TopicPartition(requests_topic, p) for p in range(partitions)])
@@ -62,8 +76,11 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--fetch-wait-ms", type=int, default=5)
     ap.add_argument("--linger-ms", type=float, default=1.0)
-    ap.add_argument("--wait-ack", action="store_true",
-                    help="wait for each result's acknowledgement before the next (the naive echo)")
+    ap.add_argument(
+        "--wait-ack",
+        action="store_true",
+        help="wait for each result's acknowledgement before the next (the naive echo)",
+    )
     a = ap.parse_args()
 
     async def run() -> int:
@@ -71,8 +88,9 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await echo(a.broker, a.requests_topic, a.results_topic, a.partitions,
-                          a.fetch_wait_ms, a.linger_ms, stop, a.wait_ack)
+        return await echo(
+            a.broker, a.requests_topic, a.results_topic, a.partitions, a.fetch_wait_ms, a.linger_ms, stop, a.wait_ack
+        )
 
     handled = asyncio.run(run())
     print(f"echo: {handled} messages echoed", flush=True)

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -33,8 +34,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -42,7 +44,7 @@ if str(REPO) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bench.open_loop import LoadResult, RequestFactory, probe, run_open_loop  # noqa: E402
+from bench.open_loop import RequestFactory, probe, run_open_loop  # noqa: E402
 from streams.devtools.broker import EmbeddedBroker, start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 from streams.kafka.topics import create_topics  # noqa: E402
@@ -66,10 +68,12 @@ def load1() -> float:
 
 def cpu_busy(seconds: float = 1.0) -> float:
     """Share of all CPUs busy (anything, not only this benchmark) over the next ``seconds``."""
+
     def snap() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         idle = fields[3] + fields[4]
         return sum(fields), idle
+
     try:
         total0, idle0 = snap()
         time.sleep(seconds)
@@ -113,8 +117,14 @@ def machine() -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {"cpus": os.cpu_count(), "cpu": cpu, "mem_gb": mem_gb, "python": platform.python_version(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gb": mem_gb,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,8 +140,16 @@ class BenchWorld:
     world: Any
 
 
-def prepare_world(work: Path, *, n_users: int = 2000, n_items: int = 2000, n_events: int = 40_000,
-                  max_epochs: int = 3, seed: int = 11, retrain: bool = False) -> BenchWorld:
+def prepare_world(
+    work: Path,
+    *,
+    n_users: int = 2000,
+    n_items: int = 2000,
+    n_events: int = 40_000,
+    max_epochs: int = 3,
+    seed: int = 11,
+    retrain: bool = False,
+) -> BenchWorld:
     """A planted-taste world and a small model trained on it (cached under ``work``)."""
     from streams.devtools.synthetic import generate_events, make_world
 
@@ -245,22 +263,46 @@ def worker_env(bootstrap: str, overrides: dict[str, str]) -> dict[str, str]:
 WORKER_REPO = REPO
 
 
-def start_worker(bootstrap: str, model_dir: Path, workdir: Path, overrides: dict[str, str], *,
-                 store: str = "memory://", index: int = 0) -> Service:
+def start_worker(
+    bootstrap: str,
+    model_dir: Path,
+    workdir: Path,
+    overrides: dict[str, str],
+    *,
+    store: str = "memory://",
+    index: int = 0,
+) -> Service:
     web_port, metrics_port = free_port(), free_port()
     data_dir = workdir / f"data-{index}-{web_port}"
     log_path = workdir / f"worker-{index}.log"
-    process = launch_worker(model_dir, web_port=web_port, metrics_port=metrics_port, data_dir=data_dir,
-                            log_path=log_path, extra_args=["--store", store],
-                            env=worker_env(bootstrap, overrides), cwd=WORKER_REPO)
+    process = launch_worker(
+        model_dir,
+        web_port=web_port,
+        metrics_port=metrics_port,
+        data_dir=data_dir,
+        log_path=log_path,
+        extra_args=["--store", store],
+        env=worker_env(bootstrap, overrides),
+        cwd=WORKER_REPO,
+    )
     return Service(f"worker-{index}", process, log_path, metrics_port, data_dir)
 
 
 def start_echo(bootstrap: str, workdir: Path, settings: Settings, *, naive: bool) -> Service:
     log_path = workdir / "echo.log"
-    cmd = [sys.executable, "-m", "bench.echo", "--broker", bootstrap,
-           "--fetch-wait-ms", str(settings.consumer_fetch_wait_ms),
-           "--linger-ms", str(settings.producer_linger_ms), "--partitions", str(settings.partitions)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.echo",
+        "--broker",
+        bootstrap,
+        "--fetch-wait-ms",
+        str(settings.consumer_fetch_wait_ms),
+        "--linger-ms",
+        str(settings.producer_linger_ms),
+        "--partitions",
+        str(settings.partitions),
+    ]
     if naive:
         cmd.append("--wait-ack")
     process = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
@@ -271,9 +313,25 @@ def start_py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]
     """Sample ``pid`` for ``seconds`` with py-spy (installed for measuring only) into ``out``
     (collapsed stacks; render with flamegraph tools or read with bench/profile_top.py)."""
     exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "250",
-                             "-f", "raw", "--nonblocking", "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            exe,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(max(1, int(seconds))),
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "--nonblocking",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager
@@ -294,8 +352,10 @@ def wait_committed(bootstrap: str, group: str, topic: str, positions: dict[int, 
             if all(tp.offset >= positions[tp.partition] for tp in committed):
                 return time.monotonic()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"group {group} did not commit past {positions} on {topic} "
-                                   f"in {timeout}s: {[(tp.partition, tp.offset) for tp in committed]}")
+                raise TimeoutError(
+                    f"group {group} did not commit past {positions} on {topic} "
+                    f"in {timeout}s: {[(tp.partition, tp.offset) for tp in committed]}"
+                )
             time.sleep(0.05)
     finally:
         consumer.close()
@@ -316,13 +376,23 @@ def produce_events(settings: Settings, records: Sequence[dict[str, Any]]) -> dic
         else:
             positions[msg.partition()] = max(positions.get(msg.partition(), 0), msg.offset() + 1)
 
-    producer = Producer({**producer_config(settings), "linger.ms": 20, "batch.num.messages": 10000,
-                         "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(
+        {
+            **producer_config(settings),
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     for record in records:
         while True:
             try:
-                producer.produce(settings.events_topic, key=str(record["user_id"]).encode(),
-                                 value=orjson.dumps(record), on_delivery=delivered)
+                producer.produce(
+                    settings.events_topic,
+                    key=str(record["user_id"]).encode(),
+                    value=orjson.dumps(record),
+                    on_delivery=delivered,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -358,8 +428,9 @@ def _settings(bootstrap: str, overrides: dict[str, str]) -> Settings:
     return Settings.load(env=env, overrides={"broker": bootstrap})
 
 
-def _ready_workers(bootstrap: str, services: list[Service], bw: BenchWorld, settings: Settings,
-                   timeout: float = 180.0) -> None:
+def _ready_workers(
+    bootstrap: str, services: list[Service], bw: BenchWorld, settings: Settings, timeout: float = 180.0
+) -> None:
     """Wait until every worker answers: rounds of probes over many users until, in one round,
     all are answered and every worker served some (the group has settled)."""
     deadline = time.monotonic() + timeout
@@ -369,9 +440,18 @@ def _ready_workers(bootstrap: str, services: list[Service], bw: BenchWorld, sett
             if not s.alive():
                 raise RuntimeError(f"{s.name} exited:\n{s.log_tail()}")
         before = [s.counter_or("reranker_requests_total", 'outcome="ok"') for s in services]
-        ok = asyncio.run(probe(bootstrap, users, bw.items, timeout=min(30.0, max(1.0, deadline - time.monotonic())),
-                               requests_topic=settings.requests_topic, results_topic=settings.results_topic,
-                               partitions=settings.partitions, fetch_wait_ms=settings.consumer_fetch_wait_ms))
+        ok = asyncio.run(
+            probe(
+                bootstrap,
+                users,
+                bw.items,
+                timeout=min(30.0, max(1.0, deadline - time.monotonic())),
+                requests_topic=settings.requests_topic,
+                results_topic=settings.results_topic,
+                partitions=settings.partitions,
+                fetch_wait_ms=settings.consumer_fetch_wait_ms,
+            )
+        )
         after = [s.counter_or("reranker_requests_total", 'outcome="ok"') for s in services]
         if ok and all(a > b >= 0 for a, b in zip(after, before)):
             return
@@ -384,9 +464,16 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
     """One window at ``rate`` on a fresh broker; returns a JSON-able record."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{cfg.target}-{int(rate)}-", dir=work))
     services: list[Service] = []
-    record: dict[str, Any] = {"kind": "latency", "target": cfg.target, "rate": rate,
-                              "candidates": cfg.candidates, "workers": cfg.workers,
-                              "window_s": cfg.window_s, "overrides": cfg.overrides, "store": cfg.store}
+    record: dict[str, Any] = {
+        "kind": "latency",
+        "target": cfg.target,
+        "rate": rate,
+        "candidates": cfg.candidates,
+        "workers": cfg.workers,
+        "window_s": cfg.window_s,
+        "overrides": cfg.overrides,
+        "store": cfg.store,
+    }
     try:
         # Quiet is judged before this run's own processes start (an idle worker and broker
         # poll every few milliseconds and keep the load average near 0.5 by themselves).
@@ -398,8 +485,10 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
             settings = _settings(broker.bootstrap, cfg.overrides)
             create_topics(settings)
             if cfg.target == "worker":
-                services = [start_worker(broker.bootstrap, bw.model_dir, run_dir, cfg.overrides,
-                                         store=cfg.store, index=i) for i in range(cfg.workers)]
+                services = [
+                    start_worker(broker.bootstrap, bw.model_dir, run_dir, cfg.overrides, store=cfg.store, index=i)
+                    for i in range(cfg.workers)
+                ]
                 t_start = time.monotonic()
                 _ready_workers(broker.bootstrap, services, bw, settings)
                 record["worker_ready_s"] = round(time.monotonic() - t_start, 1)
@@ -407,15 +496,23 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                     events = state_events(bw, cfg.state_events_per_user)
                     started = time.monotonic()
                     positions = produce_events(settings, events)
-                    done = wait_committed(broker.bootstrap, settings.app_id, settings.events_topic,
-                                          positions, timeout=300)
+                    done = wait_committed(
+                        broker.bootstrap, settings.app_id, settings.events_topic, positions, timeout=300
+                    )
                     record["state_events"] = len(events)
                     record["state_events_s"] = round(done - started, 2)
             else:
                 services = [start_echo(broker.bootstrap, run_dir, settings, naive=cfg.target == "echo-naive")]
-                ok = asyncio.run(probe(broker.bootstrap, bw.users[:8], bw.items, timeout=60,
-                                       partitions=settings.partitions,
-                                       fetch_wait_ms=settings.consumer_fetch_wait_ms))
+                ok = asyncio.run(
+                    probe(
+                        broker.bootstrap,
+                        bw.users[:8],
+                        bw.items,
+                        timeout=60,
+                        partitions=settings.partitions,
+                        fetch_wait_ms=settings.consumer_fetch_wait_ms,
+                    )
+                )
                 if not ok:
                     raise RuntimeError(f"echo did not answer:\n{services[0].log_tail()}")
             factory = RequestFactory(bw.users, bw.items, cfg.candidates, seed=1)
@@ -427,14 +524,26 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
             metrics_before = [s.metrics() for s in services] if cfg.target == "worker" else []
             spy = None
             if cfg.profile == "py-spy" and cfg.target == "worker":
-                spy = start_py_spy(services[0].process.pid, cfg.warmup_s + cfg.window_s,
-                                   work / f"profile-{cfg.target}-{int(rate)}-c{cfg.candidates}.txt")
+                spy = start_py_spy(
+                    services[0].process.pid,
+                    cfg.warmup_s + cfg.window_s,
+                    work / f"profile-{cfg.target}-{int(rate)}-c{cfg.candidates}.txt",
+                )
             t0 = time.monotonic()
-            result = asyncio.run(run_open_loop(
-                broker.bootstrap, factory, rate=rate, window_s=cfg.window_s, warmup_s=cfg.warmup_s,
-                drain_s=cfg.drain_s, requests_topic=settings.requests_topic,
-                results_topic=settings.results_topic, partitions=settings.partitions,
-                fetch_wait_ms=CLIENT_FETCH_WAIT_MS))
+            result = asyncio.run(
+                run_open_loop(
+                    broker.bootstrap,
+                    factory,
+                    rate=rate,
+                    window_s=cfg.window_s,
+                    warmup_s=cfg.warmup_s,
+                    drain_s=cfg.drain_s,
+                    requests_topic=settings.requests_topic,
+                    results_topic=settings.results_topic,
+                    partitions=settings.partitions,
+                    fetch_wait_ms=CLIENT_FETCH_WAIT_MS,
+                )
+            )
             elapsed = time.monotonic() - t0
             if spy is not None:
                 spy.wait(60)
@@ -442,9 +551,10 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
             record["cpu_share"] = {k: round((cpu_after[k] - cpu_before[k]) / elapsed, 3) for k in pids}
             record["cpu_share"]["client"] = round((time.process_time() - client_before) / elapsed, 3)
             # CPU per request offered: less sensitive to other load on the machine than wall times.
-            n_offered = max(1, int(round(rate * (cfg.warmup_s + cfg.window_s))))
-            record["cpu_us_per_request"] = {k: round(v * elapsed / n_offered * 1e6, 1)
-                                            for k, v in record["cpu_share"].items()}
+            n_offered = max(1, round(rate * (cfg.warmup_s + cfg.window_s)))
+            record["cpu_us_per_request"] = {
+                k: round(v * elapsed / n_offered * 1e6, 1) for k, v in record["cpu_share"].items()
+            }
             record["load1_after"] = load1()
             record.update(result.summary())
             record["sustainable"] = result.sustainable()
@@ -459,10 +569,10 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                 record["worker_score_ms_mean"] = _hist_mean(m, "reranker_score_duration_seconds", 1000.0)
                 # Request ts (set by the client at send) to the worker's publish; the rest of the
                 # client's figure is the way back (producer linger, broker, client fetch).
-                record["worker_request_latency_ms_mean"] = _hist_mean(
-                    m, "reranker_request_latency_seconds", 1000.0)
+                record["worker_request_latency_ms_mean"] = _hist_mean(m, "reranker_request_latency_seconds", 1000.0)
                 record["worker_request_latency_ms_p50"] = _hist_quantile(
-                    m, "reranker_request_latency_seconds", 0.5, 1000.0)
+                    m, "reranker_request_latency_seconds", 0.5, 1000.0
+                )
                 for s in services:
                     if not s.alive():
                         record["worker_died"] = s.log_tail()
@@ -502,8 +612,14 @@ def _hist_quantile(metrics: dict[str, float], name: str, q: float, scale: float 
     return None
 
 
-def ladder(bw: BenchWorld, cfg: RunConfig, rates: Sequence[float], work: Path,
-           emit: Callable[[dict[str, Any]], None], stop_after_failures: int = 1) -> dict[str, Any]:
+def ladder(
+    bw: BenchWorld,
+    cfg: RunConfig,
+    rates: Sequence[float],
+    work: Path,
+    emit: Callable[[dict[str, Any]], None],
+    stop_after_failures: int = 1,
+) -> dict[str, Any]:
     """Measure each rate in turn; the maximum sustainable rate is the highest one that passed
     (no missing result, p99 <= 100 ms) below the first failure."""
     records, failures, best = [], 0, None
@@ -518,8 +634,15 @@ def ladder(bw: BenchWorld, cfg: RunConfig, rates: Sequence[float], work: Path,
             failures += 1
             if failures >= stop_after_failures:
                 break
-    summary = {"kind": "ladder", "target": cfg.target, "candidates": cfg.candidates, "workers": cfg.workers,
-               "overrides": cfg.overrides, "rates": list(rates), "max_sustainable": best}
+    summary = {
+        "kind": "ladder",
+        "target": cfg.target,
+        "candidates": cfg.candidates,
+        "workers": cfg.workers,
+        "overrides": cfg.overrides,
+        "rates": list(rates),
+        "max_sustainable": best,
+    }
     emit(summary)
     return summary
 
@@ -527,21 +650,33 @@ def ladder(bw: BenchWorld, cfg: RunConfig, rates: Sequence[float], work: Path,
 def describe(rec: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.1f}"
+
     cpu = ", ".join(f"{k} {v:.0%}" for k, v in (rec.get("cpu_share") or {}).items())
-    return (f"{rec['target']} x{rec.get('workers', 1)} {rec['rate']:g}/s {rec['candidates']} cand: "
-            f"p50 {f(rec.get('p50_ms'))} p95 {f(rec.get('p95_ms'))} p99 {f(rec.get('p99_ms'))} "
-            f"max {f(rec.get('max_ms'))} ms, achieved {rec.get('achieved_rate', 0):.0f}/s, "
-            f"missing {rec.get('missing')}, sustainable {rec.get('sustainable')}; cpu {cpu}; "
-            f"load1 {rec.get('load1_before')}, machine busy {rec.get('cpu_busy_before', float('nan')):.0%} before")
+    return (
+        f"{rec['target']} x{rec.get('workers', 1)} {rec['rate']:g}/s {rec['candidates']} cand: "
+        f"p50 {f(rec.get('p50_ms'))} p95 {f(rec.get('p95_ms'))} p99 {f(rec.get('p99_ms'))} "
+        f"max {f(rec.get('max_ms'))} ms, achieved {rec.get('achieved_rate', 0):.0f}/s, "
+        f"missing {rec.get('missing')}, sustainable {rec.get('sustainable')}; cpu {cpu}; "
+        f"load1 {rec.get('load1_before')}, machine busy {rec.get('cpu_busy_before', float('nan')):.0%} before"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Event ingestion and state size
 
 
-def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: str,
-           overrides: dict[str, str], backlog: bool = True, timeout: float = 3600.0,
-           profile_s: float = 0.0) -> dict[str, Any]:
+def ingest(
+    bw: BenchWorld,
+    work: Path,
+    *,
+    n_users: int,
+    n_events: int,
+    store: str,
+    overrides: dict[str, str],
+    backlog: bool = True,
+    timeout: float = 3600.0,
+    profile_s: float = 0.0,
+) -> dict[str, Any]:
     """Events per second through the online-update path, and the worker's RSS and data dir after.
 
     With ``backlog`` the events are produced before the worker starts, so the rate is the
@@ -552,8 +687,14 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
     import numpy as np
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"ingest-{n_users}-", dir=work))
-    record: dict[str, Any] = {"kind": "ingest", "users": n_users, "events": n_events, "store": store,
-                              "overrides": overrides, "backlog": backlog}
+    record: dict[str, Any] = {
+        "kind": "ingest",
+        "users": n_users,
+        "events": n_events,
+        "store": store,
+        "overrides": overrides,
+        "backlog": backlog,
+    }
     worker = None
     try:
         quiet = wait_for_quiet()
@@ -573,8 +714,12 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
             def events() -> Iterator[dict[str, Any]]:
                 for n in range(n_events):
                     # Every user gets an event before any gets a second one.
-                    yield {"user_id": f"v{user_of[n % n_users]:0{width}d}", "item_id": items[int(item_pick[n])],
-                           "event_type": kinds[n % len(kinds)], "ts": start_ts + n}
+                    yield {
+                        "user_id": f"v{user_of[n % n_users]:0{width}d}",
+                        "item_id": items[int(item_pick[n])],
+                        "event_type": kinds[n % len(kinds)],
+                        "ts": start_ts + n,
+                    }
 
             if not backlog:
                 worker = start_worker(broker.bootstrap, bw.model_dir, run_dir, overrides, store=store)
@@ -604,8 +749,11 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
                         first_at, cpu0 = now, _cpu_seconds(worker.process.pid)
                         broker_cpu0 = _cpu_seconds(broker.process.pid)
                         if profile_s:
-                            start_py_spy(worker.process.pid, profile_s,
-                                         work / f"profile-ingest-{n_users}-{store.split(':')[0]}.txt")
+                            start_py_spy(
+                                worker.process.pid,
+                                profile_s,
+                                work / f"profile-ingest-{n_users}-{store.split(':')[0]}.txt",
+                            )
                     samples.append((now, applied))
                     if applied >= n_events:
                         break
@@ -615,8 +763,9 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
             last_at = samples[-1][0]
             cpu1 = _cpu_seconds(worker.process.pid)
             broker_cpu1 = _cpu_seconds(broker.process.pid)
-            committed_at = wait_committed(broker.bootstrap, settings.app_id, settings.events_topic,
-                                          positions, timeout=120)
+            committed_at = wait_committed(
+                broker.bootstrap, settings.app_id, settings.events_topic, positions, timeout=120
+            )
             record["load1_after"] = load1()
             span = max(1e-9, last_at - first_at)
             record["apply_s"] = round(span, 2)
@@ -627,8 +776,9 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
             record["events_per_s_10_90"] = round(0.8 * n_events / max(1e-9, hi - lo), 1)
             # Rate in each tenth of the events: shows whether ingestion slows as topics and state grow.
             marks = [first_at] + [next(t for t, a in samples if a >= q / 10 * n_events) for q in range(1, 11)]
-            record["events_per_s_by_tenth"] = [round(0.1 * n_events / max(1e-9, b - a), 1)
-                                               for a, b in zip(marks, marks[1:])]
+            record["events_per_s_by_tenth"] = [
+                round(0.1 * n_events / max(1e-9, b - a), 1) for a, b in itertools.pairwise(marks)
+            ]
             record["commit_lag_s"] = round(committed_at - last_at, 2)
             record["worker_cpu_share"] = round((cpu1 - cpu0) / span, 3)
             record["broker_cpu_share"] = round((broker_cpu1 - broker_cpu0) / span, 3)
@@ -656,8 +806,15 @@ def ingest(bw: BenchWorld, work: Path, *, n_users: int, n_events: int, store: st
 # The Processor alone
 
 
-def process_timing(model_dir: Path, items: Sequence[str], *, n_users: int = 10_000, n_events: int = 50_000,
-                   batch: int = 64, online: bool = True) -> dict[str, Any]:
+def process_timing(
+    model_dir: Path,
+    items: Sequence[str],
+    *,
+    n_users: int = 10_000,
+    n_events: int = 50_000,
+    batch: int = 64,
+    online: bool = True,
+) -> dict[str, Any]:
     """Events per second through ``Processor.process`` alone: parsing, online updates and state
     encoding into a dict (no Kafka, no faust), in batches like the agent's; shows how much of
     a worker's time per event is the project's own code."""
@@ -686,25 +843,49 @@ def process_timing(model_dir: Path, items: Sequence[str], *, n_users: int = 10_0
     rng = np.random.default_rng(3)
     kinds = ("view", "click", "add_to_cart", "purchase")
     width = max(7, len(str(n_users - 1)))
-    messages = [InMessage(settings.events_topic, 0, n, None, None, orjson.dumps({
-        "user_id": f"v{n % n_users:0{width}d}", "item_id": items[int(rng.integers(len(items)))],
-        "event_type": kinds[n % len(kinds)], "ts": 2e9 + n})) for n in range(n_events)]
+    messages = [
+        InMessage(
+            settings.events_topic,
+            0,
+            n,
+            None,
+            None,
+            orjson.dumps(
+                {
+                    "user_id": f"v{n % n_users:0{width}d}",
+                    "item_id": items[int(rng.integers(len(items)))],
+                    "event_type": kinds[n % len(kinds)],
+                    "ts": 2e9 + n,
+                }
+            ),
+        )
+        for n in range(n_events)
+    ]
     load = wait_for_quiet()["load1_before"]
     started, cpu = time.perf_counter(), time.process_time()
     for i in range(0, n_events, batch):
-        processor.process(messages[i:i + batch])
+        processor.process(messages[i : i + batch])
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"kind": "process", "users": n_users, "events": n_events, "batch": batch, "online": online,
-            "events_per_s": round(n_events / wall, 1), "us_per_event": round(wall / n_events * 1e6, 1),
-            "cpu_us_per_event": round(cpu / n_events * 1e6, 1), "load1_before": load}
+    return {
+        "kind": "process",
+        "users": n_users,
+        "events": n_events,
+        "batch": batch,
+        "online": online,
+        "events_per_s": round(n_events / wall, 1),
+        "us_per_event": round(wall / n_events * 1e6, 1),
+        "cpu_us_per_event": round(cpu / n_events * 1e6, 1),
+        "load1_before": load,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Model forward time
 
 
-def forward_timing(model_dir: Path, *, calls: int = 3000, candidates: int = 100,
-                   threads: Sequence[int] = (0, 1)) -> list[dict[str, Any]]:
+def forward_timing(
+    model_dir: Path, *, calls: int = 3000, candidates: int = 100, threads: Sequence[int] = (0, 1)
+) -> list[dict[str, Any]]:
     """Median time of one 100-candidate request: rerank_batch, the raw eager forward, TorchScript."""
     import numpy as np
     import torch
@@ -720,8 +901,13 @@ def forward_timing(model_dir: Path, *, calls: int = 3000, candidates: int = 100,
     rng = np.random.default_rng(0)
     ids = list(bundle.item_index)
     cands = [ids[int(i)] for i in rng.choice(len(ids), size=candidates, replace=False)]
-    inp = ScoringInput(user_vector=state.vector, history=history_rows(bundle, state.history),
-                       candidates=cands, upstream=rng.random(candidates), k=None)
+    inp = ScoringInput(
+        user_vector=state.vector,
+        history=history_rows(bundle, state.history),
+        candidates=cands,
+        upstream=rng.random(candidates),
+        k=None,
+    )
     u = torch.from_numpy(state.vector[None, :].astype(np.float32))
     h = torch.from_numpy(inp.history[None, :])
     it = torch.tensor([[bundle.item_index[c] for c in cands]], dtype=torch.int64)
@@ -753,11 +939,16 @@ def forward_timing(model_dir: Path, *, calls: int = 3000, candidates: int = 100,
     for n in threads:
         torch.set_num_threads(n or default_threads)
         load = wait_for_quiet()["load1_before"]
-        rec = {"kind": "forward", "candidates": candidates, "torch_threads": torch.get_num_threads(),
-               "calls": calls, "load1_before": load,
-               "rerank_batch": timed(lambda: rerank_batch(bundle, [inp])),
-               "model_forward_eager": timed(eager),
-               "model_forward_torchscript": timed(script)}
+        rec = {
+            "kind": "forward",
+            "candidates": candidates,
+            "torch_threads": torch.get_num_threads(),
+            "calls": calls,
+            "load1_before": load,
+            "rerank_batch": timed(lambda: rerank_batch(bundle, [inp])),
+            "model_forward_eager": timed(eager),
+            "model_forward_torchscript": timed(script),
+        }
         rec["load1_after"] = load1()
         records.append(rec)
     torch.set_num_threads(default_threads)
@@ -788,9 +979,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--world-events", type=int, default=40_000)
     ap.add_argument("--max-epochs", type=int, default=3)
     ap.add_argument("--worker-repo", help="run the worker from this checkout (A/B of code versions)")
-    ap.add_argument("--quiet", type=float, default=0.0, metavar="LOAD",
-                    help="before each measurement wait (up to 15 min) for the 1-minute load average "
-                         "to fall to LOAD; the figure is recorded either way")
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        metavar="LOAD",
+        help="before each measurement wait (up to 15 min) for the 1-minute load average "
+        "to fall to LOAD; the figure is recorded either way",
+    )
     ap.add_argument("--quiet-max-wait", type=float, default=900.0, metavar="SECONDS")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -805,17 +1001,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-events", type=int, default=3, help="events per user applied before the window")
     p.add_argument("--all-rates", action="store_true", help="do not stop at the first failing rate")
     p.add_argument("--profile", choices=("", "py-spy"), default="")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="worker setting (RERANKER_KEY), e.g. batch_window_ms=2; an upper-case KEY "
-                        "is a plain environment variable of the worker, e.g. OMP_NUM_THREADS=1")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="worker setting (RERANKER_KEY), e.g. batch_window_ms=2; an upper-case KEY "
+        "is a plain environment variable of the worker, e.g. OMP_NUM_THREADS=1",
+    )
 
     p = sub.add_parser("ingest", help="events/s through online updates, then RSS and disk")
     p.add_argument("--users", default="10000", help="comma-separated user counts")
     p.add_argument("--events", type=int, default=0, help="events per run (default: one per user)")
     p.add_argument("--store", default="rocksdb://")
     p.add_argument("--live", action="store_true", help="produce while the worker runs (default: backlog)")
-    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
-                   help="sample the worker with py-spy for SECONDS from the first applied event")
+    p.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sample the worker with py-spy for SECONDS from the first applied event",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("process", help="events/s through the Processor alone (no Kafka, no faust)")
@@ -850,47 +1056,87 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(out_path, "ab") as fh:
             fh.write(orjson.dumps(rec) + b"\n")
 
-    bw = prepare_world(work, n_users=a.world_users, n_items=a.world_items, n_events=a.world_events,
-                       max_epochs=a.max_epochs, retrain=a.retrain)
+    bw = prepare_world(
+        work,
+        n_users=a.world_users,
+        n_items=a.world_items,
+        n_events=a.world_events,
+        max_epochs=a.max_epochs,
+        retrain=a.retrain,
+    )
     if a.command == "latency":
-        cfg = RunConfig(target=a.target, candidates=a.candidates, workers=a.workers, window_s=a.window,
-                        warmup_s=a.warmup, state_events_per_user=a.state_events, store=a.store,
-                        overrides=_overrides(a.set), profile=a.profile)
+        cfg = RunConfig(
+            target=a.target,
+            candidates=a.candidates,
+            workers=a.workers,
+            window_s=a.window,
+            warmup_s=a.warmup,
+            state_events_per_user=a.state_events,
+            store=a.store,
+            overrides=_overrides(a.set),
+            profile=a.profile,
+        )
         rates = [float(r) for r in a.rates.split(",")]
         summary = ladder(bw, cfg, rates, work, emit, stop_after_failures=len(rates) if a.all_rates else 1)
-        say(f"max sustainable rate ({a.target}, {a.candidates} candidates, {a.workers} worker(s)): "
-            f"{summary['max_sustainable']}")
+        say(
+            f"max sustainable rate ({a.target}, {a.candidates} candidates, {a.workers} worker(s)): "
+            f"{summary['max_sustainable']}"
+        )
     elif a.command == "ingest":
         for users in [int(u) for u in a.users.split(",")]:
-            rec = ingest(bw, work, n_users=users, n_events=a.events or users, store=a.store,
-                         overrides=_overrides(a.set), backlog=not a.live, profile_s=a.profile)
+            rec = ingest(
+                bw,
+                work,
+                n_users=users,
+                n_events=a.events or users,
+                store=a.store,
+                overrides=_overrides(a.set),
+                backlog=not a.live,
+                profile_s=a.profile,
+            )
             emit(rec)
-            say(f"  ingest {users} users / {rec['events']} events ({a.store}): {rec['events_per_s']} events/s "
+            say(
+                f"  ingest {users} users / {rec['events']} events ({a.store}): {rec['events_per_s']} events/s "
                 f"(10-90%: {rec['events_per_s_10_90']}), worker cpu {rec['worker_cpu_share']:.0%} "
                 f"({rec['worker_cpu_us_per_event']} us/event), broker cpu {rec['broker_cpu_share']:.0%}, "
                 f"RSS {rec['rss_mb_start']} -> {rec['rss_mb']} MB, data dir {rec['data_dir_mb']} MB; "
-                f"load1 {rec['load1_before']}")
+                f"load1 {rec['load1_before']}"
+            )
     elif a.command == "process":
         for batch in (1, a.batch):
             rec = process_timing(bw.model_dir, bw.items, n_users=a.users, n_events=a.events, batch=batch)
             emit(rec)
-            say(f"  Processor alone, batches of {batch}: {rec['events_per_s']} events/s "
-                f"({rec['us_per_event']} us/event); load1 {rec['load1_before']}")
+            say(
+                f"  Processor alone, batches of {batch}: {rec['events_per_s']} events/s "
+                f"({rec['us_per_event']} us/event); load1 {rec['load1_before']}"
+            )
     elif a.command == "forward":
         for rec in forward_timing(bw.model_dir, calls=a.calls, candidates=a.candidates):
             emit(rec)
-            say(f"  forward ({rec['candidates']} candidates, {rec['torch_threads']} torch threads): "
+            say(
+                f"  forward ({rec['candidates']} candidates, {rec['torch_threads']} torch threads): "
                 f"rerank_batch {rec['rerank_batch']['median_ms']} ms, eager forward "
                 f"{rec['model_forward_eager']['median_ms']} ms, TorchScript "
-                f"{rec['model_forward_torchscript']['median_ms']} ms (medians); load1 {rec['load1_before']}")
+                f"{rec['model_forward_torchscript']['median_ms']} ms (medians); load1 {rec['load1_before']}"
+            )
     elif a.command == "smoke":
-        cfg = RunConfig(target=a.target, candidates=a.candidates, window_s=a.window, warmup_s=1.0,
-                        drain_s=10.0, state_events_per_user=1)
+        cfg = RunConfig(
+            target=a.target,
+            candidates=a.candidates,
+            window_s=a.window,
+            warmup_s=1.0,
+            drain_s=10.0,
+            state_events_per_user=1,
+        )
         rec = measure(bw, cfg, a.rate, work)
         emit(rec)
         say(describe(rec))
-        say("SMOKE " + orjson.dumps({k: rec.get(k) for k in (
-            "sent", "answered", "missing", "errors", "p50_ms", "p99_ms", "achieved_rate")}).decode())
+        say(
+            "SMOKE "
+            + orjson.dumps(
+                {k: rec.get(k) for k in ("sent", "answered", "missing", "errors", "p50_ms", "p99_ms", "achieved_rate")}
+            ).decode()
+        )
         return 0 if rec["missing"] == 0 and rec["answered"] > 0 else 1
     return 0
 

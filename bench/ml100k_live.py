@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from streams.core.jsonl import read_jsonl  # noqa: E402
-from streams.ports import free_port  # noqa: E402
 from streams.devtools.broker import start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
+from streams.ports import free_port  # noqa: E402
 
 
 def run(cmd: list[str], env: dict[str, str], timings: dict[str, float], name: str) -> str:
@@ -39,8 +39,7 @@ def run(cmd: list[str], env: dict[str, str], timings: dict[str, float], name: st
     return done.stdout
 
 
-def parse_movielens_args(ap: argparse.ArgumentParser, work_prefix: str
-                         ) -> tuple[argparse.Namespace, Path, Path]:
+def parse_movielens_args(ap: argparse.ArgumentParser, work_prefix: str) -> tuple[argparse.Namespace, Path, Path]:
     """The options of the MovieLens scripts: ``ap``'s own plus --shared, --work and --kind; returns
     the arguments, the shared directory and the work directory. Exits 77 (the skip status callers
     look for) when the data or the yardstick scripts are absent."""
@@ -62,26 +61,84 @@ def main() -> None:
     a, shared, work = parse_movielens_args(ap, "ml100k-")
     py = sys.executable
     timings: dict[str, float] = {}
-    run([py, str(shared / "eval" / "make_split.py"), "--data", str(shared / "data" / "ml-100k"),
-         "--out", str(work / "split")], dict(os.environ), timings, "make_split")
+    run(
+        [
+            py,
+            str(shared / "eval" / "make_split.py"),
+            "--data",
+            str(shared / "data" / "ml-100k"),
+            "--out",
+            str(work / "split"),
+        ],
+        dict(os.environ),
+        timings,
+        "make_split",
+    )
     broker = start_embedded_broker(port=free_port(), log_file=work / "broker.log")
     worker = None
     try:
         env = {**os.environ, "RERANKER_BROKER": broker.bootstrap}
         cli = [py, "-m", "streams"]
-        run(cli + ["produce", "--topic", "user-events", "--file", str(work / "split" / "train.jsonl")],
-            env, timings, "produce")
-        print(run(cli + ["train", "--topic", "user-events", "--out", str(work / "model"), "--kind", a.kind],
-                  env, timings, "train").strip().splitlines()[-1])
+        run(
+            cli + ["produce", "--topic", "user-events", "--file", str(work / "split" / "train.jsonl")],
+            env,
+            timings,
+            "produce",
+        )
+        print(
+            run(
+                cli + ["train", "--topic", "user-events", "--out", str(work / "model"), "--kind", a.kind],
+                env,
+                timings,
+                "train",
+            )
+            .strip()
+            .splitlines()[-1]
+        )
         started = time.monotonic()
-        worker = launch_worker(work / "model", web_port=free_port(), data_dir=work / "worker",
-                               log_path=work / "worker.log", env=env, cwd=REPO)
-        print(run(cli + ["replay", "--requests", str(work / "split" / "requests.jsonl"), "--out",
-                         str(work / "live.jsonl"), "--timeout", "300"], env, timings, "replay").strip())
+        worker = launch_worker(
+            work / "model",
+            web_port=free_port(),
+            data_dir=work / "worker",
+            log_path=work / "worker.log",
+            env=env,
+            cwd=REPO,
+        )
+        print(
+            run(
+                cli
+                + [
+                    "replay",
+                    "--requests",
+                    str(work / "split" / "requests.jsonl"),
+                    "--out",
+                    str(work / "live.jsonl"),
+                    "--timeout",
+                    "300",
+                ],
+                env,
+                timings,
+                "replay",
+            ).strip()
+        )
         timings["worker_start_and_replay"] = round(time.monotonic() - started, 1)
-        run(cli + ["score", "--model", str(work / "model"), "--requests",
-                   str(work / "split" / "requests.jsonl"), "--events", str(work / "split" / "train.jsonl"),
-                   "--out", str(work / "offline.jsonl")], env, timings, "offline_score")
+        run(
+            cli
+            + [
+                "score",
+                "--model",
+                str(work / "model"),
+                "--requests",
+                str(work / "split" / "requests.jsonl"),
+                "--events",
+                str(work / "split" / "train.jsonl"),
+                "--out",
+                str(work / "offline.jsonl"),
+            ],
+            env,
+            timings,
+            "offline_score",
+        )
     finally:
         if worker is not None:
             stop_process(worker, 30)
@@ -91,14 +148,18 @@ def main() -> None:
     offline = json.loads(subprocess.check_output(score + ["--results", str(work / "offline.jsonl")]))
 
     def orders(path: Path) -> dict[str, list[str]]:
-        return {r["request_id"]: [i["item_id"] for i in r["items"]]
-                for r in read_jsonl(path)}
+        return {r["request_id"]: [i["item_id"] for i in r["items"]] for r in read_jsonl(path)}
 
     lo, oo = orders(work / "live.jsonl"), orders(work / "offline.jsonl")
     same = sum(lo.get(k) == v for k, v in oo.items())
-    report = {"kind": a.kind, "live": live, "offline": offline,
-              "parity": {"identical": same, "requests": len(oo), "share": round(same / max(1, len(oo)), 4)},
-              "seconds": timings, "work": str(work)}
+    report = {
+        "kind": a.kind,
+        "live": live,
+        "offline": offline,
+        "parity": {"identical": same, "requests": len(oo), "share": round(same / max(1, len(oo)), 4)},
+        "seconds": timings,
+        "work": str(work),
+    }
     print(json.dumps(report, indent=1))
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -52,8 +54,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     def sustainable(self, p99_limit_ms: float = 100.0) -> bool:
-        return self.sent > 0 and self.missing == 0 and self.p99_ms is not None \
-            and self.p99_ms <= p99_limit_ms
+        return self.sent > 0 and self.missing == 0 and self.p99_ms is not None and self.p99_ms <= p99_limit_ms
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
@@ -63,11 +64,14 @@ class LoadResult:
     def line(self) -> str:
         def f(v: float | None) -> str:
             return "-" if v is None else f"{v:.1f}"
-        return (f"offered {self.offered_rate:g}/s x {self.window_s:g}s, {self.candidates} cand: "
-                f"sent {self.sent}, answered {self.answered}, missing {self.missing}, "
-                f"achieved {self.achieved_rate:.0f}/s; p50 {f(self.p50_ms)} p95 {f(self.p95_ms)} "
-                f"p99 {f(self.p99_ms)} max {f(self.max_ms)} ms; client send lag p99 "
-                f"{f(self.send_lag_p99_ms)} ms")
+
+        return (
+            f"offered {self.offered_rate:g}/s x {self.window_s:g}s, {self.candidates} cand: "
+            f"sent {self.sent}, answered {self.answered}, missing {self.missing}, "
+            f"achieved {self.achieved_rate:.0f}/s; p50 {f(self.p50_ms)} p95 {f(self.p95_ms)} "
+            f"p99 {f(self.p99_ms)} max {f(self.max_ms)} ms; client send lag p99 "
+            f"{f(self.send_lag_p99_ms)} ms"
+        )
 
 
 class RequestFactory:
@@ -78,8 +82,16 @@ class RequestFactory:
     the worker byte-identical traffic.
     """
 
-    def __init__(self, users: Sequence[str], items: Sequence[str], n_candidates: int, *,
-                 seed: int = 0, pool: int = 256, k: int | None = None) -> None:
+    def __init__(
+        self,
+        users: Sequence[str],
+        items: Sequence[str],
+        n_candidates: int,
+        *,
+        seed: int = 0,
+        pool: int = 256,
+        k: int | None = None,
+    ) -> None:
         if n_candidates > len(items):
             raise ValueError(f"{n_candidates} candidates need at least as many items ({len(items)})")
         rng = np.random.default_rng(seed)
@@ -89,16 +101,19 @@ class RequestFactory:
         self.pool = []
         for _ in range(pool):
             picked = rng.choice(len(items), size=n_candidates, replace=False)
-            self.pool.append([{"item_id": items[int(i)], "score": round(float(rng.random()), 4)}
-                              for i in picked])
+            self.pool.append([{"item_id": items[int(i)], "score": round(float(rng.random()), 4)} for i in picked])
         self.user_order = rng.integers(len(self.users), size=1 << 16)
 
     def make(self, prefix: str, n: int) -> tuple[str, bytes, bytes]:
         """(request_id, key, value) of request number ``n``."""
         user = self.users[int(self.user_order[n % len(self.user_order)])]
         request_id = f"{prefix}-{n}"
-        request: dict[str, Any] = {"request_id": request_id, "user_id": user,
-                                   "candidates": self.pool[n % len(self.pool)], "ts": time.time()}
+        request: dict[str, Any] = {
+            "request_id": request_id,
+            "user_id": user,
+            "candidates": self.pool[n % len(self.pool)],
+            "ts": time.time(),
+        }
         if self.k is not None:
             request["k"] = self.k
         return request_id, user.encode(), orjson.dumps(request)
@@ -108,11 +123,15 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
-async def _start_result_consumer(bootstrap: str, topic: str, partitions: int,
-                                 fetch_wait_ms: int) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=fetch_wait_ms, fetch_min_bytes=1,
-                                auto_offset_reset="latest")
+async def _start_result_consumer(bootstrap: str, topic: str, partitions: int, fetch_wait_ms: int) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_wait_ms,
+        fetch_min_bytes=1,
+        auto_offset_reset="latest",
+    )
     await consumer.start()
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer.assign(tps)
@@ -120,11 +139,21 @@ async def _start_result_consumer(bootstrap: str, topic: str, partitions: int,
     return consumer
 
 
-async def run_open_loop(bootstrap: str, factory: RequestFactory, *, rate: float, window_s: float,
-                        warmup_s: float = 2.0, drain_s: float = 5.0,
-                        requests_topic: str = "rerank-requests", results_topic: str = "reranked-results",
-                        partitions: int = 4, fetch_wait_ms: int = 5, linger_ms: float = 0.0,
-                        prefix: str | None = None) -> LoadResult:
+async def run_open_loop(
+    bootstrap: str,
+    factory: RequestFactory,
+    *,
+    rate: float,
+    window_s: float,
+    warmup_s: float = 2.0,
+    drain_s: float = 5.0,
+    requests_topic: str = "rerank-requests",
+    results_topic: str = "reranked-results",
+    partitions: int = 4,
+    fetch_wait_ms: int = 5,
+    linger_ms: float = 0.0,
+    prefix: str | None = None,
+) -> LoadResult:
     """Offer ``rate`` requests/s for ``warmup_s + window_s`` seconds; report the window.
 
     Requests of the warm-up are sent and answered like the others but left out
@@ -133,11 +162,12 @@ async def run_open_loop(bootstrap: str, factory: RequestFactory, *, rate: float,
     """
     prefix = prefix or f"lg{int(time.time() * 1000) % 10**9}"
     consumer = await _start_result_consumer(bootstrap, results_topic, partitions, fetch_wait_ms)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
-                                max_request_size=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all", max_request_size=4 * 1024 * 1024
+    )
     await producer.start()
-    total = int(round(rate * (warmup_s + window_s)))
-    first_measured = int(round(rate * warmup_s))
+    total = round(rate * (warmup_s + window_s))
+    first_measured = round(rate * warmup_s)
     scheduled = np.full(total, np.nan)
     sent_lag = np.full(total, np.nan)
     arrived = np.full(total, np.nan)
@@ -230,9 +260,17 @@ async def run_open_loop(bootstrap: str, factory: RequestFactory, *, rate: float,
     return result
 
 
-async def probe(bootstrap: str, user_ids: Sequence[str], items: Sequence[str], *, timeout: float,
-                requests_topic: str = "rerank-requests", results_topic: str = "reranked-results",
-                partitions: int = 4, fetch_wait_ms: int = 5) -> bool:
+async def probe(
+    bootstrap: str,
+    user_ids: Sequence[str],
+    items: Sequence[str],
+    *,
+    timeout: float,
+    requests_topic: str = "rerank-requests",
+    results_topic: str = "reranked-results",
+    partitions: int = 4,
+    fetch_wait_ms: int = 5,
+) -> bool:
     """Send one small request per user and wait until every one is answered (True) or ``timeout``."""
     consumer = await _start_result_consumer(bootstrap, results_topic, partitions, fetch_wait_ms)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -243,18 +281,17 @@ async def probe(bootstrap: str, user_ids: Sequence[str], items: Sequence[str], *
         for n, user in enumerate(user_ids):
             request_id = f"{tag}-{n}"
             wanted.add(request_id)
-            value = orjson.dumps({"request_id": request_id, "user_id": user,
-                                  "candidates": [{"item_id": i} for i in items[:5]]})
+            value = orjson.dumps(
+                {"request_id": request_id, "user_id": user, "candidates": [{"item_id": i} for i in items[:5]]}
+            )
             await producer.send(requests_topic, value=value, key=user.encode())
         await producer.flush()
         deadline = time.monotonic() + timeout
         while wanted and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=100)).values():
                 for record in records:
-                    try:
+                    with contextlib.suppress(orjson.JSONDecodeError):
                         wanted.discard(orjson.loads(record.value).get("request_id"))
-                    except orjson.JSONDecodeError:
-                        pass
         return not wanted
     finally:
         await producer.stop()
@@ -276,9 +313,17 @@ def main() -> None:
     users = [f"u{u:05d}" for u in range(a.users)]
     items = [f"i{i:05d}" for i in range(a.items)]
     factory = RequestFactory(users, items, a.candidates)
-    result = asyncio.run(run_open_loop(a.broker, factory, rate=a.rate, window_s=a.duration,
-                                       warmup_s=a.warmup, fetch_wait_ms=a.fetch_wait_ms,
-                                       partitions=a.partitions))
+    result = asyncio.run(
+        run_open_loop(
+            a.broker,
+            factory,
+            rate=a.rate,
+            window_s=a.duration,
+            warmup_s=a.warmup,
+            fetch_wait_ms=a.fetch_wait_ms,
+            partitions=a.partitions,
+        )
+    )
     print(result.line())
     print(orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2).decode())
 

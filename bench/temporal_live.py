@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.ml100k_live import parse_movielens_args, run  # noqa: E402
 from streams.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
-from streams.ports import free_port  # noqa: E402
 from streams.devtools.broker import start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
+from streams.ports import free_port  # noqa: E402
 
 
 def main() -> None:
@@ -37,8 +37,21 @@ def main() -> None:
     py = sys.executable
     timings: dict[str, float] = {}
     split = work / "split"
-    run([py, str(shared / "eval" / "make_split.py"), "--data", str(shared / "data" / "ml-100k"),
-         "--out", str(split), "--protocol", "temporal"], dict(os.environ), timings, "make_split")
+    run(
+        [
+            py,
+            str(shared / "eval" / "make_split.py"),
+            "--data",
+            str(shared / "data" / "ml-100k"),
+            "--out",
+            str(split),
+            "--protocol",
+            "temporal",
+        ],
+        dict(os.environ),
+        timings,
+        "make_split",
+    )
     stream = split / "stream.jsonl"
     if a.limit:
         stream = work / "stream-limited.jsonl"
@@ -46,8 +59,9 @@ def main() -> None:
     truth = split / "truth.jsonl"
     if a.limit:
         asked = {r["request_id"] for r in read_jsonl(stream) if r["kind"] == "request"}
-        truth = write_jsonl(work / "truth-limited.jsonl",
-                            (r for r in read_jsonl(split / "truth.jsonl") if r["request_id"] in asked))
+        truth = write_jsonl(
+            work / "truth-limited.jsonl", (r for r in read_jsonl(split / "truth.jsonl") if r["request_id"] in asked)
+        )
     report: dict[str, object] = {"kind": a.kind, "stream_lines": sum(1 for _ in open(stream))}
     cli = [py, "-m", "streams"]
     for mode in ("online", "frozen"):
@@ -55,26 +69,58 @@ def main() -> None:
         worker = None
         try:
             env = {**os.environ, "RERANKER_BROKER": broker.bootstrap}
-            run(cli + ["produce", "--topic", "user-events", "--file", str(split / "train.jsonl")],
-                env, timings, f"produce_{mode}")
+            run(
+                cli + ["produce", "--topic", "user-events", "--file", str(split / "train.jsonl")],
+                env,
+                timings,
+                f"produce_{mode}",
+            )
             if not (work / "model" / "manifest.json").exists():
                 # Both modes serve this model: the fresh broker holds the same log at the same offsets.
-                print(run(cli + ["train", "--topic", "user-events", "--out", str(work / "model"),
-                                 "--kind", a.kind], env, timings, "train").strip().splitlines()[-1])
+                print(
+                    run(
+                        cli + ["train", "--topic", "user-events", "--out", str(work / "model"), "--kind", a.kind],
+                        env,
+                        timings,
+                        "train",
+                    )
+                    .strip()
+                    .splitlines()[-1]
+                )
             extra = ["--no-online-updates"] if mode == "frozen" else []
-            worker = launch_worker(work / "model", web_port=free_port(), data_dir=work / f"worker-{mode}",
-                                   log_path=work / f"worker-{mode}.log",
-                                   extra_args=["--loglevel", "WARNING", *extra], env=env, cwd=REPO)
-            out = run(cli + ["replay", "--stream", str(stream), "--out", str(work / f"{mode}.jsonl"),
-                             "--timeout", "60"], env, timings, f"replay_{mode}")
+            worker = launch_worker(
+                work / "model",
+                web_port=free_port(),
+                data_dir=work / f"worker-{mode}",
+                log_path=work / f"worker-{mode}.log",
+                extra_args=["--loglevel", "WARNING", *extra],
+                env=env,
+                cwd=REPO,
+            )
+            out = run(
+                cli + ["replay", "--stream", str(stream), "--out", str(work / f"{mode}.jsonl"), "--timeout", "60"],
+                env,
+                timings,
+                f"replay_{mode}",
+            )
             print(mode, out.strip().splitlines()[-1], flush=True)
         finally:
             if worker is not None:
                 stop_process(worker, 30)
             broker.stop()
-        report[mode] = json.loads(subprocess.check_output(
-            [py, str(shared / "eval" / "score.py"), "--truth", str(truth), "--results",
-             str(work / f"{mode}.jsonl"), "--json"]))
+        report[mode] = json.loads(
+            subprocess.check_output(
+                [
+                    py,
+                    str(shared / "eval" / "score.py"),
+                    "--truth",
+                    str(truth),
+                    "--results",
+                    str(work / f"{mode}.jsonl"),
+                    "--json",
+                ]
+            )
+        )
     online, frozen = report["online"]["ndcg@10"], report["frozen"]["ndcg@10"]  # type: ignore[index]
     report["relative_ndcg_gain"] = round(online / frozen - 1.0, 4) if frozen else None
     report["seconds"] = timings

@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import load_artifact  # noqa: E402
-from streams.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
-from streams.core.offline import score_stream_offline  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from trainer.validation import ranking_metrics  # noqa: E402
+from models import load_artifact
+from streams.core.jsonl import read_jsonl, write_jsonl
+from streams.core.offline import score_stream_offline
+from streams.settings import Settings
+from trainer.validation import ranking_metrics
 
 
 def main() -> None:
@@ -42,15 +42,24 @@ def main() -> None:
             settings = dataclasses.replace(base, online_updates=False)
         else:
             steps, lr, negatives = spec.split(",")
-            settings = dataclasses.replace(base, online_steps=int(steps), online_lr=float(lr),
-                                           online_negatives=int(negatives))
+            settings = dataclasses.replace(
+                base, online_steps=int(steps), online_lr=float(lr), online_negatives=int(negatives)
+            )
         started = time.monotonic()
         results = score_stream_offline(bundle, settings, lines)
         metrics = ranking_metrics(results, truth)
         if a.out:
             write_jsonl(Path(a.out) / f"{spec.replace(',', '_')}.jsonl", results)
-        print(json.dumps({"spec": spec, **{k: round(v, 4) for k, v in metrics.items()},
-                          "seconds": round(time.monotonic() - started, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "spec": spec,
+                    **{k: round(v, 4) for k, v in metrics.items()},
+                    "seconds": round(time.monotonic() - started, 1),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

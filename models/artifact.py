@@ -14,10 +14,10 @@ import hashlib
 import math
 import shutil
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,7 +101,7 @@ class ModelBundle:
         rows = feature_rows([latest[i] for i in ids], vocab)
         known = [(self.item_index[i], f) for i, f in zip(ids, rows) if i in self.item_index]
         new = [(i, f) for i, f in zip(ids, rows) if i not in self.item_index and f.any()]
-        model: Any = self.model
+        model = self.model
         if known:
             rows_t = torch.tensor([r for r, _ in known], dtype=torch.int64)
             model.set_item_features(rows_t, torch.from_numpy(np.stack([f for _, f in known])))
@@ -188,7 +188,7 @@ def save_artifact(
         save_file(state_dict, str(tmp / WEIGHTS_FILE))
         state = {"user_history": torch.from_numpy(hist)}
         save_file(state, str(tmp / STATE_FILE))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         digests = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
         salt = f"{digests[WEIGHTS_FILE]}{now.isoformat()}{uuid.uuid4().hex}"
         version = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{hashlib.sha256(salt.encode()).hexdigest()[:10]}"
@@ -215,9 +215,7 @@ def save_artifact(
                 raise ValueError(f"extra may not override manifest key {k!r}")
             manifest[k] = v
         # NaN metrics (no validation users) are written as null: JSON has no NaN.
-        manifest["metrics"] = {
-            k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()
-        }
+        manifest["metrics"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
         (tmp / MANIFEST_FILE).write_bytes(
             orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
@@ -276,7 +274,7 @@ def load_artifact(path: str | Path) -> ModelBundle:
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
         state = load_file(str(path / STATE_FILE))
-    except Exception as e:  # safetensors raises its own error types on bad headers
+    except Exception as e:  # noqa: BLE001  safetensors raises its own error types on bad headers
         raise ValueError(f"artifact {path}: cannot read safetensors: {e}") from None
 
     try:
@@ -297,8 +295,7 @@ def load_artifact(path: str | Path) -> ModelBundle:
     model.requires_grad_(False)
 
     # Older artifacts also hold item_popularity, which nothing reads.
-    check(set(state) in ({"user_history"}, {"user_history", "item_popularity"}),
-          f"state tensors are {sorted(state)}")
+    check(set(state) in ({"user_history"}, {"user_history", "item_popularity"}), f"state tensors are {sorted(state)}")
     hist = state["user_history"]
     check(
         hist.dtype == torch.int64 and tuple(hist.shape) == (n_users + 1, H),

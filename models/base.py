@@ -98,6 +98,19 @@ class Reranker(nn.Module):
         """Set item row 0 to the mean of the known items so unknown items score like an average one."""
         raise NotImplementedError
 
+    def set_item_features(self, rows: Tensor, features: Tensor) -> None:
+        """Overwrite the feature rows of existing items (kinds trained with a `feature_vocab`).
+
+        Args:
+            rows: [K] int64 item rows in 1..n_items.
+            features: [K, V] float32 normalised multi-hot rows (see `models.features`).
+        """
+        raise NotImplementedError(f"model kind {self.name!r} takes no item features")
+
+    def add_items(self, features: Tensor) -> None:
+        """Append K items known only by their features: [K, V] float32 rows; n_items grows by K."""
+        raise NotImplementedError(f"model kind {self.name!r} takes no item features")
+
     def online_vectors(
         self,
         vecs: np.ndarray,
@@ -137,8 +150,9 @@ class Reranker(nn.Module):
         for b in range(out.shape[0]):
             real = np.flatnonzero(weights[b])
             n = int(real[-1]) + 1 if real.size else 1
-            out[b] = _autograd_steps(self, out[b].copy(), histories[b], items[b, :n], labels[b, :n],
-                                     weights[b, :n], steps, lr)
+            out[b] = _autograd_steps(
+                self, out[b].copy(), histories[b], items[b, :n], labels[b, :n], weights[b, :n], steps, lr
+            )
         return out
 
 
@@ -172,9 +186,7 @@ MODEL_REGISTRY: dict[str, type[Reranker]] = {}
 _R = TypeVar("_R", bound=type[Reranker])
 
 
-def register(
-    name: str, *, defaults: Mapping[str, Any] | None = None, stage: str | None = None
-) -> Callable[[_R], _R]:
+def register(name: str, *, defaults: Mapping[str, Any] | None = None, stage: str | None = None) -> Callable[[_R], _R]:
     """Class decorator that registers a `Reranker` subclass under `name`: everything a kind declares.
 
     Args:

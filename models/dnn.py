@@ -7,7 +7,8 @@ model never saw in training can still be scored from its metadata (see `add_item
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -90,9 +91,10 @@ class DNNReranker(Reranker):
         self.pos_logits = nn.Parameter(torch.zeros(self.history_len))
         self.hist_proj = nn.Linear(d, d)
         widths = [3 * d, *mlp_hidden, 1]
-        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.drop = nn.Dropout(float(dropout))
         self.n_features = len(vocab)
+        self.item_features: Tensor  # a buffer, registered only for a model with item features
         if self.n_features:
             self.register_buffer("item_features", torch.zeros(n_items + 1, self.n_features))
             self.feat_emb = nn.Parameter(torch.randn(self.n_features, d) * float(init_std))
@@ -107,8 +109,9 @@ class DNNReranker(Reranker):
             nn.init.eye_(self.hist_proj.weight)
             self.hist_proj.bias.zero_()
             # A small last layer lets the dot product dominate early and the MLP grow into its role.
-            self.mlp[-1].weight.mul_(0.1)
-            self.mlp[-1].bias.zero_()
+            last = cast(nn.Linear, self.mlp[-1])
+            last.weight.mul_(0.1)
+            last.bias.zero_()
 
     @property
     def dim(self) -> int:
@@ -241,9 +244,10 @@ class DNNReranker(Reranker):
         if len(self.mlp) == 1:
             # s = w_u.u + w_q.q + sum_d u_d q_d (1 + w_m,d) + b0 + b_i
             d = self.dim
-            w = self.mlp[0].weight[0]
+            first = cast(nn.Linear, self.mlp[0])
+            w = first.weight[0]
             q = self.item_vectors(rows)
-            item_part = q @ w[d : 2 * d] + self.item_biases(rows) + self.mlp[0].bias[0]
+            item_part = q @ w[d : 2 * d] + self.item_biases(rows) + first.bias[0]
             return (user_repr * (1.0 + w[2 * d :])) @ q.T + (user_repr @ w[:d]).unsqueeze(1) + item_part
         out = []
         for a in range(0, user_repr.shape[0], chunk):
@@ -312,5 +316,7 @@ class DNNReranker(Reranker):
         terms = item_terms_batch(p, items)
         for _ in range(steps):
             _, g = score_and_grad_batch_np(p, vecs + ctx, terms, dloss)
+            if g is None:  # only without dloss; kept for the type checker
+                raise RuntimeError("the backward pass gave no gradient")
             vecs -= lr * g
         return vecs

@@ -140,6 +140,5 @@ def score_and_grad_batch_np(
     for (w, _), a in zip(reversed(p["hidden"]), reversed(acts)):
         gx = np.matmul(gx, w) * (a > 0)
     # gx is now dLoss/d(first-layer output), [B, N, h1].
-    grad_u += np.matmul(gx.sum(axis=1)[:, None, :], p["w_u"])[:, 0] \
-        + (np.matmul(gx, p["w_m"]) * q).sum(axis=1)
+    grad_u += np.matmul(gx.sum(axis=1)[:, None, :], p["w_u"])[:, 0] + (np.matmul(gx, p["w_m"]) * q).sum(axis=1)
     return s, grad_u

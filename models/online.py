@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,22 +55,24 @@ def online_update_batch(
     item_rows = np.asarray(item_rows, dtype=np.int64).reshape(-1)
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)
     n_rows = out.shape[0]
-    if histories.ndim != 2 or not (histories.shape[0] == item_rows.size == weights.size == len(seeds)
-                                   == n_rows):
-        raise ValueError(f"batch shapes disagree: vecs {out.shape}, histories {histories.shape}, "
-                         f"item_rows {item_rows.shape}, weights {weights.shape}, seeds {len(seeds)}")
+    if histories.ndim != 2 or not (histories.shape[0] == item_rows.size == weights.size == len(seeds) == n_rows):
+        raise ValueError(
+            f"batch shapes disagree: vecs {out.shape}, histories {histories.shape}, "
+            f"item_rows {item_rows.shape}, weights {weights.shape}, seeds {len(seeds)}"
+        )
     if steps <= 0:
         return out
     learns = (item_rows > 0) & (weights != 0)
     if learns.all():
         # The usual case, without the copies that picking rows out makes.
-        active, rows, ws, hist, seeds_active = slice(None), item_rows, weights, histories, list(seeds)
+        active: slice | np.ndarray = slice(None)
+        rows, ws, hist, seeds_active = item_rows, weights, histories, list(seeds)
     else:
-        active = np.flatnonzero(learns)
-        if active.size == 0:
+        picked = np.flatnonzero(learns)
+        if picked.size == 0:
             return out
-        rows, ws, hist = item_rows[active], weights[active], histories[active]
-        seeds_active = [seeds[i] for i in active.tolist()]
+        active, rows, ws, hist = picked, item_rows[picked], weights[picked], histories[picked]
+        seeds_active = [seeds[i] for i in picked.tolist()]
     model = bundle.model
     if rows.max() > model.n_items:
         bad = int(rows[rows > model.n_items][0])
@@ -123,8 +125,9 @@ def _batch_targets(
     if n_neg and np.any(positive):
         # Each event's draws are `default_rng(seed).integers(1, n_items, n_neg)` (computed for all
         # rows at once); shifting the draws at or above the event's item skips it uniformly.
-        draws = seeded_integers(seeds if isinstance(picked, slice) else [seeds[i] for i in picked.tolist()],
-                                1, n_items, n_neg)
+        draws = seeded_integers(
+            seeds if isinstance(picked, slice) else [seeds[i] for i in picked.tolist()], 1, n_items, n_neg
+        )
         exclude = rows[picked, None]
         items[picked, 1:] = np.where(draws >= exclude, draws + 1, draws)
     labels = np.zeros(items.shape, dtype=np.float32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def seeded_integers(seeds: Sequence[int], low: int, high: int, n: int) -> np.nda
         [B, n] int64.
     """
     out = np.empty((len(seeds), n), dtype=np.int64)
-    todo = range(len(seeds))
+    todo: Sequence[int] = range(len(seeds))
     if len(seeds) >= MIN_ROWS and n > 0 and _covered(low, high) and _trusted(low, high, n):
         s = _as_uint64(seeds)
         if s is not None:
@@ -138,7 +138,7 @@ def _replica(seeds: np.ndarray, low: int, high: int, n: int) -> tuple[np.ndarray
     leftover = m & np.uint64(_M32)
     threshold = np.uint64(((1 << 32) - (high - low)) % (high - low))
     ok = ~(leftover < threshold).any(axis=1)
-    return (m >> np.uint64(32)).astype(np.int64) + low, ok
+    return (m >> np.uint64(32)).astype(np.int64) + low, np.asarray(ok)
 
 
 def _seed_pool(seeds: np.ndarray) -> np.ndarray:
@@ -181,8 +181,7 @@ def _lcg_consts(k_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 def _consts(values: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """128-bit constants as (high [K], low [K]) uint64."""
-    return (np.array([v >> 64 for v in values], dtype=np.uint64),
-            np.array([v & _M64 for v in values], dtype=np.uint64))
+    return (np.array([v >> 64 for v in values], dtype=np.uint64), np.array([v & _M64 for v in values], dtype=np.uint64))
 
 
 def _mul64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,15 +193,13 @@ def _mul64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a1 * b1 + (p01 >> s32) + (p10 >> s32) + (mid >> s32), a * b
 
 
-def _mul128(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _mul128(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """128-bit products modulo 2**128."""
     hi, lo = _mul64(a_lo, b_lo)
     return hi + a_hi * b_lo + a_lo * b_hi, lo
 
 
-def _add128(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _add128(a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """128-bit sums modulo 2**128."""
     lo = a_lo + b_lo
     return a_hi + b_hi + (lo < a_lo).astype(np.uint64), lo

@@ -8,11 +8,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from streams.core.jsonl import read_jsonl, write_jsonl
 from streams.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from trainer.service_metrics import TrainerMetrics
 
 log = logging.getLogger("reranker")
 
@@ -75,11 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--requests", help="JSON-lines file of re-rank requests, sent all at once")
-    mode.add_argument("--stream", help='JSON-lines file of {"kind": "event"|"request", ...}, sent in '
-                                       "order; each request is answered before the next line is sent")
+    mode.add_argument(
+        "--stream",
+        help='JSON-lines file of {"kind": "event"|"request", ...}, sent in '
+        "order; each request is answered before the next line is sent",
+    )
     p.add_argument("--out", required=True, help="results JSON-lines file, one per request")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds to wait for all results (--requests) or for each one (--stream)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for all results (--requests) or for each one (--stream)",
+    )
 
     p = sub.add_parser("score", help="score requests offline, without Kafka")
     _common(p)
@@ -102,8 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
-    p.add_argument("--history", type=int, default=8000,
-                   help="past interactions to produce first if the events topic is empty (0 = none)")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=8000,
+        help="past interactions to produce first if the events topic is empty (0 = none)",
+    )
     p.add_argument("--seed", type=int, default=7)
 
     p = sub.add_parser("demo", help="embedded broker + synthetic data + training + worker, live")
@@ -118,8 +133,8 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.kafka.topics import create_topics
     from streams.devtools.broker import start_embedded_broker
+    from streams.kafka.topics import create_topics
 
     settings = load_settings(args, broker=f"{args.host}:{args.port}")
     stop: list[bool] = []
@@ -127,8 +142,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.append(True))
     broker = start_embedded_broker(args.host, args.port)
     created = create_topics(settings)
-    print(f"embedded broker on {broker.bootstrap} (memory storage; restart it for a clean state); "
-          f"topics created: {', '.join(created) or 'none'}", flush=True)
+    print(
+        f"embedded broker on {broker.bootstrap} (memory storage; restart it for a clean state); "
+        f"topics created: {', '.join(created) or 'none'}",
+        flush=True,
+    )
     try:
         while not stop and broker.process.poll() is None:
             time.sleep(0.2)
@@ -150,16 +168,21 @@ def _limit_blas_threads(threads: int) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = load_settings(args, store=args.store, web_host=args.web_host, log_level=args.loglevel,
-                             metrics_host=args.metrics_host,
-                             online_updates=False if args.no_online_updates else None)
+    settings = load_settings(
+        args,
+        store=args.store,
+        web_host=args.web_host,
+        log_level=args.loglevel,
+        metrics_host=args.metrics_host,
+        online_updates=False if args.no_online_updates else None,
+    )
     _limit_blas_threads(settings.torch_threads)
     from models import load_artifact
-    from streams.worker.app import build_worker, run_worker
-    from streams.kafka.topics import create_topics
     from streams.core.worker_metrics import WorkerMetrics
+    from streams.kafka.topics import create_topics
     from streams.ports import free_port
     from streams.settings import default_data_dir
+    from streams.worker.app import build_worker, run_worker
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir = args.model or settings.model_dir
@@ -177,8 +200,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     metrics = WorkerMetrics()
     metrics.serve(args.metrics_port, settings.metrics_host)
     worker = build_worker(settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics)
-    log.info("worker: model %s %s, web port %d, data dir %s, online updates %s", bundle.name,
-             bundle.version, web_port, data_dir, "on" if settings.online_updates else "off")
+    log.info(
+        "worker: model %s %s, web port %d, data dir %s, online updates %s",
+        bundle.name,
+        bundle.version,
+        web_port,
+        data_dir,
+        "on" if settings.online_updates else "off",
+    )
     run_worker(worker, settings.log_level)
     return 0
 
@@ -199,9 +228,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.items:
         items = list(read_jsonl(args.items))
     print(f"training {args.kind} on {len(events)} events" + (f", {len(items)} items" if items else ""), flush=True)
-    path = train_to_artifact(events, args.out, kind=args.kind, event_weights=settings.event_weights,
-                             seed=args.seed, trained_through=trained_through, max_epochs=args.max_epochs,
-                             items=items, model_hparams=settings.model_hparams)
+    path = train_to_artifact(
+        events,
+        args.out,
+        kind=args.kind,
+        event_weights=settings.event_weights,
+        seed=args.seed,
+        trained_through=trained_through,
+        max_epochs=args.max_epochs,
+        items=items,
+        model_hparams=settings.model_hparams,
+    )
     print(f"model written to {path} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
 
@@ -226,8 +263,13 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     settings = load_settings(args, models_dir=args.models_dir, metrics_host=args.metrics_host)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     every = parse_duration(args.every)
-    run_args = dict(topic=args.topic, kind=args.kind, seed=args.seed, max_epochs=args.max_epochs,
-                    progress=lambda line: print(line, flush=True))
+    run_args = dict(
+        topic=args.topic,
+        kind=args.kind,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        progress=lambda line: print(line, flush=True),
+    )
     metrics = _trainer_metrics(args.metrics_port, settings)
     if args.once:
         result = run_and_record(settings, metrics, **run_args)
@@ -236,13 +278,14 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"trainer: every {every:.0f}s from {args.topic or settings.events_topic} into "
-          f"{settings.models_dir}", flush=True)
+    print(
+        f"trainer: every {every:.0f}s from {args.topic or settings.events_topic} into {settings.models_dir}", flush=True
+    )
     run_forever(settings, every_s=every, stop=stop, metrics=metrics, **run_args)
     return 0
 
 
-def _trainer_metrics(port: int, settings: Settings):  # type: ignore[no-untyped-def]
+def _trainer_metrics(port: int, settings: Settings) -> TrainerMetrics | None:
     if not port:
         return None
     from trainer.service_metrics import TrainerMetrics
@@ -253,8 +296,8 @@ def _trainer_metrics(port: int, settings: Settings):  # type: ignore[no-untyped-
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.kafka.topics import create_topics, project_topics
     from streams.kafka.clients import produce_records
+    from streams.kafka.topics import create_topics, project_topics
 
     settings = load_settings(args)
     # A topic the broker auto-creates would get its default partition count, not ours.
@@ -266,23 +309,27 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.kafka.topics import create_topics
     from streams.devtools.replay import replay_requests, replay_stream
+    from streams.kafka.topics import create_topics
 
     settings = load_settings(args)
     create_topics(settings)
     started = time.monotonic()
     if args.stream:
-        results, missing = replay_stream(settings, read_jsonl(args.stream), timeout=args.timeout,
-                                         progress=lambda line: print(line, flush=True))
+        results, missing = replay_stream(
+            settings, read_jsonl(args.stream), timeout=args.timeout, progress=lambda line: print(line, flush=True)
+        )
         sent = len(results) + len(missing)
     else:
         requests = list(read_jsonl(args.requests))
         results, missing = replay_requests(settings, requests, timeout=args.timeout)
         sent = len(requests)
     write_jsonl(args.out, results)
-    print(f"replayed {sent} requests in {time.monotonic() - started:.1f}s: "
-          f"{len(results)} results, {len(missing)} missing", flush=True)
+    print(
+        f"replayed {sent} requests in {time.monotonic() - started:.1f}s: "
+        f"{len(results)} results, {len(missing)} missing",
+        flush=True,
+    )
     if missing:
         print("missing request ids (first 10): " + ", ".join(missing[:10]), file=sys.stderr)
         return 1
@@ -321,8 +368,15 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stats = run_loadgen(settings, rate=args.rate, duration=args.duration, history=args.history,
-                        seed=args.seed, stop=stop, say=lambda line: print(line, flush=True))
+    stats = run_loadgen(
+        settings,
+        rate=args.rate,
+        duration=args.duration,
+        history=args.history,
+        seed=args.seed,
+        stop=stop,
+        say=lambda line: print(line, flush=True),
+    )
     # A bounded run is a check: every request must have been answered.
     return 1 if args.duration > 0 and stats.answered < stats.sent else 0
 
@@ -333,9 +387,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(load_settings(args), duration=args.duration, port=args.port)
 
 
-COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "train": cmd_train, "trainer": cmd_trainer, "produce": cmd_produce,
-            "replay": cmd_replay, "score": cmd_score, "evaluate": cmd_evaluate, "demo": cmd_demo,
-            "loadgen": cmd_loadgen}
+COMMANDS = {
+    "broker": cmd_broker,
+    "worker": cmd_worker,
+    "train": cmd_train,
+    "trainer": cmd_trainer,
+    "produce": cmd_produce,
+    "replay": cmd_replay,
+    "score": cmd_score,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+    "loadgen": cmd_loadgen,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

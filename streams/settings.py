@@ -13,9 +13,10 @@ import json
 import os
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "RERANKER_"
 
@@ -122,7 +123,7 @@ class Settings:
         config_file: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
-    ) -> "Settings":
+    ) -> Settings:
         """Build settings from defaults, a config file, the environment and overrides.
 
         Args:
@@ -173,10 +174,9 @@ class Settings:
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise SettingsError("security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
         if self.security_protocol.startswith("SASL") and (
-                self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-                or not self.sasl_username):
-            raise SettingsError("SASL needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) "
-                                "and sasl_username")
+            self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") or not self.sasl_username
+        ):
+            raise SettingsError("SASL needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and sasl_username")
         if not self.store.startswith(("memory://", "rocksdb://")):
             raise SettingsError("store must be memory:// or rocksdb://")
 

@@ -8,16 +8,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
 
 from streams.devtools.broker import EmbeddedBroker, start_embedded_broker
+from streams.devtools.processes import launch_worker, stop_process
 from streams.kafka.topics import create_topics
 from streams.ports import free_port
-from streams.devtools.processes import launch_worker, stop_process
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,8 +53,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The RERANKER_* environment that makes a child process use ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
     for name, value in settings.as_dict().items():
-        env[f"RERANKER_{name.upper()}"] = orjson.dumps(value).decode() if isinstance(value, dict) \
-            else str(value)
+        env[f"RERANKER_{name.upper()}"] = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
     return env
 
 
@@ -71,22 +71,36 @@ class WorkerProcess:
         return stop_process(self.process, timeout)
 
 
-def start_worker(settings: Settings, model_dir: Path, workdir: Path, *extra: str,
-                 web_port: int | None = None) -> WorkerProcess:
+def start_worker(
+    settings: Settings, model_dir: Path, workdir: Path, *extra: str, web_port: int | None = None
+) -> WorkerProcess:
     """A real ``reranker worker`` process; its data dir is ``workdir/data-<web port>``."""
     create_topics(settings)
     metrics_port, web_port = free_port(), web_port or free_port()
     log_path = workdir / f"worker-{web_port}.log"
-    process = launch_worker(model_dir, web_port=web_port, metrics_port=metrics_port,
-                            data_dir=workdir / f"data-{web_port}", log_path=log_path, extra_args=extra,
-                            env=settings_env(settings), cwd=REPO)
+    process = launch_worker(
+        model_dir,
+        web_port=web_port,
+        metrics_port=metrics_port,
+        data_dir=workdir / f"data-{web_port}",
+        log_path=log_path,
+        extra_args=extra,
+        env=settings_env(settings),
+        cwd=REPO,
+    )
     return WorkerProcess(process, metrics_port, web_port, log_path)
 
 
 def run_cli(settings: Settings, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     """Run ``reranker ARGS`` as a user would, with ``settings`` in its environment."""
-    return subprocess.run([sys.executable, "-m", "streams", *args], env=settings_env(settings),
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env=settings_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # Scores of one item from forward passes of different batch shapes (a padded batch or one request,
@@ -100,7 +114,7 @@ def assert_same_results(a: list[dict[str, Any]], b: list[dict[str, Any]], atol: 
     """Results equal up to float noise: the same fields and item order, scores within ``atol``."""
     assert len(a) == len(b), (len(a), len(b))
     for x, y in zip(a, b):
-        strip = lambda r: {k: v for k, v in r.items() if k != "items"}  # noqa: E731
+        strip = lambda r: {k: v for k, v in r.items() if k != "items"}
         assert strip(x) == strip(y), (x, y)
         assert [i["item_id"] for i in x["items"]] == [i["item_id"] for i in y["items"]], x["request_id"]
         assert [i["rank"] for i in x["items"]] == [i["rank"] for i in y["items"]], x["request_id"]
@@ -131,8 +145,9 @@ def trained_world(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorld:
 
     world = make_world(n_users=120, n_items=60, n_clusters=3, seed=21)
     events = generate_events(world, 2500, seed=22)
-    model_dir = train_to_artifact(events, tmp_path_factory.mktemp("model") / "m", seed=0,
-                                  log=lambda line: None, max_epochs=8)
+    model_dir = train_to_artifact(
+        events, tmp_path_factory.mktemp("model") / "m", seed=0, log=lambda line: None, max_epochs=8
+    )
     return TrainedWorld(world, events, Path(model_dir))
 
 

@@ -12,8 +12,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def log_from_topic(settings: Settings, topic: str
-                   ) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[str, int], int]:
+def log_from_topic(settings: Settings, topic: str) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[str, int], int]:
     """Valid events of ``topic`` with their positions.
 
     Returns:
@@ -24,14 +23,23 @@ def log_from_topic(settings: Settings, topic: str
     records, invalid = [], 0
     for partition, offset, value in raw:
         try:
-            event = parse_event(value, event_types=settings.event_weights,
-                                max_bytes=settings.max_message_bytes)
+            event = parse_event(value, event_types=settings.event_weights, max_bytes=settings.max_message_bytes)
         except ContractError:
             invalid += 1
             continue
-        records.append((partition, offset, {
-            "user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type,
-            "ts": event.ts, "value": event.value}))
+        records.append(
+            (
+                partition,
+                offset,
+                {
+                    "user_id": event.user_id,
+                    "item_id": event.item_id,
+                    "event_type": event.event_type,
+                    "ts": event.ts,
+                    "value": event.value,
+                },
+            )
+        )
     if invalid:
         log.warning("skipped %d invalid events of %s", invalid, topic)
     return records, ends, invalid

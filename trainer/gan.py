@@ -44,8 +44,15 @@ def _generator_logits(g: DNNReranker, users: torch.Tensor, hist: torch.Tensor, t
     return g.score_all(u)[:, 1:] / temperature
 
 
-def _d_loss(d: DNNReranker, users: torch.Tensor, hist: torch.Tensor, items: torch.Tensor, fakes: torch.Tensor,
-            weights: torch.Tensor, kind: str) -> torch.Tensor:
+def _d_loss(
+    d: DNNReranker,
+    users: torch.Tensor,
+    hist: torch.Tensor,
+    items: torch.Tensor,
+    fakes: torch.Tensor,
+    weights: torch.Tensor,
+    kind: str,
+) -> torch.Tensor:
     """Weighted loss of D: items [B] are real, fakes [B, S] are not (unless equal to the item).
 
     kind "bce": sigmoid cross-entropy, real 1 and each fake 0 (IRGAN's discriminator).
@@ -227,8 +234,12 @@ def fit_gan(
         ndcg = m.get("ndcg@10", 0.0)
         if not has_val or ndcg > best["ndcg"]:
             net = g if serve == "generator" else d
-            best = {"ndcg": ndcg, "epoch": epoch, "metrics": m,
-                    "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+            best = {
+                "ndcg": ndcg,
+                "epoch": epoch,
+                "metrics": m,
+                "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
+            }
         if distinct < min_distinct:
             stopped = f"generator collapsed in epoch {epoch} ({distinct} distinct items sampled)"
             log(f"gan: {stopped}; keeping epoch {best['epoch']}")

@@ -23,17 +23,17 @@ import math
 import shutil
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 
-from models import ModelBundle, load_artifact
-from models import store
-from streams.kafka.topics import create_topics
-from streams.kafka.clients import produce_records
+from models import ModelBundle, load_artifact, store
 from streams.core.processing import DictStateStore, InMessage, Processor
+from streams.kafka.clients import produce_records
+from streams.kafka.topics import create_topics
 from streams.settings import Settings
 from trainer.event_log import log_from_topic
 from trainer.validation import ranking_metrics
@@ -55,8 +55,9 @@ class RunResult:
     reason: str = ""
 
 
-def split_holdout(records: Sequence[Record], ends: dict[str, int], share: float
-                  ) -> tuple[list[Record], list[Record], dict[str, int]]:
+def split_holdout(
+    records: Sequence[Record], ends: dict[str, int], share: float
+) -> tuple[list[Record], list[Record], dict[str, int]]:
     """Cut each partition at (1 - share) of what the window holds of it.
 
     Returns:
@@ -73,16 +74,23 @@ def split_holdout(records: Sequence[Record], ends: dict[str, int], share: float
         if not part:
             cut[partition] = end
             continue
-        keep = int(math.floor(len(part) * (1.0 - share)))
+        keep = math.floor(len(part) * (1.0 - share))
         cut[partition] = part[keep][1] if keep < len(part) else end
         train.extend(part[:keep])
         held.extend(part[keep:])
     return train, held, cut
 
 
-def holdout_stream(settings: Settings, topic: str, train: Sequence[Record], held: Sequence[Record],
-                   *, max_requests: int, n_negatives: int = 99, seed: int = 0
-                   ) -> tuple[list[InMessage], dict[str, str]]:
+def holdout_stream(
+    settings: Settings,
+    topic: str,
+    train: Sequence[Record],
+    held: Sequence[Record],
+    *,
+    max_requests: int,
+    n_negatives: int = 99,
+    seed: int = 0,
+) -> tuple[list[InMessage], dict[str, str]]:
     """Messages to replay (training events, then held-out events with a request before each
     scored interaction) and the truth {request_id: item_id}."""
     weights = settings.event_weights
@@ -116,22 +124,37 @@ def holdout_stream(settings: Settings, topic: str, train: Sequence[Record], held
             rng.shuffle(candidates)
             request_id = f"holdout-{partition}-{offset}"
             truth[request_id] = event["item_id"]
-            messages.append(InMessage(settings.requests_topic, None, None, None, None, orjson.dumps(
-                {"request_id": request_id, "user_id": event["user_id"], "k": 10,
-                 "candidates": [{"item_id": c} for c in candidates]})))
+            messages.append(
+                InMessage(
+                    settings.requests_topic,
+                    None,
+                    None,
+                    None,
+                    None,
+                    orjson.dumps(
+                        {
+                            "request_id": request_id,
+                            "user_id": event["user_id"],
+                            "k": 10,
+                            "candidates": [{"item_id": c} for c in candidates],
+                        }
+                    ),
+                )
+            )
         messages.append(InMessage(topic, partition, offset, None, None, orjson.dumps(event)))
     return messages, truth
 
 
-def evaluate_on_stream(bundle: ModelBundle, settings: Settings, messages: Sequence[InMessage],
-                       truth: dict[str, str]) -> dict[str, float]:
+def evaluate_on_stream(
+    bundle: ModelBundle, settings: Settings, messages: Sequence[InMessage], truth: dict[str, str]
+) -> dict[str, float]:
     """Replay ``messages`` through a Processor serving ``bundle`` with online updates on."""
     online = dataclasses.replace(settings, online_updates=True)
     processor = Processor(bundle, online, DictStateStore())
     results = []
     step = 512
     for start in range(0, len(messages), step):
-        for out in processor.process(messages[start:start + step]):
+        for out in processor.process(messages[start : start + step]):
             if out.topic == settings.results_topic:
                 results.append(orjson.loads(out.value))
     return ranking_metrics(results, truth)
@@ -145,8 +168,11 @@ def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
     from streams.kafka.clients import read_topic
     from streams.kafka.security import confluent_security
 
-    topics = AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings)}
-                         ).list_topics(timeout=10).topics
+    topics = (
+        AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings)})
+        .list_topics(timeout=10)
+        .topics
+    )
     if settings.items_topic not in topics:
         return []
     latest: dict[str, dict[str, Any]] = {}
@@ -157,10 +183,17 @@ def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn", seed: int = 0,
-             max_epochs: int | None = None, announce: bool = True,
-             progress: Callable[[str], None] = print,
-             train_fn: Callable[..., Path] | None = None) -> RunResult:
+def run_once(
+    settings: Settings,
+    *,
+    topic: str | None = None,
+    kind: str = "dnn",
+    seed: int = 0,
+    max_epochs: int | None = None,
+    announce: bool = True,
+    progress: Callable[[str], None] = print,
+    train_fn: Callable[..., Path] | None = None,
+) -> RunResult:
     """One training run: read, hold out, train, gate, publish, announce."""
     from trainer.train import train_to_artifact
 
@@ -170,36 +203,53 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
     root = Path(settings.models_dir)
     records, ends, invalid = log_from_topic(settings, topic)
     if settings.train_window_events and len(records) > settings.train_window_events:
-        records = sorted(records, key=lambda r: (r[2]["ts"], r[0], r[1]))[-settings.train_window_events:]
+        records = sorted(records, key=lambda r: (r[2]["ts"], r[0], r[1]))[-settings.train_window_events :]
         records.sort(key=lambda r: (r[0], r[1]))
     train, held, cut = split_holdout(records, ends, settings.holdout_share)
     serving_path = store.newest(root)
     serving = load_artifact(serving_path) if serving_path else None
-    if serving is not None and serving.trained_through.get("topic") == topic and all(
-            int(serving.trained_through.get("offsets", {}).get(p, -1)) >= c for p, c in cut.items()):
-        return RunResult("skipped", None, None, {}, None, time.monotonic() - started,
-                         "no events since the serving model's watermark")
+    if (
+        serving is not None
+        and serving.trained_through.get("topic") == topic
+        and all(int(serving.trained_through.get("offsets", {}).get(p, -1)) >= c for p, c in cut.items())
+    ):
+        return RunResult(
+            "skipped", None, None, {}, None, time.monotonic() - started, "no events since the serving model's watermark"
+        )
     if not train:
         return RunResult("skipped", None, None, {}, None, time.monotonic() - started, "no events")
     items = items_from_topic(settings)
-    progress(f"trainer: {len(train)} events to train on, {len(held)} held out, {invalid} invalid skipped"
-             + (f", {len(items)} items with metadata" if items else ""))
+    progress(
+        f"trainer: {len(train)} events to train on, {len(held)} held out, {invalid} invalid skipped"
+        + (f", {len(items)} items with metadata" if items else "")
+    )
     staging = store.staging_dir(root, "train")
     try:
-        artifact = Path(train_fn(
-            [event for _, _, event in train], staging / "artifact", kind=kind,
-            event_weights=settings.event_weights, seed=seed, max_epochs=max_epochs, log=progress,
-            items=items or None, model_hparams=settings.model_hparams,
-            trained_through={"topic": topic, "offsets": cut,
-                             "max_ts": max(e["ts"] for _, _, e in train)}))
+        artifact = Path(
+            train_fn(
+                [event for _, _, event in train],
+                staging / "artifact",
+                kind=kind,
+                event_weights=settings.event_weights,
+                seed=seed,
+                max_epochs=max_epochs,
+                log=progress,
+                items=items or None,
+                model_hparams=settings.model_hparams,
+                trained_through={"topic": topic, "offsets": cut, "max_ts": max(e["ts"] for _, _, e in train)},
+            )
+        )
         candidate = load_artifact(artifact)
-        messages, truth = holdout_stream(settings, topic, train, held,
-                                         max_requests=settings.eval_max_requests, seed=seed)
+        messages, truth = holdout_stream(
+            settings, topic, train, held, max_requests=settings.eval_max_requests, seed=seed
+        )
         candidate_metrics = evaluate_on_stream(candidate, settings, messages, truth)
-        serving_metrics = (evaluate_on_stream(serving, settings, messages, truth)
-                           if serving is not None else None)
-        promote = not truth or serving_metrics is None or (
-            candidate_metrics["ndcg@10"] >= serving_metrics["ndcg@10"] - settings.promotion_tolerance)
+        serving_metrics = evaluate_on_stream(serving, settings, messages, truth) if serving is not None else None
+        promote = (
+            not truth
+            or serving_metrics is None
+            or (candidate_metrics["ndcg@10"] >= serving_metrics["ndcg@10"] - settings.promotion_tolerance)
+        )
         decision = {
             "decision": "promoted" if promote else "rejected",
             "tolerance": settings.promotion_tolerance,
@@ -208,30 +258,45 @@ def run_once(settings: Settings, *, topic: str | None = None, kind: str = "dnn",
             "serving": serving_metrics,
             "serving_version": serving.version if serving else None,
         }
-        progress(f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg@10']:.4f}"
-                 + (f" vs serving {serving.version} {serving_metrics['ndcg@10']:.4f}"
-                    if serving_metrics else " (no serving model)")
-                 + f" on {len(truth)} held-out interactions -> {decision['decision']}")
+        progress(
+            f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg@10']:.4f}"
+            + (
+                f" vs serving {serving.version} {serving_metrics['ndcg@10']:.4f}"
+                if serving is not None and serving_metrics
+                else " (no serving model)"
+            )
+            + f" on {len(truth)} held-out interactions -> {decision['decision']}"
+        )
         manifest_path = artifact / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest["promotion"] = decision
         manifest_path.write_text(json.dumps(manifest, indent=1))
         # Rejected candidates are never published, so every decision also goes to a log.
         with open(root / DECISIONS_LOG, "a") as fh:
-            fh.write(json.dumps({"version": candidate.version, "created": manifest.get("created"),
-                                 **decision}) + "\n")
+            fh.write(json.dumps({"version": candidate.version, "created": manifest.get("created"), **decision}) + "\n")
         if not promote:
-            return RunResult("rejected", candidate.version, None, candidate_metrics, serving_metrics,
-                             time.monotonic() - started, "candidate worse than the serving model")
+            return RunResult(
+                "rejected",
+                candidate.version,
+                None,
+                candidate_metrics,
+                serving_metrics,
+                time.monotonic() - started,
+                "candidate worse than the serving model",
+            )
         published = store.publish(artifact, root, candidate.version)
         store.prune(root, settings.keep_versions, protect=published.name)
         if announce:
             create_topics(settings, [settings.model_updates_topic])
-            produce_records(settings, settings.model_updates_topic, [
-                {"name": candidate.name, "version": candidate.version, "path": str(published.resolve())}])
+            produce_records(
+                settings,
+                settings.model_updates_topic,
+                [{"name": candidate.name, "version": candidate.version, "path": str(published.resolve())}],
+            )
         progress(f"trainer: published {published}")
-        return RunResult("promoted", candidate.version, published, candidate_metrics, serving_metrics,
-                         time.monotonic() - started)
+        return RunResult(
+            "promoted", candidate.version, published, candidate_metrics, serving_metrics, time.monotonic() - started
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -259,8 +324,9 @@ def run_and_record(settings: Settings, metrics: Any = None, **run_args: Any) -> 
     return result
 
 
-def run_forever(settings: Settings, *, every_s: float, stop: threading.Event, metrics: Any = None,
-                **run_args: Any) -> None:
+def run_forever(
+    settings: Settings, *, every_s: float, stop: threading.Event, metrics: Any = None, **run_args: Any
+) -> None:
     """Run, then wait ``every_s`` (interruptible), until ``stop`` is set. A failed run is logged
     and counted; the service keeps going."""
     while not stop.is_set():

@@ -32,33 +32,38 @@ def metric_label(key: str) -> str:
 class TrainerMetrics:
     """All metrics of one trainer, on their own registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry or CollectorRegistry()
         self.clock = clock
         r = self.registry
         self.last_success = Gauge(
             "reranker_trainer_last_success_timestamp_seconds",
             "When the last run that trained and evaluated a model ended (seconds since the epoch).",
-            registry=r)
+            registry=r,
+        )
         self.last_run_start = Gauge(
             "reranker_trainer_last_run_start_timestamp_seconds",
-            "When the last run started, whatever its outcome (seconds since the epoch).", registry=r)
+            "When the last run started, whatever its outcome (seconds since the epoch).",
+            registry=r,
+        )
         self.run_duration = Gauge(
-            "reranker_trainer_run_duration_seconds", "Wall time of the last finished or failed run.",
-            registry=r)
+            "reranker_trainer_run_duration_seconds", "Wall time of the last finished or failed run.", registry=r
+        )
         self.validation = Gauge(
             "reranker_trainer_validation_metric",
             "Held-out quality of the last trained candidate (ndcg_at_10, hr_at_10, ...).",
-            ["metric"], registry=r)
+            ["metric"],
+            registry=r,
+        )
         self.validation_requests = Gauge(
             "reranker_trainer_validation_requests",
-            "Held-out interactions the last candidate was evaluated on.", registry=r)
+            "Held-out interactions the last candidate was evaluated on.",
+            registry=r,
+        )
         self.promotions = Counter(
-            "reranker_trainer_promotions_total", "Gate decisions on trained candidates.",
-            ["decision"], registry=r)
-        self.runs = Counter("reranker_trainer_runs_total", "Runs by outcome.", ["outcome"],
-                            registry=r)
+            "reranker_trainer_promotions_total", "Gate decisions on trained candidates.", ["decision"], registry=r
+        )
+        self.runs = Counter("reranker_trainer_runs_total", "Runs by outcome.", ["outcome"], registry=r)
         # Known label values start at 0, so rates and increases read 0 rather than "no data".
         for decision in DECISIONS:
             self.promotions.labels(decision)

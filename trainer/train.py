@@ -82,8 +82,10 @@ def check_model_hparams(model_hparams: Mapping[str, Mapping[str, Any]]) -> None:
             raise ValueError(f"model_hparams: {e.args[0]}") from None
         unknown = set(table) - _known_hparams(cls)
         if unknown:
-            raise ValueError(f"model_hparams.{kind}: unknown hyper-parameters {sorted(unknown)}; "
-                             f"known: {sorted(_known_hparams(cls))}")
+            raise ValueError(
+                f"model_hparams.{kind}: unknown hyper-parameters {sorted(unknown)}; "
+                f"known: {sorted(_known_hparams(cls))}"
+            )
 
 
 def _auto_threads(n_examples: int) -> int:

@@ -78,9 +78,7 @@ def rank_metrics(ranked: Mapping[str, list[str]], truth: Mapping[str, str], k: i
     return {"requests": len(truth), "missing": missing, f"hr@{k}": hr / n, f"ndcg@{k}": ndcg / n, "mrr": mrr / n}
 
 
-
-def ranking_metrics(results: Sequence[Mapping[str, Any]], truth: Mapping[str, str], k: int = 10
-                    ) -> dict[str, float]:
+def ranking_metrics(results: Sequence[Mapping[str, Any]], truth: Mapping[str, str], k: int = 10) -> dict[str, float]:
     """`rank_metrics` of result records ({"request_id", "items": [{"item_id"}, ...]}) over
     ``truth``; a request without a result counts as a miss.
 
@@ -88,5 +86,4 @@ def ranking_metrics(results: Sequence[Mapping[str, Any]], truth: Mapping[str, st
         {"hr@k", "ndcg@k", "mrr", "requests"}.
     """
     m = rank_metrics({r["request_id"]: [i["item_id"] for i in r.get("items", [])] for r in results}, truth, k)
-    return {f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "mrr": m["mrr"],
-            "requests": float(m["requests"])}
+    return {f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "mrr": m["mrr"], "requests": float(m["requests"])}

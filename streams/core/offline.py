@@ -17,27 +17,30 @@ from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.settings import Settings
 
 
-def score_offline(bundle: ModelBundle, settings: Settings, requests: Iterable[dict[str, Any]],
-                  events: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+def score_offline(
+    bundle: ModelBundle, settings: Settings, requests: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
     """Results (dicts of the results contract) for ``requests``, in request order."""
     processor = Processor(bundle, settings, DictStateStore())
-    event_messages = [InMessage(settings.events_topic, None, None, None, None, orjson.dumps(e))
-                      for e in events]
+    event_messages = [InMessage(settings.events_topic, None, None, None, None, orjson.dumps(e)) for e in events]
     processor.process(event_messages)
     request_list = list(requests)
     results: list[dict[str, Any]] = []
     step = settings.batch_max
     for start in range(0, len(request_list), step):
-        chunk = [InMessage(settings.requests_topic, None, None, None, None, orjson.dumps(r))
-                 for r in request_list[start:start + step]]
+        chunk = [
+            InMessage(settings.requests_topic, None, None, None, None, orjson.dumps(r))
+            for r in request_list[start : start + step]
+        ]
         for out in processor.process(chunk):
             if out.topic == settings.results_topic:
                 results.append(orjson.loads(out.value))
     return results
 
 
-def score_stream_offline(bundle: ModelBundle, settings: Settings,
-                         lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def score_stream_offline(
+    bundle: ModelBundle, settings: Settings, lines: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Results for a mixed stream ({"kind": "event"|"request", ...}) handled strictly in order,
     as ``reranker replay --stream`` drives a worker."""
     processor = Processor(bundle, settings, DictStateStore())

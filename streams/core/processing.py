@@ -102,17 +102,25 @@ def dead_letter(settings: Settings, message: InMessage, reason: str, error: str)
         text, encoding = raw.decode("utf-8"), "text"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(raw).decode(), "base64"
-    value = orjson.dumps({"topic": message.topic, "partition": message.partition,
-                          "offset": message.offset, "reason": reason, "error": error,
-                          "raw": text, "raw_encoding": encoding, "ts": time.time()})
+    value = orjson.dumps(
+        {
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "reason": reason,
+            "error": error,
+            "raw": text,
+            "raw_encoding": encoding,
+            "ts": time.time(),
+        }
+    )
     return OutMessage(settings.dead_letter_topic, message.key, value)
 
 
 def redelivered(message: InMessage, state: UserState) -> bool:
     """Whether the event was already applied to ``state``: Kafka redelivers what was consumed
     after the last committed offset when a worker restarts after the state write."""
-    return message.offset is not None and state.last_offset is not None \
-        and message.offset <= state.last_offset
+    return message.offset is not None and state.last_offset is not None and message.offset <= state.last_offset
 
 
 class Processor:
@@ -126,8 +134,14 @@ class Processor:
     event of its user that came before it.
     """
 
-    def __init__(self, bundle: ModelBundle, settings: Settings, store: StateStore,
-                 metrics: WorkerMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        settings: Settings,
+        store: StateStore,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.bundle = bundle
         self.settings = settings
         self.store = store
@@ -150,8 +164,11 @@ class Processor:
                     pending_users.add(request.user_id)
             elif message.topic == self.settings.events_topic:
                 try:
-                    event = parse_event(message.value, event_types=self.settings.event_weights,
-                                        max_bytes=self.settings.max_message_bytes)
+                    event = parse_event(
+                        message.value,
+                        event_types=self.settings.event_weights,
+                        max_bytes=self.settings.max_message_bytes,
+                    )
                 except ContractError as exc:
                     self.metrics.events.labels("invalid", exc.code).inc()
                     self.metrics.dead_letters.labels(exc.code).inc()
@@ -169,8 +186,9 @@ class Processor:
 
     def _parse_request(self, message: InMessage, outputs: list[OutMessage]) -> ParsedRequest | None:
         try:
-            return parse_request(message.value, max_candidates=self.settings.max_candidates,
-                                 max_bytes=self.settings.max_message_bytes)
+            return parse_request(
+                message.value, max_candidates=self.settings.max_candidates, max_bytes=self.settings.max_message_bytes
+            )
         except ContractError as exc:
             self.metrics.requests.labels(exc.code).inc()
             self.metrics.dead_letters.labels(exc.code).inc()
@@ -178,9 +196,21 @@ class Processor:
             # Answer whenever the request can be identified, so the client stops waiting.
             if exc.request_id is not None:
                 key = exc.user_id.encode() if exc.user_id is not None else message.key
-                outputs.append(OutMessage(self.settings.results_topic, key, encode_error_result(
-                    exc.request_id, exc.user_id, exc.code, exc.message, self.bundle.name,
-                    self.bundle.version, self.clock())))
+                outputs.append(
+                    OutMessage(
+                        self.settings.results_topic,
+                        key,
+                        encode_error_result(
+                            exc.request_id,
+                            exc.user_id,
+                            exc.code,
+                            exc.message,
+                            self.bundle.name,
+                            self.bundle.version,
+                            self.clock(),
+                        ),
+                    )
+                )
             return None
 
     def _apply_one(self, event: UserEvent, message: InMessage, outputs: list[OutMessage]) -> None:
@@ -200,14 +230,22 @@ class Processor:
                 self.metrics.events.labels(event.event_type, "duplicate").inc()
                 return
             updated = apply_event(
-                self.bundle, state, event.user_id, event.item_id, event.event_type, event.ts,
-                self.settings.event_weights[event.event_type], online=True,
-                steps=self.settings.online_steps, lr=self.settings.online_lr,
-                negatives=self.settings.online_negatives, offset=message.offset)
+                self.bundle,
+                state,
+                event.user_id,
+                event.item_id,
+                event.event_type,
+                event.ts,
+                self.settings.event_weights[event.event_type],
+                online=True,
+                steps=self.settings.online_steps,
+                lr=self.settings.online_lr,
+                negatives=self.settings.online_negatives,
+                offset=message.offset,
+            )
             self.store.put(event.user_id, updated, message)
         except Exception as exc:  # a bug must not stop the stream; the event is kept aside
-            log.exception("failed to apply event at %s[%s]@%s", message.topic, message.partition,
-                          message.offset)
+            log.exception("failed to apply event at %s[%s]@%s", message.topic, message.partition, message.offset)
             self.metrics.events.labels(event.event_type, "error").inc()
             self.metrics.dead_letters.labels("internal_error").inc()
             outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
@@ -229,8 +267,7 @@ class Processor:
             return
         planned: list[tuple[UserEvent, InMessage]] = []
         for event, message in group:
-            if already_trained(self.bundle.trained_through, message.topic, message.partition,
-                               message.offset, event.ts):
+            if already_trained(self.bundle.trained_through, message.topic, message.partition, message.offset, event.ts):
                 self.metrics.events.labels(event.event_type, "trained").inc()
             elif not self.settings.online_updates:
                 # Frozen serving: the model's own state only, neither vector nor history moves.
@@ -255,8 +292,9 @@ class Processor:
                 try:
                     self.store.put(user_id, state, source)
                 except Exception:
-                    log.exception("failed to store the state of %d events of one user; applying them "
-                                  "one by one", len(outcomes))
+                    log.exception(
+                        "failed to store the state of %d events of one user; applying them one by one", len(outcomes)
+                    )
                     for event, message, _ in outcomes:
                         self._apply_one(event, message, outputs)
                     continue
@@ -265,8 +303,9 @@ class Processor:
                 if outcome == "ok" and message.timestamp is not None:
                     self.metrics.state_update_lag.observe(max(0.0, self.clock() - message.timestamp))
 
-    def _apply_rounds(self, by_user: dict[str, list[tuple[UserEvent, InMessage]]]
-                      ) -> dict[str, tuple[UserState, InMessage | None, list[Outcome]]]:
+    def _apply_rounds(
+        self, by_user: dict[str, list[tuple[UserEvent, InMessage]]]
+    ) -> dict[str, tuple[UserState, InMessage | None, list[Outcome]]]:
         """Each user's events applied in order, in memory, batched across users.
 
         Args:
@@ -300,12 +339,24 @@ class Processor:
             if not batch:
                 break
             updated = apply_events(
-                self.bundle, [states[user_id] for user_id in users],
-                [Interaction(event.user_id, event.item_id, event.event_type, event.ts,
-                             settings.event_weights[event.event_type], message.offset)
-                 for event, message in batch],
-                online=True, steps=settings.online_steps, lr=settings.online_lr,
-                negatives=settings.online_negatives)
+                self.bundle,
+                [states[user_id] for user_id in users],
+                [
+                    Interaction(
+                        event.user_id,
+                        event.item_id,
+                        event.event_type,
+                        event.ts,
+                        settings.event_weights[event.event_type],
+                        message.offset,
+                    )
+                    for event, message in batch
+                ],
+                online=True,
+                steps=settings.online_steps,
+                lr=settings.online_lr,
+                negatives=settings.online_negatives,
+            )
             for user_id, (event, message), state in zip(users, batch, updated):
                 states[user_id] = state
                 sources[user_id] = message
@@ -322,10 +373,15 @@ class Processor:
             # new model's; the history is item ids, valid in any model and newer than the new
             # model's copy, so it is kept (as are the counts).
             fresh = initial_state(self.bundle, user_id)
-            return UserState(vector=fresh.vector, history=state.history or fresh.history,
-                             counts=state.counts, applied=state.applied,
-                             model_version=self.bundle.version, last_ts=state.last_ts,
-                             last_offset=state.last_offset)
+            return UserState(
+                vector=fresh.vector,
+                history=state.history or fresh.history,
+                counts=state.counts,
+                applied=state.applied,
+                model_version=self.bundle.version,
+                last_ts=state.last_ts,
+                last_offset=state.last_offset,
+            )
         return state
 
     def _answer(self, pending: list[tuple[ParsedRequest, InMessage]], outputs: list[OutMessage]) -> None:
@@ -337,12 +393,15 @@ class Processor:
             inputs = []
             for request, message in pending:
                 state = self.state_of(request.user_id, message)
-                inputs.append(ScoringInput(
-                    user_vector=state.vector,
-                    history=history_rows(self.bundle, state.history),
-                    candidates=request.item_ids,
-                    upstream=np.array(request.scores, dtype=np.float64),
-                    k=request.k))
+                inputs.append(
+                    ScoringInput(
+                        user_vector=state.vector,
+                        history=history_rows(self.bundle, state.history),
+                        candidates=request.item_ids,
+                        upstream=np.array(request.scores, dtype=np.float64),
+                        k=request.k,
+                    )
+                )
             ranked = rerank_batch(self.bundle, inputs)
         except Exception as exc:  # answer every waiting client rather than drop the batch
             log.exception("scoring a batch of %d requests failed", len(pending))
@@ -350,19 +409,35 @@ class Processor:
                 metrics.requests.labels("internal_error").inc()
                 metrics.dead_letters.labels("internal_error").inc()
                 outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
-                outputs.append(OutMessage(self.settings.results_topic, request.user_id.encode(),
-                                          encode_error_result(
-                                              request.request_id, request.user_id, "internal_error",
-                                              "the worker failed to score this request",
-                                              self.bundle.name, self.bundle.version, self.clock())))
+                outputs.append(
+                    OutMessage(
+                        self.settings.results_topic,
+                        request.user_id.encode(),
+                        encode_error_result(
+                            request.request_id,
+                            request.user_id,
+                            "internal_error",
+                            "the worker failed to score this request",
+                            self.bundle.name,
+                            self.bundle.version,
+                            self.clock(),
+                        ),
+                    )
+                )
             return
         metrics.score_duration.observe(time.perf_counter() - started)
         metrics.batch_size.observe(len(pending))
         now = self.clock()
         for (request, message), items in zip(pending, ranked):
-            outputs.append(OutMessage(self.settings.results_topic, request.user_id.encode(),
-                                      encode_result(request.request_id, request.user_id, items,
-                                                    self.bundle.name, self.bundle.version, now)))
+            outputs.append(
+                OutMessage(
+                    self.settings.results_topic,
+                    request.user_id.encode(),
+                    encode_result(
+                        request.request_id, request.user_id, items, self.bundle.name, self.bundle.version, now
+                    ),
+                )
+            )
             metrics.requests.labels("ok").inc()
             metrics.candidates.observe(len(request.item_ids))
             start = request_start(request.ts, message.timestamp, now)

@@ -49,8 +49,7 @@ class ContractError(ValueError):
         user_id: the user id, when it could be recovered.
     """
 
-    def __init__(self, code: str, message: str, *, request_id: str | None = None,
-                 user_id: str | None = None) -> None:
+    def __init__(self, code: str, message: str, *, request_id: str | None = None, user_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -113,8 +112,7 @@ def _number(obj: Mapping[str, Any], name: str, *, required: bool) -> float | Non
     return number
 
 
-def parse_event(raw: bytes | str | None, *, event_types: Mapping[str, float],
-                max_bytes: int = 1_048_576) -> UserEvent:
+def parse_event(raw: bytes | str | None, *, event_types: Mapping[str, float], max_bytes: int = 1_048_576) -> UserEvent:
     """Parse and validate a ``user-events`` value.
 
     Args:
@@ -130,17 +128,15 @@ def parse_event(raw: bytes | str | None, *, event_types: Mapping[str, float],
     item_id = _id(obj, "item_id")
     event_type = obj.get("event_type")
     if not isinstance(event_type, str):
-        raise ContractError("missing_field", "field 'event_type' is required and must be a string",
-                            user_id=user_id)
+        raise ContractError("missing_field", "field 'event_type' is required and must be a string", user_id=user_id)
     if event_type not in event_types:
-        raise ContractError("unknown_event_type",
-                            f"event_type {event_type!r} is not one of {sorted(event_types)}",
-                            user_id=user_id)
+        raise ContractError(
+            "unknown_event_type", f"event_type {event_type!r} is not one of {sorted(event_types)}", user_id=user_id
+        )
     ts = _number(obj, "ts", required=True)
     value = _number(obj, "value", required=False)
     request_id = _id(obj, "request_id", required=False)
-    return UserEvent(user_id=user_id, item_id=item_id, event_type=event_type, ts=ts,
-                     value=value, request_id=request_id)
+    return UserEvent(user_id=user_id, item_id=item_id, event_type=event_type, ts=ts, value=value, request_id=request_id)
 
 
 def recover_request_id(raw: bytes | str | None) -> tuple[str | None, str | None]:
@@ -154,8 +150,11 @@ def recover_request_id(raw: bytes | str | None) -> tuple[str | None, str | None]
     out = []
     for name in ("request_id", "user_id"):
         value = obj.get(name)
-        out.append(str(value) if isinstance(value, (str, int)) and not isinstance(value, bool)
-                   and 0 < len(str(value)) <= 256 else None)
+        out.append(
+            str(value)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and 0 < len(str(value)) <= 256
+            else None
+        )
     return out[0], out[1]
 
 
@@ -189,8 +188,7 @@ class ParsedRequest:
         return [ParsedCandidate(i, None if s != s else s) for i, s in zip(self.item_ids, self.scores)]
 
 
-def parse_request(raw: bytes | str | None, *, max_candidates: int,
-                  max_bytes: int = 1_048_576) -> ParsedRequest:
+def parse_request(raw: bytes | str | None, *, max_candidates: int, max_bytes: int = 1_048_576) -> ParsedRequest:
     """Parse and validate a ``rerank-requests`` value.
 
     Raises:
@@ -205,8 +203,9 @@ def parse_request(raw: bytes | str | None, *, max_candidates: int,
         if not isinstance(candidates, list) or not candidates:
             raise ContractError("no_candidates", "field 'candidates' must be a non-empty list")
         if len(candidates) > max_candidates:
-            raise ContractError("too_many_candidates",
-                                f"{len(candidates)} candidates exceed the limit of {max_candidates}")
+            raise ContractError(
+                "too_many_candidates", f"{len(candidates)} candidates exceed the limit of {max_candidates}"
+            )
         item_ids: list[str] = []
         scores: list[float] = []
         seen: set[str] = set()
@@ -241,34 +240,42 @@ def parse_request(raw: bytes | str | None, *, max_candidates: int,
     except ContractError as exc:
         exc.request_id, exc.user_id = recover_request_id(raw)
         raise
-    return ParsedRequest(request_id=request_id, user_id=user_id, item_ids=item_ids, scores=scores,
-                         k=k, ts=ts, context=context)
+    return ParsedRequest(
+        request_id=request_id, user_id=user_id, item_ids=item_ids, scores=scores, k=k, ts=ts, context=context
+    )
 
 
-def encode_result(request_id: str, user_id: str, ranked: list[tuple[str, float]],
-                  model_name: str, model_version: str, ts: float) -> bytes:
+def encode_result(
+    request_id: str, user_id: str, ranked: list[tuple[str, float]], model_name: str, model_version: str, ts: float
+) -> bytes:
     """JSON of a successful result; ``ranked`` is best first."""
-    return orjson.dumps({
-        "request_id": request_id,
-        "user_id": user_id,
-        "items": [{"item_id": item, "score": score, "rank": rank}
-                  for rank, (item, score) in enumerate(ranked, start=1)],
-        "model": {"name": model_name, "version": model_version},
-        "ts": ts,
-    })
+    return orjson.dumps(
+        {
+            "request_id": request_id,
+            "user_id": user_id,
+            "items": [
+                {"item_id": item, "score": score, "rank": rank} for rank, (item, score) in enumerate(ranked, start=1)
+            ],
+            "model": {"name": model_name, "version": model_version},
+            "ts": ts,
+        }
+    )
 
 
-def encode_error_result(request_id: str | None, user_id: str | None, code: str, message: str,
-                        model_name: str, model_version: str, ts: float) -> bytes:
+def encode_error_result(
+    request_id: str | None, user_id: str | None, code: str, message: str, model_name: str, model_version: str, ts: float
+) -> bytes:
     """JSON of an error result, so a client waiting on the request id is answered."""
-    return orjson.dumps({
-        "request_id": request_id,
-        "user_id": user_id,
-        "items": [],
-        "model": {"name": model_name, "version": model_version},
-        "ts": ts,
-        "error": {"code": code, "message": message},
-    })
+    return orjson.dumps(
+        {
+            "request_id": request_id,
+            "user_id": user_id,
+            "items": [],
+            "model": {"name": model_name, "version": model_version},
+            "ts": ts,
+            "error": {"code": code, "message": message},
+        }
+    )
 
 
 def parse_item(raw: bytes | None) -> dict[str, Any] | None:
@@ -278,7 +285,10 @@ def parse_item(raw: bytes | None) -> dict[str, Any] | None:
         record = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("item_id"), (str, int)) \
-            or isinstance(record.get("item_id"), bool):
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("item_id"), (str, int))
+        or isinstance(record.get("item_id"), bool)
+    ):
         return None
     return {**record, "item_id": str(record["item_id"])}

@@ -53,8 +53,7 @@ def rerank_batch(bundle: ModelBundle, inputs: Sequence[ScoringInput]) -> list[li
     users = np.stack([x.user_vector for x in inputs]).astype(np.float32, copy=False)
     histories = np.stack([x.history for x in inputs])
     with torch.inference_mode():
-        scores = bundle.model(torch.from_numpy(users), torch.from_numpy(histories),
-                              torch.from_numpy(items)).numpy()
+        scores = bundle.model(torch.from_numpy(users), torch.from_numpy(histories), torch.from_numpy(items)).numpy()
     # The same item can score a few ulps differently at another position or in
     # another batch (vectorised kernels); rounding makes equal scores equal, so
     # ties break by the rules below and live and offline scoring agree.
@@ -71,6 +70,5 @@ def rerank_batch(bundle: ModelBundle, inputs: Sequence[ScoringInput]) -> list[li
             order = order[: request.k]
         # tolist() converts in one call; indexing numpy scalars one by one costs ~1 us each.
         candidates = request.candidates
-        ranked.append([(candidates[i], score)
-                       for i, score in zip(order.tolist(), model_scores[order].tolist())])
+        ranked.append([(candidates[i], score) for i, score in zip(order.tolist(), model_scores[order].tolist())])
     return ranked

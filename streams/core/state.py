@@ -46,15 +46,17 @@ class UserState:
 
 
 def encode_state(state: UserState) -> bytes:
-    return orjson.dumps({
-        "v": base64.b64encode(np.ascontiguousarray(state.vector, dtype=np.float32).tobytes()).decode(),
-        "h": state.history,
-        "c": state.counts,
-        "n": state.applied,
-        "m": state.model_version,
-        "t": state.last_ts,
-        "o": state.last_offset,
-    })
+    return orjson.dumps(
+        {
+            "v": base64.b64encode(np.ascontiguousarray(state.vector, dtype=np.float32).tobytes()).decode(),
+            "h": state.history,
+            "c": state.counts,
+            "n": state.applied,
+            "m": state.model_version,
+            "t": state.last_ts,
+            "o": state.last_offset,
+        }
+    )
 
 
 def decode_state(raw: bytes) -> UserState:
@@ -84,12 +86,13 @@ def history_rows(bundle: ModelBundle, history: list[str]) -> np.ndarray:
     rows = np.zeros(length, dtype=np.int64)
     recent = history[-length:]
     if recent:
-        rows[length - len(recent):] = [bundle.item_index.get(item, 0) for item in recent]
+        rows[length - len(recent) :] = [bundle.item_index.get(item, 0) for item in recent]
     return rows
 
 
-def already_trained(trained_through: Mapping[str, Any], topic: str | None, partition: int | None,
-                    offset: int | None, ts: float) -> bool:
+def already_trained(
+    trained_through: Mapping[str, Any], topic: str | None, partition: int | None, offset: int | None, ts: float
+) -> bool:
     """Whether the model already learned from this event.
 
     Kafka positions are exact and preferred: they apply when the model was
@@ -98,8 +101,13 @@ def already_trained(trained_through: Mapping[str, Any], topic: str | None, parti
     learned).
     """
     offsets = trained_through.get("offsets")
-    if offsets and topic is not None and topic == trained_through.get("topic") \
-            and partition is not None and offset is not None:
+    if (
+        offsets
+        and topic is not None
+        and topic == trained_through.get("topic")
+        and partition is not None
+        and offset is not None
+    ):
         return offset < int(offsets.get(str(partition), 0))
     max_ts = trained_through.get("max_ts")
     return max_ts is not None and ts <= float(max_ts)
@@ -132,22 +140,49 @@ class Interaction:
     offset: int | None = None
 
 
-def apply_event(bundle: ModelBundle, state: UserState, user_id: str, item_id: str, event_type: str, ts: float,
-                weight: float, *, online: bool, steps: int, lr: float, negatives: int,
-                offset: int | None = None) -> UserState:
+def apply_event(
+    bundle: ModelBundle,
+    state: UserState,
+    user_id: str,
+    item_id: str,
+    event_type: str,
+    ts: float,
+    weight: float,
+    *,
+    online: bool,
+    steps: int,
+    lr: float,
+    negatives: int,
+    offset: int | None = None,
+) -> UserState:
     """Apply one interaction to a user's state and return the new state.
 
     A learning step moves the user vector towards the item (away from it for
     negative feedback) against the model's item representations; positive
     interactions also enter the history. `apply_events` with one row.
     """
-    [updated] = apply_events(bundle, [state], [Interaction(user_id, item_id, event_type, ts, weight, offset)],
-                             online=online, steps=steps, lr=lr, negatives=negatives)
+    [updated] = apply_events(
+        bundle,
+        [state],
+        [Interaction(user_id, item_id, event_type, ts, weight, offset)],
+        online=online,
+        steps=steps,
+        lr=lr,
+        negatives=negatives,
+    )
     return updated
 
 
-def apply_events(bundle: ModelBundle, states: Sequence[UserState], interactions: Sequence[Interaction], *,
-                 online: bool, steps: int, lr: float, negatives: int) -> list[UserState]:
+def apply_events(
+    bundle: ModelBundle,
+    states: Sequence[UserState],
+    interactions: Sequence[Interaction],
+    *,
+    online: bool,
+    steps: int,
+    lr: float,
+    negatives: int,
+) -> list[UserState]:
     """Apply interaction i to states[i], for every i, with one batched online update.
 
     Rows are independent: result i is bit for bit what `apply_event` gives for that state and
@@ -180,7 +215,10 @@ def apply_events(bundle: ModelBundle, states: Sequence[UserState], interactions:
             np.array([rows[i] for i in learn], dtype=np.int64),
             np.array([interactions[i].weight for i in learn], dtype=np.float64),
             [update_seed(interactions[i].user_id, states[i].applied) for i in learn],
-            steps=steps, lr=lr, n_negatives=negatives)
+            steps=steps,
+            lr=lr,
+            n_negatives=negatives,
+        )
         for k, i in enumerate(learn):
             vectors[i] = learned[k].copy()  # its own buffer, not a view pinning the whole batch
     return [_advanced(bundle, state, it, vector) for state, it, vector in zip(states, interactions, vectors)]
@@ -190,9 +228,15 @@ def _advanced(bundle: ModelBundle, state: UserState, it: Interaction, vector: np
     """The state after `it`, with `vector` as its (already updated) user vector."""
     history = state.history
     if it.weight > 0:
-        history = (history + [it.item_id])[-bundle.history_len:]
+        history = (history + [it.item_id])[-bundle.history_len :]
     counts = dict(state.counts)
     counts[it.event_type] = counts.get(it.event_type, 0) + 1
-    return UserState(vector=vector, history=history, counts=counts, applied=state.applied + 1,
-                     model_version=state.model_version, last_ts=max(state.last_ts, it.ts),
-                     last_offset=it.offset if it.offset is not None else state.last_offset)
+    return UserState(
+        vector=vector,
+        history=history,
+        counts=counts,
+        applied=state.applied + 1,
+        model_version=state.model_version,
+        last_ts=max(state.last_ts, it.ts),
+        last_offset=it.offset if it.offset is not None else state.last_offset,
+    )

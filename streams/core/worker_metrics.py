@@ -13,10 +13,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 disable_created_metrics()
 
 # Explicit buckets: the interesting range of a re-ranker is well below 100 ms.
-LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-                   0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
-SCORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
-                 0.1, 0.25)
+LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+SCORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 # A request ts older than this, or ahead of the worker's clock by more than the skew, is
 # not trusted as the start of the request: a replayed or badly clocked client would
@@ -25,9 +41,14 @@ REQUEST_TS_MAX_AGE_S = 3600.0
 REQUEST_TS_MAX_SKEW_S = 1.0
 
 
-def request_start(request_ts: float | None, kafka_ts: float | None, now: float, *,
-                  max_age_s: float = REQUEST_TS_MAX_AGE_S,
-                  max_skew_s: float = REQUEST_TS_MAX_SKEW_S) -> float | None:
+def request_start(
+    request_ts: float | None,
+    kafka_ts: float | None,
+    now: float,
+    *,
+    max_age_s: float = REQUEST_TS_MAX_AGE_S,
+    max_skew_s: float = REQUEST_TS_MAX_SKEW_S,
+) -> float | None:
     """When a request started, for the end-to-end latency.
 
     The client's own ``ts`` includes the time spent before Kafka accepted the
@@ -56,45 +77,68 @@ class WorkerMetrics:
         self.request_latency = Histogram(
             "reranker_request_latency_seconds",
             "End to end: request ts (or its Kafka timestamp) to result publish.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.score_duration = Histogram(
-            "reranker_score_duration_seconds", "Model forward and ordering of one batch.",
-            buckets=SCORE_BUCKETS, registry=r)
+            "reranker_score_duration_seconds",
+            "Model forward and ordering of one batch.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "reranker_batch_requests", "Requests scored in one forward pass.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+            "reranker_batch_requests",
+            "Requests scored in one forward pass.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.batch_messages = Histogram(
-            "reranker_batch_messages", "Messages (events and requests) taken from the stream as one batch.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+            "reranker_batch_messages",
+            "Messages (events and requests) taken from the stream as one batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
         self.candidates = Histogram(
-            "reranker_request_candidates", "Candidates per request.",
-            buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000), registry=r)
-        self.requests = Counter("reranker_requests_total", "Requests by outcome.", ["outcome"],
-                                registry=r)
-        self.events = Counter("reranker_events_total", "Events by type and outcome.",
-                              ["event_type", "outcome"], registry=r)
-        self.dead_letters = Counter("reranker_dead_letters_total", "Dead-lettered messages by reason.",
-                                    ["reason"], registry=r)
+            "reranker_request_candidates",
+            "Candidates per request.",
+            buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.requests = Counter("reranker_requests_total", "Requests by outcome.", ["outcome"], registry=r)
+        self.events = Counter(
+            "reranker_events_total", "Events by type and outcome.", ["event_type", "outcome"], registry=r
+        )
+        self.dead_letters = Counter(
+            "reranker_dead_letters_total", "Dead-lettered messages by reason.", ["reason"], registry=r
+        )
         self.state_update_lag = Histogram(
-            "reranker_state_update_lag_seconds", "Event ts to the user-state update.",
-            buckets=LATENCY_BUCKETS, registry=r)
-        self.model_info = Gauge("reranker_model_info", "The serving model (value 1).",
-                                ["name", "version"], registry=r)
-        self.model_swaps = Counter(
-            "reranker_model_swaps_total", "Model versions swapped in while running.", registry=r)
+            "reranker_state_update_lag_seconds",
+            "Event ts to the user-state update.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge("reranker_model_info", "The serving model (value 1).", ["name", "version"], registry=r)
+        self.model_swaps = Counter("reranker_model_swaps_total", "Model versions swapped in while running.", registry=r)
         self.model_load_failures = Counter(
             "reranker_model_load_failures_total",
-            "Model versions that failed to load (the previous model keeps serving).", registry=r)
+            "Model versions that failed to load (the previous model keeps serving).",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "reranker_consumer_lag",
             "Messages not yet processed: sum over this worker's partitions of the topic of "
-            "high watermark minus committed offset.", ["topic"], registry=r)
+            "high watermark minus committed offset.",
+            ["topic"],
+            registry=r,
+        )
         self.last_batch = Gauge(
             "reranker_worker_last_batch_timestamp_seconds",
-            "When the agent last finished a batch (seconds since the epoch).", registry=r)
+            "When the agent last finished a batch (seconds since the epoch).",
+            registry=r,
+        )
         self.users_in_state = Gauge(
-            "reranker_users_in_state", "Users in this worker's partitions of the user-state table.",
-            registry=r)
+            "reranker_users_in_state", "Users in this worker's partitions of the user-state table.", registry=r
+        )
         # A counter with labels has no series until first used; the healthy outcome is
         # created now so that rates read 0, not "no data", on a worker yet to see traffic.
         self.requests.labels("ok")

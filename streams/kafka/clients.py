@@ -106,12 +106,15 @@ def _partitions(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[i
 
 
 def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
-            for p in _partitions(consumer, topic)}
+    return {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
+        for p in _partitions(consumer, topic)
+    }
 
 
-def read_topic(settings: Settings, topic: str, *, max_idle: float = 10.0
-               ) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
+def read_topic(
+    settings: Settings, topic: str, *, max_idle: float = 10.0
+) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
     """Everything in ``topic`` up to its end at the time reading starts.
 
     The end of each partition is the high watermark carried by fetch responses,
@@ -144,8 +147,7 @@ def read_topic(settings: Settings, topic: str, *, max_idle: float = 10.0
             if batch:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > max_idle:
-                raise TimeoutError(f"reading {topic}: no progress for {max_idle}s "
-                                   f"(positions {position}, ends {ends})")
+                raise TimeoutError(f"reading {topic}: no progress for {max_idle}s (positions {position}, ends {ends})")
             for msg in batch:
                 if (err := msg.error()) is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -193,8 +195,9 @@ class ResultCollector:
                 log.warning("skipping a non-JSON message on %s", self.topic)
         return out
 
-    def wait_for(self, request_ids: Iterable[str], timeout: float,
-                 on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    def wait_for(
+        self, request_ids: Iterable[str], timeout: float, on_result: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Collect results until every id has one or ``timeout`` passes; the first result per id wins."""
         wanted = set(request_ids)
         got: dict[str, dict[str, Any]] = {}

@@ -10,8 +10,9 @@ from streams.kafka.security import aiokafka_security
 from streams.settings import Settings
 
 
-async def follow_topic(settings: Settings, topic: str, handle: Callable[[list[bytes | None]], Awaitable[None]],
-                       *, from_beginning: bool) -> None:
+async def follow_topic(
+    settings: Settings, topic: str, handle: Callable[[list[bytes | None]], Awaitable[None]], *, from_beginning: bool
+) -> None:
     """Hand every batch of values on ``topic`` to ``handle``, until cancelled.
 
     No consumer group: each worker reads every partition itself (model announcements and item
@@ -24,9 +25,12 @@ async def follow_topic(settings: Settings, topic: str, handle: Callable[[list[by
         from_beginning: read what is already there first; otherwise only what comes next.
     """
     consumer = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
-        auto_offset_reset="earliest", fetch_max_wait_ms=max(10, settings.consumer_fetch_wait_ms * 20),
-        **aiokafka_security(settings))
+        bootstrap_servers=settings.bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=max(10, settings.consumer_fetch_wait_ms * 20),
+        **aiokafka_security(settings),
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or {0}

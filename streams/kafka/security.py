@@ -24,13 +24,19 @@ def confluent_security(settings: Settings) -> dict[str, Any]:
         return {}
     config: dict[str, Any] = {"security.protocol": settings.security_protocol}
     if settings.security_protocol.startswith("SASL"):
-        config.update({"sasl.mechanism": settings.sasl_mechanism,
-                       "sasl.username": settings.sasl_username,
-                       "sasl.password": settings.sasl_password})
+        config.update(
+            {
+                "sasl.mechanism": settings.sasl_mechanism,
+                "sasl.username": settings.sasl_username,
+                "sasl.password": settings.sasl_password,
+            }
+        )
     if settings.security_protocol.endswith("SSL"):
-        for key, value in (("ssl.ca.location", settings.ssl_cafile),
-                           ("ssl.certificate.location", settings.ssl_certfile),
-                           ("ssl.key.location", settings.ssl_keyfile)):
+        for key, value in (
+            ("ssl.ca.location", settings.ssl_cafile),
+            ("ssl.certificate.location", settings.ssl_certfile),
+            ("ssl.key.location", settings.ssl_keyfile),
+        ):
             if value:
                 config[key] = value
     return config
@@ -44,7 +50,11 @@ def aiokafka_security(settings: Settings) -> dict[str, Any]:
     if settings.security_protocol.endswith("SSL"):
         out["ssl_context"] = ssl_context(settings)
     if settings.security_protocol.startswith("SASL"):
-        out.update({"sasl_mechanism": settings.sasl_mechanism,
-                    "sasl_plain_username": settings.sasl_username,
-                    "sasl_plain_password": settings.sasl_password})
+        out.update(
+            {
+                "sasl_mechanism": settings.sasl_mechanism,
+                "sasl_plain_username": settings.sasl_username,
+                "sasl_plain_password": settings.sasl_password,
+            }
+        )
     return out

@@ -40,8 +40,9 @@ def create_topics(
     Returns:
         The names that were created now.
     """
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings),
-                         **(client_config or {})})
+    admin = AdminClient(
+        {"bootstrap.servers": settings.bootstrap, **confluent_security(settings), **(client_config or {})}
+    )
     wanted = list(names) if names is not None else project_topics(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [n for n in wanted if n not in existing]
@@ -52,9 +53,10 @@ def create_topics(
     # Item metadata keeps the latest record per item.
     configs = {settings.items_topic: {"cleanup.policy": "compact"}}
     futures = admin.create_topics(
-        [NewTopic(n, partitions.get(n, settings.partitions), settings.replication_factor,
-                  config=configs.get(n, {}))
-         for n in missing],
+        [
+            NewTopic(n, partitions.get(n, settings.partitions), settings.replication_factor, config=configs.get(n, {}))
+            for n in missing
+        ],
         operation_timeout=timeout,
     )
     created = []

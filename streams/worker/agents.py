@@ -25,10 +25,24 @@ def in_order(events: Sequence[EventT], events_topic: str) -> list[InMessage]:
     millisecond resolution and an event acknowledged just before a request is
     often stamped with the same millisecond: on a tie the event goes first.
     """
-    messages = [InMessage(e.message.topic, e.message.partition, e.message.offset,
-                          e.message.timestamp, e.message.key, e.message.value, e) for e in events]
-    by_source = [list(group) for _, group in groupby(
-        sorted(messages, key=lambda m: (m.topic, m.partition)), key=lambda m: (m.topic, m.partition))]
+    messages = [
+        InMessage(
+            e.message.topic,
+            e.message.partition,
+            e.message.offset,
+            e.message.timestamp,
+            e.message.key,
+            e.message.value,
+            e,
+        )
+        for e in events
+    ]
+    by_source = [
+        list(group)
+        for _, group in groupby(
+            sorted(messages, key=lambda m: (m.topic, m.partition)), key=lambda m: (m.topic, m.partition)
+        )
+    ]
     if len(by_source) == 1:
         return by_source[0]
     for group in by_source:
@@ -42,8 +56,7 @@ def register_agents(app: faust.App, settings: Settings, topics: Topics, processo
     @app.agent(topics.inputs, name="rerank")
     async def rerank(stream: StreamT) -> None:
         # One forward pass per batch of whatever has arrived; nothing waits for a timer.
-        async for batch in take_available(stream, settings.batch_max,
-                                          within=settings.batch_window_ms / 1000.0):
+        async for batch in take_available(stream, settings.batch_max, within=settings.batch_window_ms / 1000.0):
             processor.metrics.batch_messages.observe(len(batch))
             for out in processor.process(in_order(batch, settings.events_topic)):
                 await sinks[out.topic].send(key=out.key, value=out.value)

@@ -33,8 +33,9 @@ class Worker:
     metrics: WorkerMetrics
 
 
-def build_worker(settings: Settings, bundle: ModelBundle, *, web_port: int, data_dir: Path,
-                 metrics: WorkerMetrics | None = None) -> Worker:
+def build_worker(
+    settings: Settings, bundle: ModelBundle, *, web_port: int, data_dir: Path, metrics: WorkerMetrics | None = None
+) -> Worker:
     """A configured App with its topics, table and agent, serving ``bundle``.
 
     Args:

@@ -40,8 +40,9 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def fetched_end_offsets(bootstrap: list[str], reported: Mapping[Any, int], *,
-                              auth: Mapping[str, Any] | None = None, timeout: float = 10.0) -> dict[Any, int]:
+async def fetched_end_offsets(
+    bootstrap: list[str], reported: Mapping[Any, int], *, auth: Mapping[str, Any] | None = None, timeout: float = 10.0
+) -> dict[Any, int]:
     """End offsets as fetch responses give them, never below the ``reported`` ones.
 
     A throwaway consumer (no group) fetches each partition from its reported
@@ -49,8 +50,9 @@ async def fetched_end_offsets(bootstrap: list[str], reported: Mapping[Any, int],
     """
     if not reported:
         return {}
-    probe = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                      fetch_max_wait_ms=10, **(auth or {}))
+    probe = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10, **(auth or {})
+    )
     await probe.start()
     try:
         by_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in reported}
@@ -89,8 +91,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         conf = self.app.conf
         transport = self.transport
         return await fetched_end_offsets(
-            server_list(transport.url, transport.default_port), reported,  # type: ignore[attr-defined]  # on the aiokafka Transport, not TransportT
-            auth=credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
+            server_list(transport.url, transport.default_port),  # type: ignore[attr-defined]  # not on TransportT
+            reported,
+            auth=credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+        )
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -100,11 +104,13 @@ class _Consumer(faust_aiokafka.Consumer):
         return self.thread_class(self, loop=self.loop, beacon=self.beacon)
 
 
-def configured_transport(fetch_max_wait_ms: int, verify_end_offsets: bool = True
-                         ) -> type[faust_aiokafka.Transport]:
+def configured_transport(fetch_max_wait_ms: int, verify_end_offsets: bool = True) -> type[faust_aiokafka.Transport]:
     """A Transport class with these consumer settings."""
-    thread_cls = type("ConsumerThread", (_ConsumerThread,), {
-        "fetch_max_wait_ms": int(fetch_max_wait_ms), "verify_end_offsets": bool(verify_end_offsets)})
+    thread_cls = type(
+        "ConsumerThread",
+        (_ConsumerThread,),
+        {"fetch_max_wait_ms": int(fetch_max_wait_ms), "verify_end_offsets": bool(verify_end_offsets)},
+    )
     consumer_cls = type("Consumer", (_Consumer,), {"thread_class": thread_cls})
     return type("Transport", (faust_aiokafka.Transport,), {"Consumer": consumer_cls})
 
@@ -126,8 +132,12 @@ def faust_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | 
         return None
     context = ssl_context(settings) if settings.security_protocol.endswith("SSL") else None
     if settings.security_protocol.startswith("SASL"):
-        return SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
-                               mechanism=SASLMechanism(settings.sasl_mechanism), ssl_context=context)
+        return SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=SASLMechanism(settings.sasl_mechanism),
+            ssl_context=context,
+        )
     return SSLCredentials(context)
 
 

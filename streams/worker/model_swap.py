@@ -35,9 +35,13 @@ def load_and_validate(path: str) -> ModelBundle:
     """
     bundle = load_artifact(path)
     items = bundle.item_ids[1:6] + ["an-unknown-item"]
-    smoke = ScoringInput(np.zeros(bundle.model.dim, dtype=np.float32),
-                         np.zeros(bundle.history_len, dtype=np.int64), items,
-                         np.full(len(items), np.nan), None)
+    smoke = ScoringInput(
+        np.zeros(bundle.model.dim, dtype=np.float32),
+        np.zeros(bundle.history_len, dtype=np.int64),
+        items,
+        np.full(len(items), np.nan),
+        None,
+    )
     [ranked] = rerank_batch(bundle, [smoke])
     if len(ranked) != len(items) or not all(np.isfinite(score) for _, score in ranked):
         raise ValueError(f"model at {path} produced unusable scores in the smoke test")
@@ -50,8 +54,7 @@ def is_newer(candidate: dict[str, Any], serving: ModelBundle) -> bool:
 
 
 class ModelSwapper:
-    def __init__(self, settings: Settings, processor: Processor, metrics: WorkerMetrics,
-                 catalog: Any = None) -> None:
+    def __init__(self, settings: Settings, processor: Processor, metrics: WorkerMetrics, catalog: Any = None) -> None:
         self.settings = settings
         self.processor = processor
         self.metrics = metrics

@@ -70,8 +70,9 @@ async def consumer_lag(consumer: LagSource, topics: Iterable[str]) -> dict[str, 
 class TableCounter:
     """``len(table)``, refreshed no more often than its cost allows."""
 
-    def __init__(self, table: Any, time_share: float = COUNT_TIME_SHARE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, table: Any, time_share: float = COUNT_TIME_SHARE, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.table = table
         self.time_share = time_share
         self.clock = clock
@@ -90,8 +91,9 @@ class TableCounter:
         return self.last
 
 
-def register_monitor(app: faust.App, table: TableT, topics: Iterable[str], metrics: WorkerMetrics,
-                     interval_s: float = MONITOR_INTERVAL_S) -> None:
+def register_monitor(
+    app: faust.App, table: TableT, topics: Iterable[str], metrics: WorkerMetrics, interval_s: float = MONITOR_INTERVAL_S
+) -> None:
     """A timer on ``app`` that sets reranker_consumer_lag and reranker_users_in_state."""
     topic_names = list(topics)
     counter = TableCounter(table)

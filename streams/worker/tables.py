@@ -16,8 +16,14 @@ USER_STATE_TABLE = "user-state"
 def define_user_state_table(app: faust.App, settings: Settings) -> TableT:
     """Table user_id (bytes) -> encoded UserState, partitioned like the input topics."""
     # bytes key and value types make faust use the "raw" codec for the table and its changelog.
-    return app.Table(USER_STATE_TABLE, default=None, partitions=settings.partitions,
-                     key_type=bytes, value_type=bytes, help="Per-user online state of the re-ranker.")
+    return app.Table(
+        USER_STATE_TABLE,
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="Per-user online state of the re-ranker.",
+    )
 
 
 class TableStateStore:

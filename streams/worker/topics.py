@@ -19,8 +19,14 @@ class Topics:
 
 def define_topics(app: faust.App, settings: Settings) -> Topics:
     def raw(*names: str) -> TopicT:
-        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=settings.partitions)
+        return app.topic(
+            *names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
 
     return Topics(
         inputs=raw(settings.events_topic, settings.requests_topic),

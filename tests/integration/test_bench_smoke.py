@@ -17,10 +17,33 @@ pytestmark = pytest.mark.integration
 
 def test_harness_smoke_reports_numbers_and_no_missing_result(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.harness", "--work", str(tmp_path), "--world-users", "200",
-         "--world-items", "100", "--world-events", "3000", "--max-epochs", "2",
-         "smoke", "--rate", "20", "--window", "3", "--candidates", "20"],
-        cwd=REPO, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "bench.harness",
+            "--work",
+            str(tmp_path),
+            "--world-users",
+            "200",
+            "--world-items",
+            "100",
+            "--world-events",
+            "3000",
+            "--max-epochs",
+            "2",
+            "smoke",
+            "--rate",
+            "20",
+            "--window",
+            "3",
+            "--candidates",
+            "20",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("SMOKE "))
     smoke = json.loads(line.removeprefix("SMOKE "))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.ports import free_port
 from streams.devtools.broker import start_embedded_broker
 from streams.devtools.synthetic import generate_requests
+from streams.ports import free_port
 from tests.conftest import isolated_settings, start_worker
 from tests.integration.test_end_to_end import ask
 
@@ -45,8 +45,10 @@ def test_worker_survives_a_broker_outage(trained_world, tmp_path: Path) -> None:
             assert cpu_during < 0.5 * 20, f"{cpu_during:.1f} CPU seconds in 20 s of outage"
             started = time.monotonic()
             after = ask(settings, generate_requests(world, 3, seed=2, prefix="after"), timeout=120)
-            print(f"outage: worker used {cpu_during:.1f} CPU s in 20 s; answered again "
-                  f"{time.monotonic() - started:.1f} s after the broker returned")
+            print(
+                f"outage: worker used {cpu_during:.1f} CPU s in 20 s; answered again "
+                f"{time.monotonic() - started:.1f} s after the broker returned"
+            )
             assert len(after) == 3 and all("error" not in r for r in after.values())
         finally:
             worker.stop()

@@ -9,8 +9,8 @@ import sys
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.ports import free_port
 from streams.devtools.broker import wait_for_port
+from streams.ports import free_port
 from streams.settings import Settings
 from tests.conftest import REPO, settings_env
 
@@ -20,8 +20,14 @@ pytestmark = pytest.mark.integration
 def test_broker_command_serves_and_creates_topics() -> None:
     port = free_port()
     env = settings_env(Settings.load(env={}))
-    process = subprocess.Popen([sys.executable, "-m", "streams", "broker", "--port", str(port)],
-                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams", "broker", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         wait_for_port("127.0.0.1", port, timeout=30)
         first_line = process.stdout.readline()  # type: ignore[union-attr]
@@ -36,9 +42,14 @@ def test_broker_command_serves_and_creates_topics() -> None:
 
 @pytest.mark.slow
 def test_demo_prints_live_reranked_results() -> None:
-    done = subprocess.run([sys.executable, "-m", "streams", "demo", "--duration", "4"], cwd=REPO,
-                          env=settings_env(Settings.load(env={})), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", "demo", "--duration", "4"],
+        cwd=REPO,
+        env=settings_env(Settings.load(env={})),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
     assert "worker ready" in out and "round 1" in out

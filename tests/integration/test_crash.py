@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from models import load_artifact
-from streams.kafka.clients import KafkaSender, ResultCollector, message_key
 from streams.core.offline import score_offline
 from streams.devtools.synthetic import events_for_cluster, generate_requests
+from streams.kafka.clients import KafkaSender, ResultCollector, message_key
 from tests.conftest import isolated_settings, start_worker
 from tests.integration.test_end_to_end import ask
 
@@ -25,8 +25,11 @@ def test_sigkill_mid_stream_loses_nothing(broker, trained_world, tmp_path: Path)
     world = trained_world.world
     settings = isolated_settings(broker, store="rocksdb://")
     users = {f"crash-{n}": n % world.n_clusters for n in range(20)}
-    events = [e for n, (u, c) in enumerate(users.items())
-              for e in events_for_cluster(world, u, c, 6, seed=200 + n, start_ts=5e9 + 1000 * n)]
+    events = [
+        e
+        for n, (u, c) in enumerate(users.items())
+        for e in events_for_cluster(world, u, c, 6, seed=200 + n, start_ts=5e9 + 1000 * n)
+    ]
     worker = start_worker(settings, trained_world.model_dir, tmp_path, "--store", "rocksdb://")
     ask(settings, generate_requests(world, 1, seed=0, prefix="warm"), timeout=120)
 
@@ -69,8 +72,9 @@ def test_sigkill_mid_stream_loses_nothing(broker, trained_world, tmp_path: Path)
         killed_at.append(time.monotonic())
         worker.process.send_signal(signal.SIGKILL)
         worker.process.wait()
-        restarted = start_worker(settings, trained_world.model_dir, tmp_path, "--store", "rocksdb://",
-                                 web_port=worker.web_port)
+        restarted = start_worker(
+            settings, trained_world.model_dir, tmp_path, "--store", "rocksdb://", web_port=worker.web_port
+        )
         time.sleep(3)
     finally:
         deadline = time.monotonic() + 90
@@ -80,20 +84,28 @@ def test_sigkill_mid_stream_loses_nothing(broker, trained_world, tmp_path: Path)
         lost = [r for r in sent if r not in answers]
         duplicated = [r for r, got in answers.items() if len(got) > 1]
         recovery = first_after[0] - killed_at[0] if first_after else None
-        print(f"crash: sent {len(sent)}, answered {len(answers)}, duplicated {len(duplicated)}, "
-              f"lost {len(lost)}, recovery {recovery:.1f}s" if recovery else "no answer after the kill")
+        print(
+            f"crash: sent {len(sent)}, answered {len(answers)}, duplicated {len(duplicated)}, "
+            f"lost {len(lost)}, recovery {recovery:.1f}s"
+            if recovery
+            else "no answer after the kill"
+        )
         assert not lost, f"{len(lost)} of {len(sent)} requests lost: {lost[:5]}"
         assert all(all(g == got[0] for g in got) for got in answers.values()), "duplicates differ"
         assert recovery is not None
 
         # Users' state equals a run that never crashed (each event learned exactly once).
-        check = [{"request_id": f"state-{u}", "user_id": u, "candidates": [{"item_id": i} for i in world.items]}
-                 for u in users]
+        check = [
+            {"request_id": f"state-{u}", "user_id": u, "candidates": [{"item_id": i} for i in world.items]}
+            for u in users
+        ]
         live = ask(settings, check, timeout=60)
-        reference = {r["request_id"]: r for r in score_offline(load_artifact(trained_world.model_dir),
-                                                                 settings, check, events)}
-        same = sum([i["item_id"] for i in live[r]["items"]] == [i["item_id"] for i in reference[r]["items"]]
-                   for r in reference)
+        reference = {
+            r["request_id"]: r for r in score_offline(load_artifact(trained_world.model_dir), settings, check, events)
+        }
+        same = sum(
+            [i["item_id"] for i in live[r]["items"]] == [i["item_id"] for i in reference[r]["items"]] for r in reference
+        )
         assert same == len(reference), f"{same} of {len(reference)} users match the crash-free state"
     finally:
         restarted.stop()

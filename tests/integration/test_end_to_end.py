@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.core.jsonl import read_jsonl, write_jsonl
+from streams.devtools.synthetic import (
+    World,
+    cluster_share_at_k,
+    events_for_cluster,
+    generate_events,
+    generate_requests,
+    make_world,
+)
 from streams.kafka.clients import KafkaSender, ResultCollector, message_key, producer_config
 from streams.settings import Settings
-from streams.devtools.synthetic import (World, cluster_share_at_k, events_for_cluster, generate_events,
-                               generate_requests, make_world)
-from streams.core.jsonl import read_jsonl, write_jsonl
 from tests.conftest import WorkerProcess, isolated_settings, run_cli, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
@@ -51,8 +58,9 @@ def produce_and_locate(settings: Settings, records: list[dict[str, Any]]) -> dic
 
     producer = Producer(producer_config(settings))
     for record in records:
-        producer.produce(settings.events_topic, key=message_key(record), value=orjson.dumps(record),
-                         on_delivery=delivered)
+        producer.produce(
+            settings.events_topic, key=message_key(record), value=orjson.dumps(record), on_delivery=delivered
+        )
     assert producer.flush(30) == 0
     return positions
 
@@ -63,12 +71,13 @@ def wait_until_processed(settings: Settings, positions: dict[int, int], timeout:
     faust commits an offset only after the agent has handled the message, so
     this is proof that the events were applied, without guessing a sleep.
     """
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id, "enable.auto.commit": False}
+    )
     try:
+
         def done() -> bool:
-            committed = consumer.committed(
-                [TopicPartition(settings.events_topic, p) for p in positions], timeout=10)
+            committed = consumer.committed([TopicPartition(settings.events_topic, p) for p in positions], timeout=10)
             return all(tp.offset >= positions[tp.partition] for tp in committed)
 
         wait_until(done, timeout, interval=0.2, what="worker committed the events")
@@ -86,8 +95,7 @@ def stack(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]: 
     assert produced.returncode == 0, produced.stderr
     assert "produced 3000 records" in produced.stdout
     model_dir = workdir / "model"
-    trained = run_cli(settings, "train", "--topic", settings.events_topic, "--out", str(model_dir),
-                      "--max-epochs", "8")
+    trained = run_cli(settings, "train", "--topic", settings.events_topic, "--out", str(model_dir), "--max-epochs", "8")
     assert trained.returncode == 0, trained.stdout + trained.stderr
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert sum(manifest["trained_through"]["offsets"].values()) == 3000
@@ -141,20 +149,31 @@ def test_online_update_lifts_the_users_cluster(stack: Stack) -> None:
 def test_replay_equals_offline_score(stack: Stack) -> None:
     settings, workdir = stack.settings, stack.workdir
     known_users = [u for u in stack.world.users if not u.startswith("newcomer")]
-    requests_path = write_jsonl(workdir / "requests.jsonl", generate_requests(
-        stack.world, 200, n_candidates=30, seed=7, k=10, prefix="parity", users=known_users))
-    live = run_cli(settings, "replay", "--requests", str(requests_path), "--out",
-                   str(workdir / "live.jsonl"), "--timeout", "60")
+    requests_path = write_jsonl(
+        workdir / "requests.jsonl",
+        generate_requests(stack.world, 200, n_candidates=30, seed=7, k=10, prefix="parity", users=known_users),
+    )
+    live = run_cli(
+        settings, "replay", "--requests", str(requests_path), "--out", str(workdir / "live.jsonl"), "--timeout", "60"
+    )
     assert live.returncode == 0, live.stdout + live.stderr
     assert "0 missing" in live.stdout
-    offline = run_cli(settings, "score", "--model", str(stack.model_dir), "--requests",
-                      str(requests_path), "--events", str(stack.events_path), "--out",
-                      str(workdir / "offline.jsonl"))
+    offline = run_cli(
+        settings,
+        "score",
+        "--model",
+        str(stack.model_dir),
+        "--requests",
+        str(requests_path),
+        "--events",
+        str(stack.events_path),
+        "--out",
+        str(workdir / "offline.jsonl"),
+    )
     assert offline.returncode == 0, offline.stderr
 
     def orders(path: Path) -> dict[str, list[str]]:
-        return {r["request_id"]: [i["item_id"] for i in r["items"]]
-                for r in read_jsonl(path)}
+        return {r["request_id"]: [i["item_id"] for i in r["items"]] for r in read_jsonl(path)}
 
     live_orders, offline_orders = orders(workdir / "live.jsonl"), orders(workdir / "offline.jsonl")
     assert live_orders.keys() == offline_orders.keys() and len(live_orders) == 200
@@ -164,21 +183,29 @@ def test_replay_equals_offline_score(stack: Stack) -> None:
 
 def test_bad_input_is_answered_and_dead_lettered(stack: Stack) -> None:
     settings = stack.settings
-    with ResultCollector(settings, settings.dead_letter_topic) as dead, \
-            ResultCollector(settings) as results:
+    with ResultCollector(settings, settings.dead_letter_topic) as dead, ResultCollector(settings) as results:
         sender = KafkaSender(settings)
         sender.send(settings.requests_topic, b"u00001", b"{not json")
-        sender.send(settings.requests_topic, b"u00001",
-                    orjson.dumps({"request_id": "bad-1", "user_id": "u00001", "candidates": []}))
-        sender.send(settings.events_topic, b"u00001", orjson.dumps(
-            {"user_id": "u00001", "item_id": "i00001", "event_type": "teleport", "ts": 1.0}))
+        sender.send(
+            settings.requests_topic,
+            b"u00001",
+            orjson.dumps({"request_id": "bad-1", "user_id": "u00001", "candidates": []}),
+        )
+        sender.send(
+            settings.events_topic,
+            b"u00001",
+            orjson.dumps({"user_id": "u00001", "item_id": "i00001", "event_type": "teleport", "ts": 1.0}),
+        )
         good = generate_requests(stack.world, 1, seed=8, prefix="good-after-bad")[0]
         sender.send(settings.requests_topic, message_key(good), orjson.dumps(good))
         sender.flush()
         answered = results.wait_for(["bad-1", good["request_id"]], timeout=60)
         reasons: list[str] = []
-        wait_until(lambda: reasons.extend(r["reason"] for r in dead.poll(0.2)) or len(reasons) >= 3,
-                   timeout=60, what="three dead letters")
+        wait_until(
+            lambda: reasons.extend(r["reason"] for r in dead.poll(0.2)) or len(reasons) >= 3,
+            timeout=60,
+            what="three dead letters",
+        )
     assert answered["bad-1"]["error"]["code"] == "no_candidates"
     assert answered["bad-1"]["items"] == []
     assert "error" not in answered[good["request_id"]]

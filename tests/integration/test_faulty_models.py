@@ -7,12 +7,11 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
 
 from models import load_artifact
-from streams.kafka.clients import produce_records
 from streams.devtools.synthetic import generate_requests
+from streams.kafka.clients import produce_records
 from tests.conftest import isolated_settings, start_worker, wait_until
 from tests.integration.test_end_to_end import ask
 from trainer.train import train_to_artifact
@@ -22,8 +21,7 @@ pytestmark = pytest.mark.integration
 
 def metric(port: int, name: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 def broken_copies(good: Path, root: Path) -> dict[str, Path]:
@@ -47,7 +45,8 @@ def broken_copies(good: Path, root: Path) -> dict[str, Path]:
     (out["wrong_kind"] / "manifest.json").write_text(json.dumps(manifest))
     # A pickle where safetensors belong: loading must refuse it, never execute it.
     (out["pickle_weights"] / "weights.safetensors").write_bytes(
-        b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94.")
+        b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94."
+    )
     return out
 
 
@@ -57,7 +56,7 @@ def test_bad_announcements_are_rejected_and_a_good_one_swaps(broker, trained_wor
     worker = start_worker(settings, trained_world.model_dir, tmp_path)
     world = trained_world.world
     try:
-        probe = lambda tag: ask(settings, generate_requests(world, 1, seed=1, prefix=tag), 120)  # noqa: E731
+        probe = lambda tag: ask(settings, generate_requests(world, 1, seed=1, prefix=tag), 120)
         assert probe("warm")["warm-0"]["model"]["version"] == serving.version
         bad = broken_copies(trained_world.model_dir, tmp_path / "bad")
         announcements = [{"name": "dnn", "version": f"bad-{n}", "path": str(p)} for n, p in bad.items()]
@@ -70,19 +69,25 @@ def test_bad_announcements_are_rejected_and_a_good_one_swaps(broker, trained_wor
         sender.send(settings.model_updates_topic, None, b"{not json")
         sender.flush()
         expected = len(announcements) + 1
-        wait_until(lambda: metric(worker.metrics_port, "reranker_model_load_failures_total") >= expected,
-                   timeout=60, what="all bad announcements rejected")
+        wait_until(
+            lambda: metric(worker.metrics_port, "reranker_model_load_failures_total") >= expected,
+            timeout=60,
+            what="all bad announcements rejected",
+        )
         result = probe("after-bad")["after-bad-0"]
         assert "error" not in result and result["model"]["version"] == serving.version
         assert metric(worker.metrics_port, "reranker_model_swaps_total") == 0
 
-        newer = train_to_artifact(trained_world.events, tmp_path / "newer", seed=1, max_epochs=3,
-                                  log=lambda line: None)
+        newer = train_to_artifact(trained_world.events, tmp_path / "newer", seed=1, max_epochs=3, log=lambda line: None)
         version = load_artifact(newer).version
-        produce_records(settings, settings.model_updates_topic,
-                        [{"name": "dnn", "version": version, "path": str(newer)}])
-        wait_until(lambda: probe(f"p{version}")[f"p{version}-0"]["model"]["version"] == version,
-                   timeout=60, what="the good model serving")
+        produce_records(
+            settings, settings.model_updates_topic, [{"name": "dnn", "version": version, "path": str(newer)}]
+        )
+        wait_until(
+            lambda: probe(f"p{version}")[f"p{version}-0"]["model"]["version"] == version,
+            timeout=60,
+            what="the good model serving",
+        )
         assert metric(worker.metrics_port, "reranker_model_swaps_total") == 1
         assert metric(worker.metrics_port, "reranker_model_load_failures_total") == expected
     finally:

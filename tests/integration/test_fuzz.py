@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import base64
 import itertools
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from streams.kafka.clients import KafkaSender, ResultCollector
 from tests.conftest import isolated_settings, start_worker
@@ -36,8 +39,9 @@ def valid_request(draw: Any) -> dict[str, Any]:
     request: dict[str, Any] = {
         "request_id": RID,
         "user_id": draw(st.sampled_from(["u00001", "u00002", "stranger", 42])),
-        "candidates": [{"item_id": c, **({"score": draw(st.floats(-1e6, 1e6))} if draw(st.booleans()) else {})}
-                       for c in candidates],
+        "candidates": [
+            {"item_id": c, **({"score": draw(st.floats(-1e6, 1e6))} if draw(st.booleans()) else {})} for c in candidates
+        ],
     }
     if draw(st.booleans()):
         request["k"] = draw(st.integers(1, 40))
@@ -48,9 +52,12 @@ def valid_request(draw: Any) -> dict[str, Any]:
 
 @st.composite
 def valid_event(draw: Any) -> dict[str, Any]:
-    event = {"user_id": draw(st.sampled_from(["u00001", "u00003", "stranger"])), "item_id": draw(ids),
-             "event_type": draw(st.sampled_from(["view", "click", "add_to_cart", "purchase", "rating", "dismiss"])),
-             "ts": draw(st.floats(4e9, 5e9))}
+    event = {
+        "user_id": draw(st.sampled_from(["u00001", "u00003", "stranger"])),
+        "item_id": draw(ids),
+        "event_type": draw(st.sampled_from(["view", "click", "add_to_cart", "purchase", "rating", "dismiss"])),
+        "ts": draw(st.floats(4e9, 5e9)),
+    }
     if draw(st.booleans()):
         event["value"] = draw(st.floats(0, 5))
     return event
@@ -65,8 +72,23 @@ def broken_request(draw: Any) -> tuple[bytes, str | None]:
     """A malformed request value and its request id when the worker can read it."""
     base = draw(valid_request())
     rid = base["request_id"]
-    kind = draw(st.sampled_from(["not_json", "not_object", "no_candidates", "duplicate", "too_many",
-                                 "bad_score", "bad_k", "missing_user", "latin1", "oversize", "nan"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "not_json",
+                "not_object",
+                "no_candidates",
+                "duplicate",
+                "too_many",
+                "bad_score",
+                "bad_k",
+                "missing_user",
+                "latin1",
+                "oversize",
+                "nan",
+            ]
+        )
+    )
     if kind == "not_json":
         return draw(st.binary(min_size=1, max_size=50)).replace(b"{", b"(") + b"\x00", None
     if kind == "not_object":
@@ -85,7 +107,9 @@ def broken_request(draw: Any) -> tuple[bytes, str | None]:
     if kind == "missing_user":
         return encode({k: v for k, v in base.items() if k != "user_id"}), rid
     if kind == "latin1":
-        return f'{{"request_id": "{rid}", "user_id": "caf\u00e9", "candidates": [{{"item_id": "\u00e9"}}]}}'.encode("latin-1"), None
+        return f'{{"request_id": "{rid}", "user_id": "caf\u00e9", "candidates": [{{"item_id": "\u00e9"}}]}}'.encode(
+            "latin-1"
+        ), None
     if kind == "oversize":
         return encode({**base, "context": {"blob": "x" * 150_000}}), rid
     return b'{"request_id": "%s", "user_id": "u", "candidates": [{"item_id": "a", "score": NaN}]}' % rid.encode(), None
@@ -96,8 +120,16 @@ def broken_event(draw: Any) -> bytes:
     base = draw(valid_event())
     kind = draw(st.sampled_from(["unknown_type", "no_ts", "bad_ts", "bool_id", "not_json", "inf"]))
     if kind == "unknown_type":
-        return encode({**base, "event_type": draw(st.text(min_size=1, max_size=8).filter(
-            lambda t: t not in ("view", "click", "add_to_cart", "purchase", "rating", "dismiss")))})
+        return encode(
+            {
+                **base,
+                "event_type": draw(
+                    st.text(min_size=1, max_size=8).filter(
+                        lambda t: t not in ("view", "click", "add_to_cart", "purchase", "rating", "dismiss")
+                    )
+                ),
+            }
+        )
     if kind == "no_ts":
         return encode({k: v for k, v in base.items() if k != "ts"})
     if kind == "bad_ts":
@@ -105,7 +137,11 @@ def broken_event(draw: Any) -> bytes:
     if kind == "bool_id":
         return encode({**base, "item_id": True})
     if kind == "inf":
-        return encode({**base, "ts": 1e400}) if False else b'{"user_id":"u","item_id":"i","event_type":"click","ts":Infinity}'
+        return (
+            encode({**base, "ts": 1e400})
+            if False
+            else b'{"user_id":"u","item_id":"i","event_type":"click","ts":Infinity}'
+        )
     return b"\xff" + encode(base)
 
 
@@ -136,9 +172,12 @@ TOTALS = {"messages": 0, "valid_requests": 0, "invalid": 0}
 
 
 @pytest.mark.timeout(1200)
-@hsettings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                  HealthCheck.data_too_large])
+@hsettings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 @given(batch=st.lists(message, min_size=BATCH, max_size=BATCH))
 def test_every_message_is_answered_or_dead_lettered(live, batch) -> None:  # type: ignore[no-untyped-def]
     settings, worker, results, dead = live
@@ -171,7 +210,7 @@ def test_every_message_is_answered_or_dead_lettered(live, batch) -> None:  # typ
         assert len(ranked) == expected and set(ranked) <= set(candidates)
         assert [i["rank"] for i in result["items"]] == list(range(1, expected + 1))
     letters: list[dict] = []
-    deadline_ok = lambda: len(letters) >= len(expect_dead)  # noqa: E731
+    deadline_ok = lambda: len(letters) >= len(expect_dead)
     import time
 
     stop_at = time.monotonic() + 60

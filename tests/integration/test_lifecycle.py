@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import subprocess
@@ -16,8 +15,8 @@ import pytest
 
 from models import load_artifact, store
 from streams.core.jsonl import read_jsonl
-from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
 from streams.devtools.synthetic import generate_events, generate_requests, make_world
+from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
 from tests.conftest import REPO, isolated_settings, run_cli, settings_env, start_worker
 from trainer.service import run_once
 
@@ -59,8 +58,7 @@ def test_publish_announce_and_swap_while_requests_flow(broker, tmp_path: Path) -
         while not any(r["model"]["version"] == v1.name for r in results.values()):
             assert time.monotonic() < deadline, worker.log()[-3000:]
             time.sleep(0.2)
-        produce_records(settings, settings.events_topic, generate_events(world, 1000, seed=33,
-                                                                        start_ts=1_800_000_000))
+        produce_records(settings, settings.events_topic, generate_events(world, 1000, seed=33, start_ts=1_800_000_000))
         second = run_cli(settings, "trainer", "--once", "--max-epochs", "5")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "trainer: promoted" in second.stdout, second.stdout
@@ -116,15 +114,23 @@ def test_a_killed_trainer_never_leaves_a_loadable_half_model(broker, tmp_path: P
     produce_records(settings, settings.events_topic, generate_events(world, 2500, seed=52))
     env = settings_env(settings)
     for delay in (1.0, 2.0, 3.0, 4.5):
-        process = subprocess.Popen([sys.executable, "-m", "streams", "trainer", "--once", "--max-epochs", "8"],
-                                   env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "trainer", "--once", "--max-epochs", "8"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
         for version in store.versions(settings.models_dir):
             load_artifact(version)  # every visible version is complete
-        visible = [p for p in Path(settings.models_dir).iterdir() if not p.name.startswith(".")] \
-            if Path(settings.models_dir).exists() else []
+        visible = (
+            [p for p in Path(settings.models_dir).iterdir() if not p.name.startswith(".")]
+            if Path(settings.models_dir).exists()
+            else []
+        )
         assert all(store.is_artifact(p) for p in visible if p.is_dir())
     finished = run_cli(settings, "trainer", "--once", "--max-epochs", "8")
     assert finished.returncode == 0, finished.stdout + finished.stderr

@@ -17,20 +17,29 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
 import yaml
 
-from streams.ports import free_port
 from streams.devtools.processes import stop_process
-from streams.kafka.clients import KafkaSender, message_key, produce_records
-from streams.settings import Settings
 from streams.devtools.synthetic import events_for_cluster, generate_events, generate_requests
-from tests.conftest import (REPO, TrainedWorld, WorkerProcess, isolated_settings, run_cli,
-                            settings_env, start_worker, wait_until)
+from streams.kafka.clients import KafkaSender, message_key, produce_records
+from streams.ports import free_port
+from streams.settings import Settings
+from tests.conftest import (
+    REPO,
+    TrainedWorld,
+    WorkerProcess,
+    isolated_settings,
+    run_cli,
+    settings_env,
+    start_worker,
+    wait_until,
+)
 from tests.integration.test_end_to_end import ask
 
 pytestmark = pytest.mark.integration
@@ -130,17 +139,25 @@ def start_prometheus(binary: str, workdir: Path, targets: dict[str, list[str]]) 
     config_path.write_text(yaml.safe_dump(local_config(targets, f"127.0.0.1:{port}")))
     log_path = workdir / "prometheus.log"
     process = subprocess.Popen(
-        [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h",
-         "--log.level=warn"],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ],
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     prometheus = Prometheus(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until(lambda: prometheus.process.poll() is None and prometheus.ready(), 30,
-                   interval=0.2, what="prometheus ready")
+        wait_until(
+            lambda: prometheus.process.poll() is None and prometheus.ready(), 30, interval=0.2, what="prometheus ready"
+        )
     except TimeoutError:
         prometheus.stop()
-        raise AssertionError(f"prometheus did not start:\n{log_path.read_text()[-3000:]}")
+        raise AssertionError(f"prometheus did not start:\n{log_path.read_text()[-3000:]}") from None
     return prometheus
 
 
@@ -156,9 +173,11 @@ class Observed:
 
     def logs(self) -> str:
         trainer = self.trainer_log.read_text(errors="replace") if self.trainer_log.exists() else ""
-        return (f"--- worker\n{self.worker.log()[-2000:]}\n--- trainer\n"
-                f"{trainer[-2000:]}\n--- prometheus\n"
-                f"{self.prometheus.log_path.read_text(errors='replace')[-1000:]}")
+        return (
+            f"--- worker\n{self.worker.log()[-2000:]}\n--- trainer\n"
+            f"{trainer[-2000:]}\n--- prometheus\n"
+            f"{self.prometheus.log_path.read_text(errors='replace')[-1000:]}"
+        )
 
 
 def drive_traffic(settings: Settings, world: Any) -> None:
@@ -177,10 +196,16 @@ def drive_traffic(settings: Settings, world: Any) -> None:
     for event in events_for_cluster(world, user, cluster, 12, start_ts=time.time()):
         sender.send(settings.events_topic, message_key(event), orjson.dumps(event))
     sender.send(settings.requests_topic, b"u00001", b"{not json")
-    sender.send(settings.requests_topic, b"u00001",
-                orjson.dumps({"request_id": "prom-bad", "user_id": "u00001", "candidates": []}))
-    sender.send(settings.events_topic, b"u00001", orjson.dumps(
-        {"user_id": "u00001", "item_id": "i00001", "event_type": "teleport", "ts": time.time()}))
+    sender.send(
+        settings.requests_topic,
+        b"u00001",
+        orjson.dumps({"request_id": "prom-bad", "user_id": "u00001", "candidates": []}),
+    )
+    sender.send(
+        settings.events_topic,
+        b"u00001",
+        orjson.dumps({"user_id": "u00001", "item_id": "i00001", "event_type": "teleport", "ts": time.time()}),
+    )
     sender.flush()
     # A request after the events: its answer proves the worker has handled everything above.
     after = generate_requests(world, 1, seed=33, users=[user], prefix="prom-after", ts=time.time())
@@ -188,8 +213,11 @@ def drive_traffic(settings: Settings, world: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def observed(broker, trained_world: TrainedWorld, tmp_path_factory: pytest.TempPathFactory  # type: ignore[no-untyped-def]
-             ) -> Iterator[Observed]:
+def observed(
+    broker,
+    trained_world: TrainedWorld,
+    tmp_path_factory: pytest.TempPathFactory,  # type: ignore[no-untyped-def]
+) -> Iterator[Observed]:
     binary = prometheus_binary()
     if binary is None:
         pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
@@ -204,15 +232,20 @@ def observed(broker, trained_world: TrainedWorld, tmp_path_factory: pytest.TempP
     trainer: subprocess.Popen[bytes] | None = None
     prometheus = None
     try:
-        prometheus = start_prometheus(binary, workdir, {
-            WORKER_JOB: [f"127.0.0.1:{worker.metrics_port}"],
-            TRAINER_JOB: [f"127.0.0.1:{trainer_port}"]})
+        prometheus = start_prometheus(
+            binary,
+            workdir,
+            {WORKER_JOB: [f"127.0.0.1:{worker.metrics_port}"], TRAINER_JOB: [f"127.0.0.1:{trainer_port}"]},
+        )
         first_version = json.loads((trained_world.model_dir / "manifest.json").read_text())["version"]
-        observed = Observed(settings, prometheus, worker, None, trainer_log, trained_world.world,
-                            first_version)
+        observed = Observed(settings, prometheus, worker, None, trainer_log, trained_world.world, first_version)
         # Rates need samples from before the traffic: wait for the first scrape of the worker.
-        wait_until(lambda: prometheus.values(f'up{{job="{WORKER_JOB}"}}') == [1.0], 60, interval=0.5,
-                   what="prometheus scraping the worker")
+        wait_until(
+            lambda: prometheus.values(f'up{{job="{WORKER_JOB}"}}') == [1.0],
+            60,
+            interval=0.5,
+            what="prometheus scraping the worker",
+        )
         probe = generate_requests(trained_world.world, 1, seed=30, prefix="prom-probe")
         assert ask(settings, probe, timeout=120), f"worker never answered\n{observed.logs()}"
         drive_traffic(settings, trained_world.world)
@@ -220,10 +253,27 @@ def observed(broker, trained_world: TrainedWorld, tmp_path_factory: pytest.TempP
         # hears the model this trainer promotes; and after the traffic, because training takes
         # both cores of a small machine and the latencies measured would be the trainer's.
         trainer = subprocess.Popen(
-            [sys.executable, "-m", "streams", "trainer", "--topic", settings.events_topic,
-             "--models-dir", str(workdir / "models"), "--every", "3600", "--max-epochs", "2",
-             "--metrics-port", str(trainer_port)],
-            stdout=open(trainer_log, "wb"), stderr=subprocess.STDOUT, env=settings_env(settings), cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "streams",
+                "trainer",
+                "--topic",
+                settings.events_topic,
+                "--models-dir",
+                str(workdir / "models"),
+                "--every",
+                "3600",
+                "--max-epochs",
+                "2",
+                "--metrics-port",
+                str(trainer_port),
+            ],
+            stdout=open(trainer_log, "wb"),
+            stderr=subprocess.STDOUT,
+            env=settings_env(settings),
+            cwd=REPO,
+        )
         observed.trainer = trainer
         yield observed
     finally:
@@ -250,14 +300,18 @@ def test_every_dashboard_query_returns_data(observed: Observed) -> None:
                 del pending[expr]
         if pending:
             time.sleep(1.0)
-    assert not pending, ("dashboard queries without data:\n" + "\n".join(
-        f"  [{title}] {expr}" for expr, title in pending.items()) + f"\n{observed.logs()}")
+    assert not pending, (
+        "dashboard queries without data:\n"
+        + "\n".join(f"  [{title}] {expr}" for expr, title in pending.items())
+        + f"\n{observed.logs()}"
+    )
 
 
 def test_end_to_end_latency_quantiles_are_plausible(observed: Observed) -> None:
     def quantile(q: float) -> float:
         [value] = observed.prometheus.values(
-            f"histogram_quantile({q}, sum by (le) (rate(reranker_request_latency_seconds_bucket[5m])))")
+            f"histogram_quantile({q}, sum by (le) (rate(reranker_request_latency_seconds_bucket[5m])))"
+        )
         return value
 
     wait_until(lambda: math.isfinite(quantile(0.5)), 30, interval=0.5, what="latency quantiles")
@@ -274,12 +328,18 @@ def test_outcomes_of_the_traffic_are_counted(observed: Observed) -> None:
         return sum(prometheus.values(expr))
 
     # The worker's counters as scraped, not as the worker holds them: proves the scrape path.
-    wait_until(lambda: total('reranker_dead_letters_total{reason="unknown_event_type"}') >= 1
-               and total('reranker_requests_total{outcome="no_candidates"}') >= 1
-               and total('reranker_requests_total{outcome="invalid_json"}') >= 1
-               and total('reranker_events_total{outcome="ok"}') >= 12
-               and total('reranker_requests_total{outcome="ok"}') >= 42, 30, interval=0.5,
-               what="traffic counted in prometheus")
+    wait_until(
+        lambda: (
+            total('reranker_dead_letters_total{reason="unknown_event_type"}') >= 1
+            and total('reranker_requests_total{outcome="no_candidates"}') >= 1
+            and total('reranker_requests_total{outcome="invalid_json"}') >= 1
+            and total('reranker_events_total{outcome="ok"}') >= 12
+            and total('reranker_requests_total{outcome="ok"}') >= 42
+        ),
+        30,
+        interval=0.5,
+        what="traffic counted in prometheus",
+    )
     assert len(prometheus.query("reranker_model_info")) == 1
     # The timer's gauges: the newcomer's state exists, and the agent has finished batches.
     wait_until(lambda: total("reranker_users_in_state") >= 1, 30, interval=0.5, what="users in state")
@@ -289,8 +349,12 @@ def test_outcomes_of_the_traffic_are_counted(observed: Observed) -> None:
 
 def test_trainer_run_is_recorded(observed: Observed) -> None:
     prometheus = observed.prometheus
-    wait_until(lambda: prometheus.values('reranker_trainer_runs_total{outcome="success"}') == [1.0], 120,
-               interval=1.0, what=f"a successful trainer run\n{observed.logs()}")
+    wait_until(
+        lambda: prometheus.values('reranker_trainer_runs_total{outcome="success"}') == [1.0],
+        120,
+        interval=1.0,
+        what=f"a successful trainer run\n{observed.logs()}",
+    )
     [ndcg] = prometheus.values('reranker_trainer_validation_metric{metric="ndcg_at_10"}')
     [hr] = prometheus.values('reranker_trainer_validation_metric{metric="hr_at_10"}')
     assert 0 < ndcg <= hr <= 1, (ndcg, hr)  # NDCG@10 never exceeds HR@10
@@ -302,11 +366,21 @@ def test_trainer_run_is_recorded(observed: Observed) -> None:
 
 def test_serving_model_is_one_series_after_the_promoted_model_swaps_in(observed: Observed) -> None:
     prometheus = observed.prometheus
-    wait_until(lambda: prometheus.values("reranker_model_swaps_total") == [1.0], 120, interval=1.0,
-               what=f"the worker swapping to the promoted model\n{observed.logs()}")
-    wait_until(lambda: len(prometheus.query("reranker_model_info")) == 1 and
-               prometheus.query("reranker_model_info")[0]["metric"]["version"] != observed.first_version,
-               10, interval=0.5, what="reranker_model_info naming only the new model")
+    wait_until(
+        lambda: prometheus.values("reranker_model_swaps_total") == [1.0],
+        120,
+        interval=1.0,
+        what=f"the worker swapping to the promoted model\n{observed.logs()}",
+    )
+    wait_until(
+        lambda: (
+            len(prometheus.query("reranker_model_info")) == 1
+            and prometheus.query("reranker_model_info")[0]["metric"]["version"] != observed.first_version
+        ),
+        10,
+        interval=0.5,
+        what="reranker_model_info naming only the new model",
+    )
     # Over the test, the dashboard's version panel saw both models, never two at one instant.
     counts = prometheus.values("max_over_time(count(reranker_model_info)[5m:1s])")
     assert counts == [1.0], counts
@@ -317,18 +391,24 @@ def test_serving_model_is_one_series_after_the_promoted_model_swaps_in(observed:
 
 def test_consumer_lag_is_reported_and_drains_to_zero(observed: Observed) -> None:
     settings, prometheus = observed.settings, observed.prometheus
-    lag = f"sum by (topic) (reranker_consumer_lag{{job=\"{WORKER_JOB}\"}})"
+    lag = f'sum by (topic) (reranker_consumer_lag{{job="{WORKER_JOB}"}})'
 
     def by_topic() -> dict[str, float]:
         return {r["metric"]["topic"]: float(r["value"][1]) for r in prometheus.query(lag)}
 
     # Everything sent so far has been answered: once committed, high watermark == committed offset.
-    wait_until(lambda: by_topic() == {settings.events_topic: 0.0, settings.requests_topic: 0.0}, 30,
-               interval=0.5, what="zero lag on both input topics")
+    wait_until(
+        lambda: by_topic() == {settings.events_topic: 0.0, settings.requests_topic: 0.0},
+        30,
+        interval=0.5,
+        what="zero lag on both input topics",
+    )
     # A burst of events the worker learns online takes it seconds to work through: lag shows.
     world = observed.world
-    burst = [dict(e, user_id=f"burst-{n % 400}", ts=time.time())
-             for n, e in enumerate(generate_events(world, BURST_EVENTS, seed=41))]
+    burst = [
+        dict(e, user_id=f"burst-{n % 400}", ts=time.time())
+        for n, e in enumerate(generate_events(world, BURST_EVENTS, seed=41))
+    ]
     started = time.monotonic()
     produce_records(settings, settings.events_topic, burst)
 
@@ -336,9 +416,12 @@ def test_consumer_lag_is_reported_and_drains_to_zero(observed: Observed) -> None
         # Only samples from the burst on: the backlog the worker found at start must not count.
         window = max(2, math.ceil(time.monotonic() - started))
         return prometheus.values(
-            f'max_over_time(sum(reranker_consumer_lag{{topic="{settings.events_topic}"}})[{window}s:1s])')[0]
+            f'max_over_time(sum(reranker_consumer_lag{{topic="{settings.events_topic}"}})[{window}s:1s])'
+        )[0]
 
     wait_until(lambda: peak_since_burst() > 0, 60, interval=0.5, what="lag during the burst")
     wait_until(lambda: by_topic()[settings.events_topic] == 0.0, 120, interval=0.5, what="lag drained")
-    print(f"burst of {BURST_EVENTS} events drained in {time.monotonic() - started:.1f}s, "
-          f"peak lag {peak_since_burst():.0f}")
+    print(
+        f"burst of {BURST_EVENTS} events drained in {time.monotonic() - started:.1f}s, "
+        f"peak lag {peak_since_burst():.0f}"
+    )

@@ -15,8 +15,7 @@ pytestmark = pytest.mark.integration
 
 def ranking(settings, world, user: str, request_id: str) -> list[str]:  # type: ignore[no-untyped-def]
     candidates = [{"item_id": i} for i in world.items]
-    got = ask(settings, [{"request_id": request_id, "user_id": user, "candidates": candidates}],
-              timeout=120)
+    got = ask(settings, [{"request_id": request_id, "user_id": user, "candidates": candidates}], timeout=120)
     assert request_id in got, "no answer"
     return [i["item_id"] for i in got[request_id]["items"]]
 
@@ -26,8 +25,11 @@ def test_state_is_recovered_after_restart(broker, trained_world, tmp_path, store
     settings = isolated_settings(broker, store=store)
     world = trained_world.world
     users: dict[str, Any] = {f"restart-{n}": n % world.n_clusters for n in range(12)}
-    events = [e for n, (user, cluster) in enumerate(users.items())
-              for e in events_for_cluster(world, user, cluster, 5, seed=n, start_ts=3e9 + 100 * n)]
+    events = [
+        e
+        for n, (user, cluster) in enumerate(users.items())
+        for e in events_for_cluster(world, user, cluster, 5, seed=n, start_ts=3e9 + 100 * n)
+    ]
     for user, cluster in users.items():
         world.user_cluster[user] = cluster
 
@@ -41,12 +43,11 @@ def test_state_is_recovered_after_restart(broker, trained_world, tmp_path, store
 
     # memory:// keeps nothing on disk: the changelog is the only copy. RocksDB reopens
     # its files in the same data dir and must agree with the changelog.
-    second = start_worker(settings, trained_world.model_dir, tmp_path, "--store", store,
-                          web_port=first.web_port)
+    second = start_worker(settings, trained_world.model_dir, tmp_path, "--store", store, web_port=first.web_port)
     try:
         after = {u: ranking(settings, world, u, f"after-{u}") for u in users}
     except AssertionError:
-        raise AssertionError(second.log()[-4000:])
+        raise AssertionError(second.log()[-4000:]) from None
     finally:
         second.stop()
     assert after == before

@@ -82,8 +82,13 @@ def test_docker_compose_config_accepts_the_file() -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
-    done = subprocess.run([binary, "-f", str(COMPOSE), "--profile", "loadgen", "config", "-q"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [binary, "-f", str(COMPOSE), "--profile", "loadgen", "config", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -91,8 +96,7 @@ def test_promtool_accepts_the_prometheus_config() -> None:
     binary = shutil.which("promtool")
     if binary is None:
         pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    done = subprocess.run([binary, "check", "config", str(PROMETHEUS)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([binary, "check", "config", str(PROMETHEUS)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -106,8 +110,11 @@ def test_kafka_is_a_single_kraft_node(services: dict[str, dict[str, Any]]) -> No
     env = environment(services["kafka"])
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
-    for name in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                 "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+    for name in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
         assert env[name] == "1", name
     assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
     assert env["KAFKA_LOG_DIRS"] in {v.split(":")[1] for v in services["kafka"]["volumes"]}
@@ -136,8 +143,7 @@ def test_environment_variables_are_known_settings(services: dict[str, dict[str, 
 
 def test_topics_match_the_settings(services: dict[str, dict[str, Any]]) -> None:
     script = services["topics"]["command"][0]
-    for topic in (DEFAULTS.events_topic, DEFAULTS.requests_topic, DEFAULTS.results_topic,
-                  DEFAULTS.dead_letter_topic):
+    for topic in (DEFAULTS.events_topic, DEFAULTS.requests_topic, DEFAULTS.results_topic, DEFAULTS.dead_letter_topic):
         assert topic in script, topic
     if hasattr(DEFAULTS, "model_updates_topic"):
         assert f"create {DEFAULTS.model_updates_topic} 1" in script  # one partition: one order
@@ -202,8 +208,10 @@ def test_every_scrape_target_is_a_service_and_its_metrics_port(services: dict[st
                     continue
                 assert host in services, target
                 assert int(port) == _metrics_port(services, host), target
-    assert all(env_value == "0.0.0.0" for env_value in (
-        environment(services[n])["RERANKER_METRICS_HOST"] for n in ("worker", "trainer")))
+    assert all(
+        env_value == "0.0.0.0"
+        for env_value in (environment(services[n])["RERANKER_METRICS_HOST"] for n in ("worker", "trainer"))
+    )
 
 
 def test_grafana_provisioning_points_at_the_mounted_dashboard(services: dict[str, dict[str, Any]]) -> None:
@@ -240,8 +248,11 @@ def test_dockerfile_copies_every_package(services: dict[str, dict[str, Any]]) ->
     include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = [pattern.rstrip("*") for pattern in include]
     dockerfile = (REPO / "Dockerfile").read_text()
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for package in {p.split(".")[0] for p in packages}:
         assert re.search(rf"^COPY {package} ", dockerfile, re.M), package
         assert package not in ignored, package
@@ -251,7 +262,7 @@ def test_dockerfile_copies_every_package(services: dict[str, dict[str, Any]]) ->
 
 def test_readme_describes_every_dashboard_panel() -> None:
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### The dashboard"):]
+    section = readme[readme.index("### The dashboard") :]
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         if panel["type"] != "row":
             assert f"**{panel['title']}**" in section, panel["title"]

@@ -48,8 +48,9 @@ def _module_name(path: Path, root: Path) -> tuple[str, bool]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _raw_imports(module: Module) -> list[tuple[str, list[str], int, bool, bool]]:
@@ -78,8 +79,9 @@ def _raw_imports(module: Module) -> list[tuple[str, list[str], int, bool, bool]]
 
 def parse_project(sources: dict[str, str] | None = None, root: Path = REPO) -> dict[str, Module]:
     """The project's modules by dotted name; ``sources`` ({relative path: text}) replaces or adds files."""
-    files = {str(p.relative_to(root)): p.read_text() for package in PACKAGES
-             for p in sorted((root / package).rglob("*.py"))}
+    files = {
+        str(p.relative_to(root)): p.read_text() for package in PACKAGES for p in sorted((root / package).rglob("*.py"))
+    }
     files.update(sources or {})
     modules = {}
     for rel, text in files.items():
@@ -100,28 +102,47 @@ def _under(name: str, *prefixes: str) -> bool:
 def core_is_pure(modules: dict[str, Module]) -> list[str]:
     """streams.core imports no framework and nothing of the layers built on it."""
     banned = (*FRAMEWORKS, "streams.worker", "streams.kafka", "streams.devtools", "streams.cli")
-    return [f"{m.path}:{i.line} imports {i.target}" for m in modules.values() if _under(m.name, "streams.core")
-            for i in m.imports if _under(i.target, *banned)]
+    return [
+        f"{m.path}:{i.line} imports {i.target}"
+        for m in modules.values()
+        if _under(m.name, "streams.core")
+        for i in m.imports
+        if _under(i.target, *banned)
+    ]
 
 
 def nothing_imports_devtools_or_cli(modules: dict[str, Module]) -> list[str]:
     """Only the composition root and the dev tools themselves may depend on the dev tools or the CLI."""
     layers = ("streams.worker", "streams.kafka", "streams.core", "models", "trainer")
-    return [f"{m.path}:{i.line} imports {i.target}" for m in modules.values() if _under(m.name, *layers)
-            for i in m.imports if _under(i.target, "streams.devtools", "streams.cli")]
+    return [
+        f"{m.path}:{i.line} imports {i.target}"
+        for m in modules.values()
+        if _under(m.name, *layers)
+        for i in m.imports
+        if _under(i.target, "streams.devtools", "streams.cli")
+    ]
 
 
 def trainer_uses_only_settings_core_kafka(modules: dict[str, Module]) -> list[str]:
     """The trainer reads Kafka and shares records and settings with the worker, nothing else."""
-    return [f"{m.path}:{i.line} imports {i.target}" for m in modules.values() if _under(m.name, "trainer")
-            for i in m.imports if _under(i.target, "streams")
-            and not _under(i.target, "streams.settings", "streams.core", "streams.kafka")]
+    return [
+        f"{m.path}:{i.line} imports {i.target}"
+        for m in modules.values()
+        if _under(m.name, "trainer")
+        for i in m.imports
+        if _under(i.target, "streams") and not _under(i.target, "streams.settings", "streams.core", "streams.kafka")
+    ]
 
 
 def models_stand_alone(modules: dict[str, Module]) -> list[str]:
     """Importing models loads neither the streaming side nor the trainer."""
-    return [f"{m.path}:{i.line} imports {i.target}" for m in modules.values() if _under(m.name, "models")
-            for i in m.imports if not i.deferred and not i.type_only and _under(i.target, "streams", "trainer")]
+    return [
+        f"{m.path}:{i.line} imports {i.target}"
+        for m in modules.values()
+        if _under(m.name, "models")
+        for i in m.imports
+        if not i.deferred and not i.type_only and _under(i.target, "streams", "trainer")
+    ]
 
 
 def _import_graph(modules: dict[str, Module]) -> dict[str, set[str]]:
@@ -151,7 +172,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := dfs(nxt)):
                 return cycle
         path.pop()
@@ -178,25 +199,41 @@ def _private_uses(module: Module) -> list[str]:
     imported from faust, mode or aiokafka."""
     uses = []
     for node in ast.walk(module.tree):
-        if isinstance(node, ast.Attribute) and PRIVATE.fullmatch(node.attr) and not (
-                isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+        if (
+            isinstance(node, ast.Attribute)
+            and PRIVATE.fullmatch(node.attr)
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+        ):
             uses.append(f"{module.path}:{node.lineno} .{node.attr}")
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [f"{node.module}.{a.name}" for a in node.names if not node.level]
-            uses.extend(f"{module.path}:{node.lineno} import {n}" for n in names
-                        if _under(n, *PRIVATE_FRAMEWORKS) and any(p.startswith("_") for p in n.split(".")))
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [f"{node.module}.{a.name}" for a in node.names if not node.level]
+            )
+            uses.extend(
+                f"{module.path}:{node.lineno} import {n}"
+                for n in names
+                if _under(n, *PRIVATE_FRAMEWORKS) and any(p.startswith("_") for p in n.split("."))
+            )
     return uses
 
 
 def private_hooks_in_one_module(modules: dict[str, Module]) -> list[str]:
     """Every reach into another object's private attributes under streams/ is in faust_hooks."""
-    return [use for m in modules.values() if _under(m.name, "streams") and m.name != FAUST_HOOKS
-            for use in _private_uses(m)]
+    return [
+        use for m in modules.values() if _under(m.name, "streams") and m.name != FAUST_HOOKS for use in _private_uses(m)
+    ]
 
 
-RULES = [core_is_pure, nothing_imports_devtools_or_cli, trainer_uses_only_settings_core_kafka,
-         models_stand_alone, no_import_cycles, private_hooks_in_one_module]
+RULES = [
+    core_is_pure,
+    nothing_imports_devtools_or_cli,
+    trainer_uses_only_settings_core_kafka,
+    models_stand_alone,
+    no_import_cycles,
+    private_hooks_in_one_module,
+]
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +264,13 @@ PLANTED = [
     (trainer_uses_only_settings_core_kafka, {"trainer/planted.py": "import streams.ports\n"}),
     (models_stand_alone, {"models/planted.py": "from trainer.train import train_to_artifact\n"}),
     (models_stand_alone, {"models/planted.py": "from streams.core import records\n"}),
-    (no_import_cycles, {"streams/core/cyc_a.py": "from streams.core import cyc_b\n",
-                        "streams/core/cyc_b.py": "import streams.core.cyc_a\n"}),
+    (
+        no_import_cycles,
+        {
+            "streams/core/cyc_a.py": "from streams.core import cyc_b\n",
+            "streams/core/cyc_b.py": "import streams.core.cyc_a\n",
+        },
+    ),
     (private_hooks_in_one_module, {"streams/worker/planted.py": "def f(app):\n    return app._consumer\n"}),
     (private_hooks_in_one_module, {"streams/kafka/planted.py": "from aiokafka.consumer import _fetcher\n"}),
 ]
@@ -239,16 +281,25 @@ def test_layout_rule_reports_a_planted_violation(rule, sources: dict[str, str]) 
     assert rule(parse_project(sources)) != []
 
 
-@pytest.mark.parametrize("sources", [
-    # Deferred and type-only imports run after (or never at) import time: no cycle, and models may
-    # reach the streaming side inside a function.
-    {"streams/core/cyc_a.py": "from streams.core import cyc_b\n",
-     "streams/core/cyc_b.py": "def f():\n    import streams.core.cyc_a\n"},
-    {"streams/core/cyc_a.py": "from typing import TYPE_CHECKING\nfrom streams.core import cyc_b\n",
-     "streams/core/cyc_b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import streams.core.cyc_a\n"},
-    {"models/planted.py": "def f():\n    from streams.core import records\n"},
-    {"streams/worker/planted.py": "class A:\n    def f(self):\n        return self._x, cls._y, self.__dict__\n"},
-])
+@pytest.mark.parametrize(
+    "sources",
+    [
+        # Deferred and type-only imports run after (or never at) import time: no cycle, and models may
+        # reach the streaming side inside a function.
+        {
+            "streams/core/cyc_a.py": "from streams.core import cyc_b\n",
+            "streams/core/cyc_b.py": "def f():\n    import streams.core.cyc_a\n",
+        },
+        {
+            "streams/core/cyc_a.py": "from typing import TYPE_CHECKING\nfrom streams.core import cyc_b\n",
+            "streams/core/cyc_b.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import streams.core.cyc_a\n"
+            ),
+        },
+        {"models/planted.py": "def f():\n    from streams.core import records\n"},
+        {"streams/worker/planted.py": "class A:\n    def f(self):\n        return self._x, cls._y, self.__dict__\n"},
+    ],
+)
 def test_layout_rules_accept_what_they_allow(sources: dict[str, str]) -> None:
     project = parse_project(sources)
     assert [v for rule in RULES for v in rule(project)] == []
@@ -256,8 +307,7 @@ def test_layout_rules_accept_what_they_allow(sources: dict[str, str]) -> None:
 
 def test_core_imports_without_frameworks() -> None:
     # The rules above see the source; this sees what importing it actually loads, transitively.
-    code = ("import sys, streams.core.processing\n"
-            f"print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))")
+    code = f"import sys, streams.core.processing\nprint(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -74,7 +74,7 @@ def test_rejects_truncated_weights(tmp_path: Path) -> None:
     _, out = build(tmp_path)
     w = out / "weights.safetensors"
     w.write_bytes(w.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="weights.safetensors"):
+    with pytest.raises(ValueError, match=r"weights\.safetensors"):
         load_artifact(out)
 
 
@@ -104,7 +104,7 @@ def test_rejects_wrong_weight_shape(tmp_path: Path) -> None:
     w = load_file(str(out / "weights.safetensors"))
     w["item_emb.weight"] = torch.zeros(N_ITEMS + 2, 8)
     rewrite_with_checksum(out, "weights.safetensors", w)
-    with pytest.raises(ValueError, match="item_emb.weight"):
+    with pytest.raises(ValueError, match=r"item_emb\.weight"):
         load_artifact(out)
 
 

@@ -90,7 +90,11 @@ def cold_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, list[st
     cold_ids = [i for group in cold for i in group]
     events = [e for e in generate_events(world, 1600, seed=12) if e["item_id"] not in cold_ids]
     path = train_to_artifact(
-        events, tmp_path_factory.mktemp("feat") / "m", seed=0, log=lambda _: None, max_epochs=12,
+        events,
+        tmp_path_factory.mktemp("feat") / "m",
+        seed=0,
+        log=lambda _: None,
+        max_epochs=12,
         items=_genre_items(world),
     )
     return world, cold_ids, path
@@ -152,8 +156,9 @@ def test_register_is_idempotent_and_online_update_accepts_new_rows(cold_setup: t
 def test_without_items_or_with_the_switch_off_no_features(cold_setup: tuple[World, list[str], Path]) -> None:
     world, _, _ = cold_setup
     events = generate_events(world, 300, seed=13)
-    m, _ = train_model(events, log=lambda _: None, max_epochs=1, items=_genre_items(world),
-                       hparams={"item_features": False})
+    m, _ = train_model(
+        events, log=lambda _: None, max_epochs=1, items=_genre_items(world), hparams={"item_features": False}
+    )
     assert m.feature_vocab == [] and not hasattr(m, "item_features")
     m, _ = train_model(events, log=lambda _: None, max_epochs=1)
     assert m.feature_vocab == []
@@ -166,7 +171,18 @@ def test_cli_train_reads_items(tmp_path: Path) -> None:
     (tmp_path / "ev.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in generate_events(world, 200, seed=4)))
     (tmp_path / "items.jsonl").write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in _genre_items(world)))
     with pytest.raises(SystemExit) as done:
-        cli_main(["train", "--events", str(tmp_path / "ev.jsonl"), "--items", str(tmp_path / "items.jsonl"),
-                  "--out", str(tmp_path / "m"), "--max-epochs", "1"])
+        cli_main(
+            [
+                "train",
+                "--events",
+                str(tmp_path / "ev.jsonl"),
+                "--items",
+                str(tmp_path / "items.jsonl"),
+                "--out",
+                str(tmp_path / "m"),
+                "--max-epochs",
+                "1",
+            ]
+        )
     assert done.value.code == 0
     assert load_artifact(tmp_path / "m").feature_vocab == ["genre:comedy", "genre:sci-fi"]

@@ -55,7 +55,6 @@ def all_scores(b: ModelBundle, vec: np.ndarray, hist: np.ndarray) -> np.ndarray:
     return s[0].numpy()
 
 
-
 class Delegate(Reranker):
     """Any kind without a hand-derived gradient takes the autograd path."""
 
@@ -76,17 +75,34 @@ def generic_bundle(bundle: ModelBundle) -> ModelBundle:
 
 
 def online_update(
-    bundle: ModelBundle, vec: np.ndarray, history: np.ndarray, item_row: int, weight: float, *, seed: int,
-    steps: int = 3, lr: float = 0.05, n_negatives: int = 4,
+    bundle: ModelBundle,
+    vec: np.ndarray,
+    history: np.ndarray,
+    item_row: int,
+    weight: float,
+    *,
+    seed: int,
+    steps: int = 3,
+    lr: float = 0.05,
+    n_negatives: int = 4,
 ) -> np.ndarray:
     """One event alone: `online_update_batch` with one row; [D], [H] -> new [D]."""
-    return online_update_batch(bundle, np.asarray(vec, dtype=np.float32)[None], np.asarray(history)[None],
-                               np.array([item_row]), np.array([weight]), [seed],
-                               steps=steps, lr=lr, n_negatives=n_negatives)[0]
+    return online_update_batch(
+        bundle,
+        np.asarray(vec, dtype=np.float32)[None],
+        np.asarray(history)[None],
+        np.array([item_row]),
+        np.array([weight]),
+        [seed],
+        steps=steps,
+        lr=lr,
+        n_negatives=n_negatives,
+    )[0]
 
 
-def reference_targets(n_items: int, row: int, weight: float, seed: int, n_negatives: int
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference_targets(
+    n_items: int, row: int, weight: float, seed: int, n_negatives: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What one event should learn from, written out plainly: items [K], labels [K], weights [K].
 
     Positive: the item (label 1, weight |w|) and n_negatives uniform draws from the other items by
@@ -162,7 +178,9 @@ def test_hand_derived_update_matches_the_generic_autograd_path(bundle: ModelBund
         np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)
 
 
-def random_events(b: ModelBundle, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+def random_events(
+    b: ModelBundle, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """n events mixing positive, dismiss and zero weights, unknown items and empty histories."""
     rng = np.random.default_rng(seed)
     d, h, n_items = b.model.dim, b.model.history_len, b.model.n_items

@@ -15,7 +15,7 @@ def make_model(n_users: int = 7, n_items: int = 11, **kw) -> DNNReranker:
     model = DNNReranker(n_users, n_items, dim=8, history_len=5, mlp_hidden=[16, 8], **kw)
     # Random, non-trivial weights everywhere so shape and gradient checks see real values.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.normal_(0, 0.3)
         model.user_emb.weight[0].zero_()
         model.hist_emb.weight[0].zero_()
@@ -177,8 +177,9 @@ def test_numpy_twins_give_a_row_the_same_bits_in_any_batch(hidden: list[int], vo
     for b in range(6):
         one = slice(b, b + 1)
         ctx_b = history_context_batch_np(p, hist[one])
-        s_b, g_b = score_and_grad_batch_np(p, vec[one] + ctx_b, items[one],
-                                           lambda s, one=one: 1 / (1 + np.exp(-s)) - y[one])
+        s_b, g_b = score_and_grad_batch_np(
+            p, vec[one] + ctx_b, items[one], lambda s, one=one: 1 / (1 + np.exp(-s)) - y[one]
+        )
         assert np.array_equal(ctx[one], ctx_b) and np.array_equal(s[one], s_b) and np.array_equal(g[one], g_b)
     # And in other company: the rows reversed.
     back = slice(None, None, -1)

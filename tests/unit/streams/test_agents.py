@@ -4,8 +4,7 @@ from streams.worker.agents import in_order
 
 
 def fake_event(topic: str, partition: int, offset: int, ts: float):  # type: ignore[no-untyped-def]
-    message = SimpleNamespace(topic=topic, partition=partition, offset=offset, timestamp=ts,
-                              key=b"k", value=b"v")
+    message = SimpleNamespace(topic=topic, partition=partition, offset=offset, timestamp=ts, key=b"k", value=b"v")
     return SimpleNamespace(message=message)
 
 

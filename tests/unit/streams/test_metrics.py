@@ -11,10 +11,10 @@ from faust.types import TP
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.core.worker_metrics import LATENCY_BUCKETS, WorkerMetrics, request_start
-from streams.worker.monitoring import TableCounter, consumer_lag
 from streams.core.processing import DictStateStore, InMessage, Processor
+from streams.core.worker_metrics import LATENCY_BUCKETS, WorkerMetrics, request_start
 from streams.settings import Settings
+from streams.worker.monitoring import TableCounter, consumer_lag
 
 # name -> (type, label names), exactly what a worker exports (README.md "Metrics").
 EXPECTED = {
@@ -47,8 +47,12 @@ def exported(metrics: WorkerMetrics) -> dict[str, tuple[str, set[str]]]:
 
 
 def samples(metrics: WorkerMetrics, name: str) -> list[Any]:
-    return [s for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
-            for s in f.samples if s.name == name]
+    return [
+        s
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in f.samples
+        if s.name == name
+    ]
 
 
 def test_every_metric_has_its_name_type_and_labels() -> None:
@@ -84,17 +88,21 @@ def test_model_info_keeps_one_series_after_a_swap() -> None:
     assert [(s.labels, s.value) for s in series] == [({"name": "dnn", "version": "v2"}, 1.0)]
 
 
-@pytest.mark.parametrize(("request_ts", "kafka_ts", "expected"), [
-    (990.0, 995.0, 990.0),        # the client's ts is plausible: it wins
-    (1000.5, 995.0, 1000.5),      # slightly ahead of the worker's clock: within the skew
-    (1005.0, 995.0, 995.0),       # too far in the future: the Kafka timestamp
-    (1000.0 - 7200, 995.0, 995.0),  # two hours old (a replay): the Kafka timestamp
-    (None, 995.0, 995.0),
-    (None, None, None),
-    (1e12, None, None),           # milliseconds by mistake, and no Kafka timestamp
-])
-def test_request_start_prefers_a_plausible_request_ts(request_ts: float | None, kafka_ts: float | None,
-                                                      expected: float | None) -> None:
+@pytest.mark.parametrize(
+    ("request_ts", "kafka_ts", "expected"),
+    [
+        (990.0, 995.0, 990.0),  # the client's ts is plausible: it wins
+        (1000.5, 995.0, 1000.5),  # slightly ahead of the worker's clock: within the skew
+        (1005.0, 995.0, 995.0),  # too far in the future: the Kafka timestamp
+        (1000.0 - 7200, 995.0, 995.0),  # two hours old (a replay): the Kafka timestamp
+        (None, 995.0, 995.0),
+        (None, None, None),
+        (1e12, None, None),  # milliseconds by mistake, and no Kafka timestamp
+    ],
+)
+def test_request_start_prefers_a_plausible_request_ts(
+    request_ts: float | None, kafka_ts: float | None, expected: float | None
+) -> None:
     assert request_start(request_ts, kafka_ts, now=1000.0) == expected
 
 
@@ -107,8 +115,11 @@ def _latencies(metrics: WorkerMetrics) -> tuple[float, float]:
 def _ask(bundle, kafka_ts: float | None, request_ts: float | None, now: float) -> WorkerMetrics:  # type: ignore[no-untyped-def]
     settings = Settings.load(env={})
     metrics = WorkerMetrics()
-    request: dict[str, Any] = {"request_id": "r", "user_id": "u",
-                               "candidates": [{"item_id": i} for i in bundle.item_ids[1:4]]}
+    request: dict[str, Any] = {
+        "request_id": "r",
+        "user_id": "u",
+        "candidates": [{"item_id": i} for i in bundle.item_ids[1:4]],
+    }
     if request_ts is not None:
         request["ts"] = request_ts
     processor = Processor(bundle, settings, DictStateStore(), metrics, clock=lambda: now)
@@ -138,8 +149,9 @@ def test_processor_skips_latency_without_any_start(bundle) -> None:  # type: ign
 class FakeConsumer:
     """The parts of a faust consumer that lag reads."""
 
-    def __init__(self, highwaters: dict[Any, int | None], committed: dict[Any, int | None],
-                 positions: dict[Any, int | None]) -> None:
+    def __init__(
+        self, highwaters: dict[Any, int | None], committed: dict[Any, int | None], positions: dict[Any, int | None]
+    ) -> None:
         self.highwaters, self._committed_offset, self.positions = highwaters, committed, positions
 
     def assignment(self) -> set[Any]:
@@ -158,7 +170,8 @@ def test_consumer_lag_sums_assigned_partitions_per_input_topic() -> None:
     consumer = FakeConsumer(
         highwaters={events0: 100, events1: 50, requests0: 7, changelog: 999, unfetched: None},
         committed={events0: 90, requests0: 7, changelog: 0},
-        positions={events1: 45})  # nothing committed yet on events1: its position counts
+        positions={events1: 45},
+    )  # nothing committed yet on events1: its position counts
     lag = asyncio.run(consumer_lag(consumer, ["events", "requests", "idle"]))
     assert lag == {"events": 10 + 5, "requests": 0, "idle": 0}
 

@@ -5,8 +5,8 @@ import orjson
 import pytest
 
 from streams.core.processing import DictStateStore, InMessage, Processor
-from streams.settings import Settings
 from streams.devtools.synthetic import cluster_share_at_k, events_for_cluster
+from streams.settings import Settings
 from tests.conftest import assert_same_results
 
 
@@ -39,13 +39,14 @@ def test_a_request_never_sees_an_event_that_came_after_it(bundle, trained_world,
     outputs = processor.process(
         [msg(settings, "request", {"request_id": "first", "user_id": user, "candidates": everything})]
         + [msg(settings, "event", e) for e in clicks]
-        + [msg(settings, "request", {"request_id": "second", "user_id": user, "candidates": everything})])
+        + [msg(settings, "request", {"request_id": "second", "user_id": user, "candidates": everything})]
+    )
     by_id = {r["request_id"]: [i["item_id"] for i in r["items"]] for r in results(settings, outputs)}
     cold = Processor(bundle, settings, DictStateStore()).process(
-        [msg(settings, "request", {"request_id": "first", "user_id": user, "candidates": everything})])
+        [msg(settings, "request", {"request_id": "first", "user_id": user, "candidates": everything})]
+    )
     assert by_id["first"] == [i["item_id"] for i in results(settings, cold)[0]["items"]]
-    assert cluster_share_at_k(world, user, by_id["second"], 10) > \
-        cluster_share_at_k(world, user, by_id["first"], 10)
+    assert cluster_share_at_k(world, user, by_id["second"], 10) > cluster_share_at_k(world, user, by_id["first"], 10)
 
 
 def test_events_the_model_learned_are_not_learned_again(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
@@ -59,10 +60,14 @@ def test_events_the_model_learned_are_not_learned_again(bundle, trained_world, s
 
 def test_unknown_user_and_items_are_answered(bundle, settings) -> None:  # type: ignore[no-untyped-def]
     known = bundle.item_ids[1:4]
-    candidates = [{"item_id": "brand-new-1", "score": 0.9}, *({"item_id": i} for i in known),
-                  {"item_id": "brand-new-2", "score": 0.1}]
+    candidates = [
+        {"item_id": "brand-new-1", "score": 0.9},
+        *({"item_id": i} for i in known),
+        {"item_id": "brand-new-2", "score": 0.1},
+    ]
     outputs = Processor(bundle, settings, DictStateStore()).process(
-        [msg(settings, "request", {"request_id": "cold", "user_id": "nobody", "candidates": candidates})])
+        [msg(settings, "request", {"request_id": "cold", "user_id": "nobody", "candidates": candidates})]
+    )
     [result] = results(settings, outputs)
     assert "error" not in result and len(result["items"]) == 5
     ranked = [i["item_id"] for i in result["items"]]
@@ -72,13 +77,18 @@ def test_unknown_user_and_items_are_answered(bundle, settings) -> None:  # type:
 
 def test_bad_messages_become_dead_letters_and_error_results(bundle, settings) -> None:  # type: ignore[no-untyped-def]
     processor = Processor(bundle, settings, DictStateStore())
-    outputs = processor.process([
-        msg(settings, "request", b"\xff\xfe not json"),
-        msg(settings, "request", {"request_id": "dup", "user_id": "u",
-                                  "candidates": [{"item_id": "a"}, {"item_id": "a"}]}),
-        msg(settings, "event", {"user_id": "u", "item_id": "a", "event_type": "wink", "ts": 1}),
-        msg(settings, "request", {"request_id": "fine", "user_id": "u", "candidates": [{"item_id": "a"}]}),
-    ])
+    outputs = processor.process(
+        [
+            msg(settings, "request", b"\xff\xfe not json"),
+            msg(
+                settings,
+                "request",
+                {"request_id": "dup", "user_id": "u", "candidates": [{"item_id": "a"}, {"item_id": "a"}]},
+            ),
+            msg(settings, "event", {"user_id": "u", "item_id": "a", "event_type": "wink", "ts": 1}),
+            msg(settings, "request", {"request_id": "fine", "user_id": "u", "candidates": [{"item_id": "a"}]}),
+        ]
+    )
     letters = dead(settings, outputs)
     assert [d["reason"] for d in letters] == ["invalid_json", "duplicate_candidates", "unknown_event_type"]
     assert letters[0]["raw_encoding"] == "base64" and letters[1]["raw_encoding"] == "text"
@@ -94,8 +104,11 @@ def test_a_scoring_failure_answers_every_waiting_request(bundle, settings, monke
 
     monkeypatch.setattr("streams.core.processing.rerank_batch", broken)
     outputs = Processor(bundle, settings, DictStateStore()).process(
-        [msg(settings, "request", {"request_id": f"r{i}", "user_id": "u", "candidates": [{"item_id": "a"}]})
-         for i in range(3)])
+        [
+            msg(settings, "request", {"request_id": f"r{i}", "user_id": "u", "candidates": [{"item_id": "a"}]})
+            for i in range(3)
+        ]
+    )
     answered = results(settings, outputs)
     assert [r["error"]["code"] for r in answered] == ["internal_error"] * 3
     assert len(dead(settings, outputs)) == 3
@@ -137,17 +150,28 @@ def test_state_survives_a_model_swap(bundle, trained_world, settings, tmp_path) 
     clicks = events_for_cluster(trained_world.world, "swapper", 2, 4, start_ts=2e9)
     processor.process([msg(settings, "event", e, offset=i) for i, e in enumerate(clicks)])
     before = store.states["swapper"]
-    newer = load_artifact(train_to_artifact(trained_world.events, tmp_path / "v2", seed=3, max_epochs=2,
-                                            log=lambda line: None))
+    newer = load_artifact(
+        train_to_artifact(trained_world.events, tmp_path / "v2", seed=3, max_epochs=2, log=lambda line: None)
+    )
     processor.bundle = newer  # what the model watcher does between batches
     state = processor.state_of("swapper", msg(settings, "event", clicks[0]))
     # The history (item ids) and counts carry over; the vector restarts in the new model's space.
     assert state.history == before.history and state.counts == before.counts
     assert state.model_version == newer.version and state.last_offset == before.last_offset
     assert not state.vector.any()  # "swapper" is unknown to the new model: its zero vector
-    outputs = processor.process([msg(settings, "request", {
-        "request_id": "after-swap", "user_id": "swapper",
-        "candidates": [{"item_id": i} for i in trained_world.world.items]})])
+    outputs = processor.process(
+        [
+            msg(
+                settings,
+                "request",
+                {
+                    "request_id": "after-swap",
+                    "user_id": "swapper",
+                    "candidates": [{"item_id": i} for i in trained_world.world.items],
+                },
+            )
+        ]
+    )
     [result] = results(settings, outputs)
     assert result["model"]["version"] == newer.version and "error" not in result
     assert cluster_share_at_k(trained_world.world, "swapper", [i["item_id"] for i in result["items"]], 10) >= 0.5
@@ -170,8 +194,14 @@ def same_states(a: DictStateStore, b: DictStateStore) -> None:
     for user, x in a.states.items():
         y = b.states[user]
         assert np.array_equal(x.vector, y.vector) and x.vector.dtype == y.vector.dtype, user
-        assert (x.history, x.counts, x.applied, x.model_version, x.last_ts, x.last_offset) == \
-            (y.history, y.counts, y.applied, y.model_version, y.last_ts, y.last_offset), user
+        assert (x.history, x.counts, x.applied, x.model_version, x.last_ts, x.last_offset) == (
+            y.history,
+            y.counts,
+            y.applied,
+            y.model_version,
+            y.last_ts,
+            y.last_offset,
+        ), user
 
 
 def mixed_batch(settings: Settings, trained_world) -> list[InMessage]:  # type: ignore[no-untyped-def]
@@ -186,18 +216,23 @@ def mixed_batch(settings: Settings, trained_world) -> list[InMessage]:  # type: 
     for n in range(40):
         user = users[(n * 7) % len(users) if n % 3 else n % 2]
         if n % 9 == 4:
-            out.append(msg(settings, "request", {"request_id": f"r{n}", "user_id": user,
-                                                 "candidates": candidates}))
+            out.append(msg(settings, "request", {"request_id": f"r{n}", "user_id": user, "candidates": candidates}))
             continue
-        event = {"user_id": user, "item_id": world.items[(n * 5) % len(world.items)],
-                 "event_type": ["click", "view", "purchase", "dismiss"][n % 4], "ts": 2e9 + n}
+        event = {
+            "user_id": user,
+            "item_id": world.items[(n * 5) % len(world.items)],
+            "event_type": ["click", "view", "purchase", "dismiss"][n % 4],
+            "ts": 2e9 + n,
+        }
         if n == 17:
             event["item_id"] = "never-seen-item"
         out.append(msg(settings, "event", event, offset=offset))
         offset += 1
     redelivered = next(m for m in out if m.topic == settings.events_topic and m.offset == 103)
     out.insert(20, redelivered)
-    out.insert(27, msg(settings, "event", {"user_id": users[0], "item_id": "x", "event_type": "wink", "ts": 2e9}, offset=999))
+    out.insert(
+        27, msg(settings, "event", {"user_id": users[0], "item_id": "x", "event_type": "wink", "ts": 2e9}, offset=999)
+    )
     out.append(msg(settings, "request", {"request_id": "last", "user_id": users[0], "candidates": candidates}))
     return out
 
@@ -212,11 +247,13 @@ def test_a_batch_gives_the_states_and_results_of_one_message_at_a_time(bundle, t
     same_states(batched_store, single_store)
     assert_same_results(results(settings, out_batched), results(settings, out_single))
     assert len(results(settings, out_batched)) == sum(m.topic == settings.requests_topic for m in messages)
-    strip = lambda letters: sorted((d["offset"], d["reason"]) for d in letters)  # noqa: E731
+    strip = lambda letters: sorted((d["offset"], d["reason"]) for d in letters)
     assert strip(dead(settings, out_batched)) == strip(dead(settings, out_single)) == [(999, "unknown_event_type")]
     for outcome in ("ok", "duplicate"):
-        counts = [sum(p.metrics.events.labels(t, outcome)._value.get() for t in settings.event_weights)
-                  for p in (batched, single)]
+        counts = [
+            sum(p.metrics.events.labels(t, outcome)._value.get() for t in settings.event_weights)
+            for p in (batched, single)
+        ]
         assert counts[0] == counts[1] > 0, outcome
     # Fewer writes: one per user and group, and every state written last by its last event.
     assert len(batched_store.puts) < len(single_store.puts)
@@ -227,25 +264,46 @@ def test_a_batch_gives_the_states_and_results_of_one_message_at_a_time(bundle, t
 def test_a_request_between_two_events_of_its_user_sees_only_the_first(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
     user = trained_world.world.users[5]
     clicks = events_for_cluster(trained_world.world, user, 2, 2, start_ts=2e9)
-    request = {"request_id": "between", "user_id": user,
-               "candidates": [{"item_id": i} for i in trained_world.world.items]}
+    request = {
+        "request_id": "between",
+        "user_id": user,
+        "candidates": [{"item_id": i} for i in trained_world.world.items],
+    }
     store = DictStateStore()
     outputs = Processor(bundle, settings, store, clock=lambda: 0.0).process(
-        [msg(settings, "event", clicks[0], offset=1), msg(settings, "request", request),
-         msg(settings, "event", clicks[1], offset=2)])
+        [
+            msg(settings, "event", clicks[0], offset=1),
+            msg(settings, "request", request),
+            msg(settings, "event", clicks[1], offset=2),
+        ]
+    )
     first_only = Processor(bundle, settings, DictStateStore(), clock=lambda: 0.0).process(
-        [msg(settings, "event", clicks[0], offset=1), msg(settings, "request", request)])
+        [msg(settings, "event", clicks[0], offset=1), msg(settings, "request", request)]
+    )
     both = Processor(bundle, settings, DictStateStore(), clock=lambda: 0.0).process(
-        [msg(settings, "event", clicks[0], offset=1), msg(settings, "event", clicks[1], offset=2),
-         msg(settings, "request", request)])
+        [
+            msg(settings, "event", clicks[0], offset=1),
+            msg(settings, "event", clicks[1], offset=2),
+            msg(settings, "request", request),
+        ]
+    )
     assert results(settings, outputs) == results(settings, first_only) != results(settings, both)
     assert store.states[user].applied == 2 and store.states[user].last_offset == 2
 
 
 def test_a_group_writes_each_user_once(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
     def event(user: str, offset: int) -> InMessage:
-        return msg(settings, "event", {"user_id": user, "item_id": trained_world.world.items[offset % 7],
-                                       "event_type": "click", "ts": 2e9 + offset}, offset=offset)
+        return msg(
+            settings,
+            "event",
+            {
+                "user_id": user,
+                "item_id": trained_world.world.items[offset % 7],
+                "event_type": "click",
+                "ts": 2e9 + offset,
+            },
+            offset=offset,
+        )
 
     store = RecordingStore()
     processor = Processor(bundle, settings, store)
@@ -254,9 +312,16 @@ def test_a_group_writes_each_user_once(bundle, trained_world, settings) -> None:
     assert store.states["a"].applied == 3 and store.states["b"].applied == 2
     # A request for a user with events waiting only flushes at that user's next event.
     store.puts.clear()
-    processor.process([event("a", 7), event("b", 8),
-                       msg(settings, "request", {"request_id": "q", "user_id": "a", "candidates": [{"item_id": "x"}]}),
-                       event("c", 9), event("a", 10), event("b", 11)])
+    processor.process(
+        [
+            event("a", 7),
+            event("b", 8),
+            msg(settings, "request", {"request_id": "q", "user_id": "a", "candidates": [{"item_id": "x"}]}),
+            event("c", 9),
+            event("a", 10),
+            event("b", 11),
+        ]
+    )
     assert store.puts == [("a", 7), ("b", 8), ("c", 9), ("a", 10), ("b", 11)]
 
 
@@ -272,8 +337,12 @@ def test_a_failing_batch_falls_back_to_one_event_at_a_time(bundle, trained_world
         return real(b, vecs, histories, item_rows, *args, **kwargs)
 
     def event(user: str, item: str, offset: int) -> InMessage:
-        return msg(settings, "event", {"user_id": user, "item_id": item, "event_type": "click",
-                                       "ts": 2e9 + offset}, offset=offset)
+        return msg(
+            settings,
+            "event",
+            {"user_id": user, "item_id": item, "event_type": "click", "ts": 2e9 + offset},
+            offset=offset,
+        )
 
     good = [event("a", bundle.item_ids[1], 1), event("b", bundle.item_ids[2], 2), event("a", bundle.item_ids[3], 3)]
     clean = DictStateStore()

@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from streams.core.processing import DictStateStore, InMessage, Processor
-from streams.settings import Settings
 from streams.devtools.synthetic import generate_events, generate_requests, make_world
+from streams.settings import Settings
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
 
@@ -31,7 +31,8 @@ def test_generated_inputs_and_produced_outputs_validate(bundle) -> None:  # type
     outputs = Processor(bundle, settings, DictStateStore()).process(
         [InMessage(settings.events_topic, None, None, None, None, orjson.dumps(e)) for e in events]
         + [InMessage(settings.requests_topic, None, None, None, None, orjson.dumps(r)) for r in requests]
-        + [bad])
+        + [bad]
+    )
     results = [orjson.loads(o.value) for o in outputs if o.topic == settings.results_topic]
     letters = [orjson.loads(o.value) for o in outputs if o.topic == settings.dead_letter_topic]
     assert len(results) == 11 and len(letters) == 1

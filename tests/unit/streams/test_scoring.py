@@ -13,7 +13,7 @@ def scoring_input(bundle, user: str, items: list[str], k=None, upstream=None) ->
 def test_batch_equals_one_by_one_and_is_sorted(bundle) -> None:  # type: ignore[no-untyped-def]
     users = list(bundle.user_index)[:5]
     items = bundle.item_ids[1:]
-    inputs = [scoring_input(bundle, u, items[i: i + 7 + i]) for i, u in enumerate(users)]
+    inputs = [scoring_input(bundle, u, items[i : i + 7 + i]) for i, u in enumerate(users)]
     together = rerank_batch(bundle, inputs)
     alone = [rerank_batch(bundle, [x])[0] for x in inputs]
     for a, b, x in zip(together, alone, inputs):
@@ -26,8 +26,7 @@ def test_batch_equals_one_by_one_and_is_sorted(bundle) -> None:  # type: ignore[
 
 def test_k_cuts_and_ties_break_by_upstream_then_order(bundle) -> None:  # type: ignore[no-untyped-def]
     unknown = ["x1", "x2", "x3", "x4"]  # identical fallback scores
-    [ranked] = rerank_batch(bundle, [scoring_input(bundle, "nobody", unknown, k=3,
-                                                   upstream=[0.1, np.nan, 0.9, 0.1])])
+    [ranked] = rerank_batch(bundle, [scoring_input(bundle, "nobody", unknown, k=3, upstream=[0.1, np.nan, 0.9, 0.1])])
     assert [i for i, _ in ranked] == ["x3", "x1", "x4"]
 
 

@@ -8,14 +8,18 @@ import pytest
 from faust.auth import SASLCredentials, SSLCredentials
 
 from models import load_artifact
-from streams.worker.app import build_worker
 from streams.kafka.clients import consumer_config, producer_config
 from streams.kafka.security import aiokafka_security, confluent_security
-from streams.worker.faust_hooks import faust_credentials
 from streams.settings import Settings, SettingsError
+from streams.worker.app import build_worker
+from streams.worker.faust_hooks import faust_credentials
 
-SASL = {"RERANKER_SECURITY_PROTOCOL": "SASL_SSL", "RERANKER_SASL_MECHANISM": "SCRAM-SHA-512",
-        "RERANKER_SASL_USERNAME": "svc-reranker", "RERANKER_SASL_PASSWORD": "s3cret"}
+SASL = {
+    "RERANKER_SECURITY_PROTOCOL": "SASL_SSL",
+    "RERANKER_SASL_MECHANISM": "SCRAM-SHA-512",
+    "RERANKER_SASL_USERNAME": "svc-reranker",
+    "RERANKER_SASL_PASSWORD": "s3cret",
+}
 
 
 def test_sasl_ssl_reaches_confluent_clients() -> None:
@@ -42,9 +46,28 @@ def test_ssl_only_with_ca_file(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make a throwaway CA certificate")
     ca = tmp_path / "ca.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", str(tmp_path / "ca.key"), "-out", str(ca), "-days", "1",
-                    "-subj", "/CN=test-ca"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "ca.key"),
+            "-out",
+            str(ca),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ],
+        check=True,
+        capture_output=True,
+    )
     settings = Settings.load(env={"RERANKER_SECURITY_PROTOCOL": "SSL", "RERANKER_SSL_CAFILE": str(ca)})
     assert confluent_security(settings) == {"security.protocol": "SSL", "ssl.ca.location": str(ca)}
     assert isinstance(faust_credentials(settings), SSLCredentials)

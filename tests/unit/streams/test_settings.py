@@ -38,13 +38,16 @@ def test_event_weights_from_env_json() -> None:
     assert settings.event_weights == {"click": 2.0, "dismiss": -3.0}
 
 
-@pytest.mark.parametrize("env", [
-    {"RERANKER_PARTITIONS": "many"},
-    {"RERANKER_ONLINE_UPDATES": "maybe"},
-    {"RERANKER_STORE": "redis://"},
-    {"RERANKER_PARTITIONS": "0"},
-    {"RERANKER_EVENT_WEIGHTS": "[1, 2]"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"RERANKER_PARTITIONS": "many"},
+        {"RERANKER_ONLINE_UPDATES": "maybe"},
+        {"RERANKER_STORE": "redis://"},
+        {"RERANKER_PARTITIONS": "0"},
+        {"RERANKER_EVENT_WEIGHTS": "[1, 2]"},
+    ],
+)
 def test_bad_values_are_rejected(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
         Settings.load(env=env)
@@ -60,8 +63,9 @@ def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
 def test_sample_config_is_complete_and_loads() -> None:
     sample = Path(__file__).resolve().parents[3] / "reranker.example.toml"
     settings = Settings.load(sample, env={})
-    lines = [line.lstrip("# ").strip() for line in sample.read_text().splitlines()
-             if not line.lstrip().startswith("##")]
+    lines = [
+        line.lstrip("# ").strip() for line in sample.read_text().splitlines() if not line.lstrip().startswith("##")
+    ]
     documented = {line.split("=")[0].strip() for line in lines if "=" in line}
     documented |= {line.strip("[]").split(".")[0] for line in lines if line.startswith("[")}
     assert set(settings.as_dict()) <= documented
@@ -73,7 +77,9 @@ def test_bootstrap_strips_scheme() -> None:
 
 def test_model_hparams_from_toml_tables_and_env_json(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('[model_hparams.dnn]\ndim = 32\nmlp_hidden = [16]\n\n[model_hparams.gan]\nserve = "discriminator"\n')
+    config.write_text(
+        '[model_hparams.dnn]\ndim = 32\nmlp_hidden = [16]\n\n[model_hparams.gan]\nserve = "discriminator"\n'
+    )
     settings = Settings.load(config, env={})
     assert settings.model_hparams == {"dnn": {"dim": 32, "mlp_hidden": [16]}, "gan": {"serve": "discriminator"}}
     settings = Settings.load(config, env={"RERANKER_MODEL_HPARAMS": '{"dnn": {"lr": 0.001}}'})

@@ -1,18 +1,37 @@
 import numpy as np
 
-from streams.core.state import (UserState, already_trained, apply_event, decode_state, encode_state,
-                           history_rows, initial_state, update_seed)
+from streams.core.state import (
+    UserState,
+    already_trained,
+    apply_event,
+    decode_state,
+    encode_state,
+    history_rows,
+    initial_state,
+    update_seed,
+)
 
 ONLINE = dict(online=True, steps=3, lr=0.05, negatives=4)
 
 
 def test_state_round_trips_through_bytes() -> None:
-    state = UserState(vector=np.arange(4, dtype=np.float32) / 3, history=["a", "b"],
-                      counts={"click": 2}, applied=2, model_version="v", last_ts=5.5)
+    state = UserState(
+        vector=np.arange(4, dtype=np.float32) / 3,
+        history=["a", "b"],
+        counts={"click": 2},
+        applied=2,
+        model_version="v",
+        last_ts=5.5,
+    )
     back = decode_state(encode_state(state))
     assert np.array_equal(back.vector, state.vector) and back.vector.dtype == np.float32
-    assert (back.history, back.counts, back.applied, back.model_version, back.last_ts) == \
-        (["a", "b"], {"click": 2}, 2, "v", 5.5)
+    assert (back.history, back.counts, back.applied, back.model_version, back.last_ts) == (
+        ["a", "b"],
+        {"click": 2},
+        2,
+        "v",
+        5.5,
+    )
 
 
 def test_known_user_starts_from_the_model(bundle) -> None:  # type: ignore[no-untyped-def]
@@ -66,14 +85,14 @@ def test_dismiss_stays_out_of_history_and_frozen_mode_keeps_the_vector(bundle) -
     item = bundle.item_ids[2]
     dismissed = apply_event(bundle, start, "fresh", item, "dismiss", 1.0, -1.0, **ONLINE)
     assert dismissed.history == [] and dismissed.counts == {"dismiss": 1}
-    frozen = apply_event(bundle, start, "fresh", item, "click", 1.0, 1.0,
-                         **{**ONLINE, "online": False})
+    frozen = apply_event(bundle, start, "fresh", item, "click", 1.0, 1.0, **{**ONLINE, "online": False})
     assert np.array_equal(frozen.vector, start.vector) and frozen.history == [item]
 
 
 def test_history_is_capped(bundle) -> None:  # type: ignore[no-untyped-def]
     state = initial_state(bundle, "fresh")
     for n in range(bundle.history_len + 5):
-        state = apply_event(bundle, state, "fresh", bundle.item_ids[1 + n % 5], "view", n, 0.5,
-                            **{**ONLINE, "online": False})
+        state = apply_event(
+            bundle, state, "fresh", bundle.item_ids[1 + n % 5], "view", n, 0.5, **{**ONLINE, "online": False}
+        )
     assert len(state.history) == bundle.history_len

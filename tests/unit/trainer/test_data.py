@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from streams.settings import DEFAULT_EVENT_WEIGHTS
 from trainer.data import (

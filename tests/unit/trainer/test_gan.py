@@ -12,8 +12,14 @@ from tests.unit.models.test_online import online_update
 from trainer import gan as gan_module
 from trainer.train import train_model, train_to_artifact
 
-FAST = {"gan_epochs": 3, "gan_batch_size": 64, "gan_samples": 8, "gan_lr_g": 1e-3, "gan_lr_d": 1e-3,
-        "serve": "discriminator"}
+FAST = {
+    "gan_epochs": 3,
+    "gan_batch_size": 64,
+    "gan_samples": 8,
+    "gan_lr_g": 1e-3,
+    "gan_lr_d": 1e-3,
+    "serve": "discriminator",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +37,7 @@ def _all_scores(model: GANReranker) -> torch.Tensor:
 
 def test_gan_trains_without_nans_and_publishes_a_loadable_artifact(events: list[dict], tmp_path: Path) -> None:
     lines: list[str] = []
-    path = train_to_artifact(events, tmp_path / "gan", kind="gan", seed=0, log=lines.append, max_epochs=3,
-                             hparams=FAST)
+    path = train_to_artifact(events, tmp_path / "gan", kind="gan", seed=0, log=lines.append, max_epochs=3, hparams=FAST)
     b = load_artifact(path)
     assert b.name == "gan" and isinstance(b.model, GANReranker) and b.manifest["kind"] == "gan"
     info = b.manifest["training"]["gan"]
@@ -58,8 +63,14 @@ def test_gan_trains_without_nans_and_publishes_a_loadable_artifact(events: list[
 
 
 def test_generator_can_serve_and_serve_is_checked(events: list[dict]) -> None:
-    model, info = train_model(events, kind="gan", seed=1, log=lambda _: None, max_epochs=2,
-                              hparams={**FAST, "gan_epochs": 2, "serve": "generator"})
+    model, info = train_model(
+        events,
+        kind="gan",
+        seed=1,
+        log=lambda _: None,
+        max_epochs=2,
+        hparams={**FAST, "gan_epochs": 2, "serve": "generator"},
+    )
     log = info["training"]["gan"]["log"]
     assert info["metrics"]["ndcg@10"] == max(r["generator_ndcg@10"] for r in log)
     assert info["training"]["gan"]["served"] == "generator" and info["hparams"]["serve"] == "generator"
@@ -85,8 +96,7 @@ def test_non_finite_loss_stops_and_keeps_a_finite_checkpoint(
             after_epoch_1["on"] = True
 
     monkeypatch.setattr(gan_module, "_g_loss", poisoned)
-    model, info = train_model(events, kind="gan", seed=0, log=log, max_epochs=2,
-                              hparams={**FAST, "serve": "generator"})
+    model, info = train_model(events, kind="gan", seed=0, log=log, max_epochs=2, hparams={**FAST, "serve": "generator"})
     gan = info["training"]["gan"]
     assert gan["stopped"].startswith("non-finite loss in epoch 2") and gan["log"][-1]["non_finite"]
     assert info["metrics"]["best_epoch"] == 1
@@ -95,7 +105,8 @@ def test_non_finite_loss_stops_and_keeps_a_finite_checkpoint(
 
 def test_collapse_check_stops_training(events: list[dict]) -> None:
     # Asking for every item to be sampled every epoch makes any real generator "collapsed".
-    _, info = train_model(events, kind="gan", seed=0, log=lambda _: None, max_epochs=1,
-                          hparams={**FAST, "gan_min_distinct_share": 2.0})
+    _, info = train_model(
+        events, kind="gan", seed=0, log=lambda _: None, max_epochs=1, hparams={**FAST, "gan_min_distinct_share": 2.0}
+    )
     gan = info["training"]["gan"]
     assert "collapsed in epoch 1" in gan["stopped"] and len(gan["log"]) == 1

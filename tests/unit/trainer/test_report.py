@@ -14,8 +14,11 @@ from trainer.validation import rank_metrics
 SCORE_PY = Path("/work/shared/eval/score.py")
 
 REQUESTS = [
-    {"request_id": "r1", "user_id": "u1", "candidates": [{"item_id": "a", "score": 0.1}, {"item_id": "b", "score": 0.9},
-                                                         {"item_id": "c"}]},
+    {
+        "request_id": "r1",
+        "user_id": "u1",
+        "candidates": [{"item_id": "a", "score": 0.1}, {"item_id": "b", "score": 0.9}, {"item_id": "c"}],
+    },
     {"request_id": "r2", "user_id": "u2", "candidates": [{"item_id": "c"}, {"item_id": "d"}, {"item_id": "a"}]},
     {"request_id": "r3", "user_id": "u3", "candidates": ["b", "d", "e"]},
     {"request_id": "r4", "user_id": "u4", "candidates": [{"item_id": "a"}, {"item_id": "e"}]},
@@ -55,8 +58,17 @@ def test_metric_definitions_on_a_hand_computed_fixture() -> None:
 def test_numbers_equal_the_shared_scorer(tmp_path: Path, k: int) -> None:
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TRUTH))
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RESULTS))
-    cmd = [sys.executable, str(SCORE_PY), "--truth", str(tmp_path / "t.jsonl"), "--results", str(tmp_path / "r.jsonl"),
-           "-k", str(k), "--json"]
+    cmd = [
+        sys.executable,
+        str(SCORE_PY),
+        "--truth",
+        str(tmp_path / "t.jsonl"),
+        "--results",
+        str(tmp_path / "r.jsonl"),
+        "-k",
+        str(k),
+        "--json",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     theirs = json.loads(out.stdout)
     ours = build_report(REQUESTS, TRUTH, RESULTS, k=k)["systems"]["model"]
@@ -87,8 +99,14 @@ def test_report_files_and_notes(tmp_path: Path) -> None:
     assert any("popularity skipped" in n for n in saved["notes"])
     assert any("1 requests have no result" in n for n in saved["notes"])
     # Popularity ranks e first in r4 and a first in r2: 2 hits at rank 1, r1 (c unseen) and r3 (b 2nd).
-    rep = write_report(tmp_path / "out2", tmp_path / "req.jsonl", tmp_path / "truth.jsonl", tmp_path / "res.jsonl",
-                       tmp_path / "ev.jsonl", k=1)
+    rep = write_report(
+        tmp_path / "out2",
+        tmp_path / "req.jsonl",
+        tmp_path / "truth.jsonl",
+        tmp_path / "res.jsonl",
+        tmp_path / "ev.jsonl",
+        k=1,
+    )
     assert rep["systems"]["popularity"]["hr@1"] == pytest.approx(2 / 4)
     pytest.importorskip("matplotlib")
     png = tmp_path / "out2" / "report.png"
@@ -99,11 +117,27 @@ def test_cli_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     for name, recs in (("req", REQUESTS), ("truth", TRUTH), ("res", RESULTS), ("ev", EVENTS)):
         (tmp_path / f"{name}.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in recs))
     with pytest.raises(SystemExit) as done:
-        cli_main(["evaluate", "--requests", str(tmp_path / "req.jsonl"), "--truth", str(tmp_path / "truth.jsonl"),
-                  "--results", str(tmp_path / "res.jsonl"), "--events", str(tmp_path / "ev.jsonl"),
-                  "--out", str(tmp_path / "rep")])
+        cli_main(
+            [
+                "evaluate",
+                "--requests",
+                str(tmp_path / "req.jsonl"),
+                "--truth",
+                str(tmp_path / "truth.jsonl"),
+                "--results",
+                str(tmp_path / "res.jsonl"),
+                "--events",
+                str(tmp_path / "ev.jsonl"),
+                "--out",
+                str(tmp_path / "rep"),
+            ]
+        )
     assert done.value.code == 0
     printed = capsys.readouterr().out
     assert "popularity" in printed and "report written to" in printed
     assert set(json.loads((tmp_path / "rep" / "report.json").read_text())["systems"]) == {
-        "model", "random", "popularity", "upstream"}
+        "model",
+        "random",
+        "popularity",
+        "upstream",
+    }

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from streams.settings import Settings
+from tests.unit.trainer.test_trainer_metrics import values
 from trainer import service
 from trainer.service import RunResult, run_and_record, run_forever
 from trainer.service_metrics import TrainerMetrics
-from tests.unit.trainer.test_trainer_metrics import values
 
 
 def fake_run(outcome: str | Exception):  # type: ignore[no-untyped-def]
@@ -19,12 +19,16 @@ def fake_run(outcome: str | Exception):  # type: ignore[no-untyped-def]
         if isinstance(outcome, Exception):
             raise outcome
         return RunResult(outcome, "v1", None, {"ndcg@10": 0.4, "requests": 10.0}, None, 2.0)
+
     return run_once
 
 
 def runs(metrics: TrainerMetrics) -> dict[str, float]:
-    return {labels[0][1]: value for (name, labels), value in values(metrics).items()
-            if name == "reranker_trainer_runs_total"}
+    return {
+        labels[0][1]: value
+        for (name, labels), value in values(metrics).items()
+        if name == "reranker_trainer_runs_total"
+    }
 
 
 @pytest.mark.parametrize("decision", ["promoted", "rejected"])

@@ -108,16 +108,20 @@ def test_model_hparams_of_the_trained_kind_override_its_defaults(planted: list[d
     assert model.dim == 12
 
 
-@pytest.mark.parametrize("per_kind,match", [
-    ({"dnnn": {"dim": 8}}, "unknown model kind 'dnnn'"),
-    ({"dnn": {"dimm": 8}}, r"model_hparams\.dnn: unknown hyper-parameters \['dimm'\]"),
-    ({"dnn": {"gan_epochs": 1}}, r"model_hparams\.dnn: unknown hyper-parameters \['gan_epochs'\]"),
-    ({"gan": {"dimm": 8}}, r"model_hparams\.gan: unknown hyper-parameters \['dimm'\]"),
-])
+@pytest.mark.parametrize(
+    "per_kind,match",
+    [
+        ({"dnnn": {"dim": 8}}, "unknown model kind 'dnnn'"),
+        ({"dnn": {"dimm": 8}}, r"model_hparams\.dnn: unknown hyper-parameters \['dimm'\]"),
+        ({"dnn": {"gan_epochs": 1}}, r"model_hparams\.dnn: unknown hyper-parameters \['gan_epochs'\]"),
+        ({"gan": {"dimm": 8}}, r"model_hparams\.gan: unknown hyper-parameters \['dimm'\]"),
+    ],
+)
 def test_model_hparams_with_an_unknown_kind_or_key_are_an_error(per_kind: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        train_model([{"user_id": 1, "item_id": 2, "event_type": "click", "ts": 0}], log=lambda _: None,
-                    model_hparams=per_kind)
+        train_model(
+            [{"user_id": 1, "item_id": 2, "event_type": "click", "ts": 0}], log=lambda _: None, model_hparams=per_kind
+        )
 
 
 def test_online_updates_pull_a_cold_user_towards_a_cluster(artifact: Path, world: World) -> None:
@@ -142,10 +146,13 @@ def test_online_updates_pull_a_cold_user_towards_a_cluster(artifact: Path, world
 def test_offline_scoring_writes_score_py_results(artifact: Path, tmp_path: Path) -> None:
     b = load_artifact(artifact)
     user, item1, item2 = b.manifest["user_ids"][1], b.item_ids[1], b.item_ids[2]
-    reqs = write_jsonl(tmp_path / "r.jsonl", [
-        {"request_id": "a", "user_id": user, "candidates": [{"item_id": item1}, {"item_id": "new"}]},
-        {"request_id": "b", "user_id": "stranger", "candidates": [{"item_id": item1}, {"item_id": item2}]},
-    ])
+    reqs = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            {"request_id": "a", "user_id": user, "candidates": [{"item_id": item1}, {"item_id": "new"}]},
+            {"request_id": "b", "user_id": "stranger", "candidates": [{"item_id": item1}, {"item_id": item2}]},
+        ],
+    )
     out = write_jsonl(tmp_path / "res.jsonl", score_offline(b, Settings(), read_jsonl(reqs)))
     res = list(read_jsonl(out))
     assert [r["request_id"] for r in res] == ["a", "b"]

@@ -24,8 +24,11 @@ EXPECTED = {
 
 def values(metrics: TrainerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(metrics.registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
 
 
 def test_names_types_and_labels() -> None:
@@ -34,7 +37,9 @@ def test_names_types_and_labels() -> None:
     families = {}
     for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         families[f.name + ("_total" if f.type == "counter" else "")] = (
-            f.type, {k for s in f.samples for k in s.labels})
+            f.type,
+            {k for s in f.samples for k in s.labels},
+        )
     assert families == EXPECTED
 
 
@@ -49,8 +54,7 @@ def test_counters_start_at_zero_for_every_known_label() -> None:
 def test_a_finished_run_records_its_metrics_and_decision() -> None:
     metrics = TrainerMetrics(clock=lambda: 1234.0)
     metrics.run_started()
-    metrics.run_finished(12.5, {"ndcg@10": 0.41, "hr@10": 0.7, "mrr": math.nan, "requests": 300.0},
-                         promoted=False)
+    metrics.run_finished(12.5, {"ndcg@10": 0.41, "hr@10": 0.7, "mrr": math.nan, "requests": 300.0}, promoted=False)
     v = values(metrics)
     assert v[("reranker_trainer_last_run_start_timestamp_seconds", ())] == 1234.0
     assert v[("reranker_trainer_last_success_timestamp_seconds", ())] == 1234.0
@@ -67,8 +71,11 @@ def test_validation_metrics_are_those_of_the_last_run_only() -> None:
     metrics = TrainerMetrics()
     metrics.run_finished(1.0, {"ndcg@10": 0.2, "hr@10": 0.5}, promoted=True)
     metrics.run_finished(1.0, {"ndcg@10": 0.3}, promoted=True)
-    series = {labels: value for (name, labels), value in values(metrics).items()
-              if name == "reranker_trainer_validation_metric"}
+    series = {
+        labels: value
+        for (name, labels), value in values(metrics).items()
+        if name == "reranker_trainer_validation_metric"
+    }
     assert series == {(("metric", "ndcg_at_10"),): 0.3}
 
 
