@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: install demo test
+.PHONY: install demo test lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# Lint and types (run by .ci/run before the tests): ruff's rules and format, mypy on the packages.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
