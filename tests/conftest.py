@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
+from models import online_update_batch
 from streams.devtools.broker import EmbeddedBroker, start_embedded_broker
 from streams.devtools.processes import launch_worker, stop_process
 from streams.kafka.topics import create_topics
@@ -156,3 +158,29 @@ def bundle(trained_world: TrainedWorld):  # type: ignore[no-untyped-def]
     from models import load_artifact
 
     return load_artifact(trained_world.model_dir)
+
+
+def online_update(
+    bundle: Any,
+    vec: np.ndarray,
+    history: np.ndarray,
+    item_row: int,
+    weight: float,
+    *,
+    seed: int,
+    steps: int = 3,
+    lr: float = 0.05,
+    n_negatives: int = 4,
+) -> np.ndarray:
+    """One event alone: `online_update_batch` with one row; [D], [H] -> new [D]."""
+    return online_update_batch(
+        bundle,
+        np.asarray(vec, dtype=np.float32)[None],
+        np.asarray(history)[None],
+        np.array([item_row]),
+        np.array([weight]),
+        [seed],
+        steps=steps,
+        lr=lr,
+        n_negatives=n_negatives,
+    )[0]

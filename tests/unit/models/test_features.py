@@ -9,7 +9,7 @@ from models import load_artifact
 from models.dnn import DNNReranker
 from models.features import build_vocab, feature_names, feature_rows
 from streams.devtools.synthetic import World, generate_events, make_world
-from tests.unit.models.test_online import online_update
+from tests.conftest import online_update
 from trainer.train import train_model, train_to_artifact
 
 

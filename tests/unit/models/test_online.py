@@ -7,6 +7,7 @@ import torch
 from models import ModelBundle, Reranker, load_artifact, online_update_batch, save_artifact
 from models.dnn import DNNReranker
 from models.online import _batch_targets
+from tests.conftest import online_update
 
 D, H, N_CLUSTERS, PER_CLUSTER = 16, 5, 4, 10
 N_ITEMS, N_USERS = N_CLUSTERS * PER_CLUSTER, 6
@@ -72,32 +73,6 @@ class Delegate(Reranker):
 def generic_bundle(bundle: ModelBundle) -> ModelBundle:
     """``bundle`` with its model behind a kind the online update knows no gradient for."""
     return dataclasses.replace(bundle, model=Delegate(bundle.model), cache={})
-
-
-def online_update(
-    bundle: ModelBundle,
-    vec: np.ndarray,
-    history: np.ndarray,
-    item_row: int,
-    weight: float,
-    *,
-    seed: int,
-    steps: int = 3,
-    lr: float = 0.05,
-    n_negatives: int = 4,
-) -> np.ndarray:
-    """One event alone: `online_update_batch` with one row; [D], [H] -> new [D]."""
-    return online_update_batch(
-        bundle,
-        np.asarray(vec, dtype=np.float32)[None],
-        np.asarray(history)[None],
-        np.array([item_row]),
-        np.array([weight]),
-        [seed],
-        steps=steps,
-        lr=lr,
-        n_negatives=n_negatives,
-    )[0]
 
 
 def reference_targets(

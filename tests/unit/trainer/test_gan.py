@@ -8,7 +8,7 @@ import torch
 from models import load_artifact
 from models.gan import GANReranker
 from streams.devtools.synthetic import generate_events, make_world
-from tests.unit.models.test_online import online_update
+from tests.conftest import online_update
 from trainer import gan as gan_module
 from trainer.train import train_model, train_to_artifact
 

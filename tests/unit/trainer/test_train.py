@@ -9,7 +9,7 @@ from streams.core.jsonl import read_jsonl, write_jsonl
 from streams.core.offline import score_offline
 from streams.devtools.synthetic import World, generate_events, make_world
 from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
-from tests.unit.models.test_online import online_update
+from tests.conftest import online_update
 from trainer.train import train_model, train_to_artifact
 
 
