@@ -56,6 +56,12 @@ def parse_movielens_args(ap: argparse.ArgumentParser, work_prefix: str) -> tuple
     return a, shared, work
 
 
+def train_from_topic(cli: list[str], out: Path, kind: str, env: dict[str, str], timings: dict[str, float]) -> None:
+    """`reranker train --topic user-events` into ``out``; prints its last line (where it wrote)."""
+    trained = run([*cli, "train", "--topic", "user-events", "--out", str(out), "--kind", kind], env, timings, "train")
+    print(trained.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a, shared, work = parse_movielens_args(ap, "ml100k-")
@@ -85,16 +91,7 @@ def main() -> None:
             timings,
             "produce",
         )
-        print(
-            run(
-                cli + ["train", "--topic", "user-events", "--out", str(work / "model"), "--kind", a.kind],
-                env,
-                timings,
-                "train",
-            )
-            .strip()
-            .splitlines()[-1]
-        )
+        train_from_topic(cli, work / "model", a.kind, env, timings)
         started = time.monotonic()
         worker = launch_worker(
             work / "model",

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.ml100k_live import parse_movielens_args, run  # noqa: E402
+from bench.ml100k_live import parse_movielens_args, run, train_from_topic  # noqa: E402
 from streams.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
 from streams.devtools.broker import start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
@@ -77,16 +77,7 @@ def main() -> None:
             )
             if not (work / "model" / "manifest.json").exists():
                 # Both modes serve this model: the fresh broker holds the same log at the same offsets.
-                print(
-                    run(
-                        cli + ["train", "--topic", "user-events", "--out", str(work / "model"), "--kind", a.kind],
-                        env,
-                        timings,
-                        "train",
-                    )
-                    .strip()
-                    .splitlines()[-1]
-                )
+                train_from_topic(cli, work / "model", a.kind, env, timings)
             extra = ["--no-online-updates"] if mode == "frozen" else []
             worker = launch_worker(
                 work / "model",

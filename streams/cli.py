@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,14 +133,20 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return Settings.load(args.config, overrides={"broker": args.broker, **overrides})
 
 
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT or SIGTERM sets, for commands that stop cleanly between steps."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.devtools.broker import start_embedded_broker
     from streams.kafka.topics import create_topics
 
     settings = load_settings(args, broker=f"{args.host}:{args.port}")
-    stop: list[bool] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(True))
+    stop = stop_on_signals()
     broker = start_embedded_broker(args.host, args.port)
     created = create_topics(settings)
     print(
@@ -148,11 +155,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        while not stop and broker.process.poll() is None:
+        while not stop.is_set() and broker.process.poll() is None:
             time.sleep(0.2)
     finally:
         broker.stop()
-    return 0 if stop else 1
+    return 0 if stop.is_set() else 1
 
 
 def _limit_blas_threads(threads: int) -> None:
@@ -256,8 +263,6 @@ def parse_duration(text: str) -> float:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    import threading
-
     from trainer.service import run_and_record, run_forever
 
     settings = load_settings(args, models_dir=args.models_dir, metrics_host=args.metrics_host)
@@ -275,9 +280,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         result = run_and_record(settings, metrics, **run_args)
         print(f"trainer: {result.decision} {result.version or ''} {result.reason}".rstrip(), flush=True)
         return 0
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     print(
         f"trainer: every {every:.0f}s from {args.topic or settings.events_topic} into {settings.models_dir}", flush=True
     )
@@ -360,14 +363,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    import threading
-
     from streams.devtools.traffic import run_loadgen
 
     settings = load_settings(args)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     stats = run_loadgen(
         settings,
         rate=args.rate,
