@@ -414,6 +414,10 @@ def test_serving_model_is_one_series_after_the_promoted_model_swaps_in(observed:
         interval=0.5,
         what="reranker_model_info naming only the new model",
     )
+    # The dashboard's swap annotation marks it.
+    for annotation in json.loads(DASHBOARD.read_text())["annotations"]["list"]:
+        if "reranker_model_swaps_total" in annotation.get("expr", ""):
+            assert prometheus.query(as_promql(annotation["expr"])), annotation["expr"]
     # Over the test, the dashboard's version panel saw both models, never two at one instant.
     counts = prometheus.values("max_over_time(count(reranker_model_info)[5m:1s])")
     assert counts == [1.0], counts

@@ -310,6 +310,42 @@ def test_datasource_uid_is_the_one_every_panel_uses(services: dict[str, dict[str
     assert len(ids) == len(set(ids))
 
 
+def _exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel.get("targets", [])]
+
+
+def test_worker_panels_follow_the_instance_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
+    assert "label_values(reranker_worker_last_batch_timestamp_seconds, instance)" in json.dumps(variable["query"])
+    assert variable["includeAll"] and variable["multi"] and variable["allValue"] == ".*"
+    selectors = 0
+    for panel in dashboard["panels"]:
+        for expr in _exprs(panel):
+            # Every selector of a worker series (not the trainer's, not `up`) is scoped to $instance.
+            for match in re.finditer(r"\b((?:reranker_(?!trainer_)|process_)[a-z_]+)(\{[^}]*\})?", expr):
+                assert match.group(2) and 'instance=~"$instance"' in match.group(2), (panel["title"], expr)
+                selectors += 1
+    assert selectors >= 20
+
+
+def test_dashboard_has_error_ratio_swap_annotations_and_trainer_liveness() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = {p["title"]: p for p in dashboard["panels"]}
+    [ratio] = _exprs(panels["Error ratio"])
+    numerator, denominator = ratio.split(" / ")
+    assert 'outcome!="ok"' in numerator and "reranker_requests_total" in denominator
+    assert "outcome" not in denominator  # all requests, whatever their outcome
+    assert panels["Error ratio"]["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    [swaps] = [a for a in dashboard["annotations"]["list"] if "reranker_model_swaps_total" in a.get("expr", "")]
+    assert swaps["enable"] and swaps["datasource"]["uid"] == "reranker-prom"
+    liveness = " ".join(_exprs(panels["Trainer loop liveness"]))
+    assert "reranker_trainer_last_run_start_timestamp_seconds" in liveness
+    assert "reranker_trainer_last_success_timestamp_seconds" in liveness
+    runtime = " ".join(_exprs(panels["Worker CPU and memory"]))
+    assert "process_resident_memory_bytes" in runtime and "process_cpu_seconds_total" in runtime
+
+
 def test_dockerfile_copies_every_package(services: dict[str, dict[str, Any]]) -> None:
     include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = [pattern.rstrip("*") for pattern in include]
