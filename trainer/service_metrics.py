@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, start_http_server
 
+from streams.core.worker_metrics import register_runtime_collectors
+
 # The text format would add a *_created gauge beside every counter and histogram: one
 # more series each that no query of this project reads.
 disable_created_metrics()
@@ -36,6 +38,7 @@ class TrainerMetrics:
         self.registry = registry or CollectorRegistry()
         self.clock = clock
         r = self.registry
+        register_runtime_collectors(r)
         self.last_success = Gauge(
             "reranker_trainer_last_success_timestamp_seconds",
             "When the last run that trained and evaluated a model ended (seconds since the epoch).",

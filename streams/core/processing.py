@@ -39,7 +39,7 @@ from streams.core.state import (
     history_rows,
     initial_state,
 )
-from streams.core.worker_metrics import WorkerMetrics, request_start
+from streams.core.worker_metrics import INVALID_EVENT_TYPE, WorkerMetrics, request_start
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ class Processor:
         self.settings = settings
         self.store = store
         self.metrics = metrics or WorkerMetrics()
+        # Event types are settings: their counters can only start at 0 once these are known.
+        self.metrics.add_event_types(settings.event_weights)
         self.clock = clock
 
     def process(self, messages: Sequence[InMessage]) -> list[OutMessage]:
@@ -170,7 +172,7 @@ class Processor:
                         max_bytes=self.settings.max_message_bytes,
                     )
                 except ContractError as exc:
-                    self.metrics.events.labels("invalid", exc.code).inc()
+                    self.metrics.events.labels(INVALID_EVENT_TYPE, exc.code).inc()
                     self.metrics.dead_letters.labels(exc.code).inc()
                     outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
                     continue

@@ -40,6 +40,15 @@ class UserEvent:
     request_id: str | None = None
 
 
+# Every code a ContractError carries, by the message kind that can raise it: the worker
+# starts its counters at 0 for each (streams/core/worker_metrics.py), so a dead-letter rate
+# reads 0 rather than "no data" before the first bad message. tests/unit/streams/test_metrics.py
+# checks that every code raised in this module is listed.
+COMMON_ERROR_CODES = ("empty", "too_large", "invalid_json", "invalid_type", "missing_field", "invalid_field")
+REQUEST_ERROR_CODES = (*COMMON_ERROR_CODES, "no_candidates", "too_many_candidates", "duplicate_candidates")
+EVENT_ERROR_CODES = (*COMMON_ERROR_CODES, "unknown_event_type")
+
+
 class ContractError(ValueError):
     """A message that breaks the wire contract.
 

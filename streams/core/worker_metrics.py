@@ -6,13 +6,29 @@ workers in one process. README.md ("Metrics") lists them with their meaning.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+
+from streams.core.records import EVENT_ERROR_CODES, REQUEST_ERROR_CODES
 
 # The text format would add a *_created gauge beside every counter and histogram: one
 # more series each that no query of this project reads.
 disable_created_metrics()
 
-# Explicit buckets: the interesting range of a re-ranker is well below 100 ms.
+# Explicit buckets: the interesting range of a re-ranker is well below 100 ms, but a backlog
+# (a stalled or overloaded worker) answers seconds to minutes late, and quantiles cannot
+# exceed the highest finite bucket: without the tail a backlog would read as a flat 2.5 s.
 LATENCY_BUCKETS = (
     0.001,
     0.002,
@@ -31,6 +47,11 @@ LATENCY_BUCKETS = (
     0.5,
     1.0,
     2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
 )
 SCORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
 
@@ -39,6 +60,25 @@ SCORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.
 # otherwise fill the top bucket (or none) with meaningless values.
 REQUEST_TS_MAX_AGE_S = 3600.0
 REQUEST_TS_MAX_SKEW_S = 1.0
+
+# Outcomes of a parsed request and of a parsed event (streams/core/processing.py); the
+# rejection codes come from streams/core/records.py.
+REQUEST_OUTCOMES = ("ok", "internal_error", *REQUEST_ERROR_CODES)
+EVENT_OUTCOMES = ("ok", "trained", "frozen", "duplicate", "error")
+# A rejected event has no trustworthy type: it is counted under this one, by its code.
+INVALID_EVENT_TYPE = "invalid"
+DEAD_LETTER_REASONS = ("internal_error", *dict.fromkeys((*REQUEST_ERROR_CODES, *EVENT_ERROR_CODES)))
+
+
+def register_runtime_collectors(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, file descriptors), python_info and python_gc_* on ``registry``.
+
+    prometheus_client registers them only on its global registry, which this project does not
+    serve; without them a leak or a CPU-bound worker would not show on the dashboard.
+    """
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 def request_start(
@@ -71,9 +111,10 @@ def request_start(
 class WorkerMetrics:
     """All metrics of one worker, on their own registry so tests can build several."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, event_types: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        register_runtime_collectors(r)
         self.request_latency = Histogram(
             "reranker_request_latency_seconds",
             "End to end: request ts (or its Kafka timestamp) to result publish.",
@@ -139,9 +180,22 @@ class WorkerMetrics:
         self.users_in_state = Gauge(
             "reranker_users_in_state", "Users in this worker's partitions of the user-state table.", registry=r
         )
-        # A counter with labels has no series until first used; the healthy outcome is
-        # created now so that rates read 0, not "no data", on a worker yet to see traffic.
-        self.requests.labels("ok")
+        # A counter with labels has no series until first used: every known label value is
+        # created now, so that rates, ratios and alerts read 0, not "no data", on a worker yet
+        # to see traffic or its first bad message.
+        for outcome in REQUEST_OUTCOMES:
+            self.requests.labels(outcome)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for code in EVENT_ERROR_CODES:
+            self.events.labels(INVALID_EVENT_TYPE, code)
+        self.add_event_types(event_types)
+
+    def add_event_types(self, event_types: Iterable[str]) -> None:
+        """Start the event counters of ``event_types`` (the configured ones) at 0 for every outcome."""
+        for event_type in event_types:
+            for outcome in EVENT_OUTCOMES:
+                self.events.labels(event_type, outcome)
 
     def set_serving_model(self, name: str, version: str) -> None:
         """Mark ``name``/``version`` as the one serving model.

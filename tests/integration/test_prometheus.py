@@ -46,11 +46,12 @@ pytestmark = pytest.mark.integration
 
 DASHBOARD = REPO / "grafana" / "dashboards" / "reranker.json"
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
+RULES = REPO / "prometheus" / "rules.yml"
 WORKER_JOB, TRAINER_JOB = "reranker-worker", "reranker-trainer"
 # What Grafana puts in place of its variables; the window spans the whole test.
 # Enough to keep the worker busy for several monitor periods (2 s) on a fast machine.
 BURST_EVENTS = 6000
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "$instance": ".*"}
 
 
 def prometheus_binary() -> str | None:
@@ -98,6 +99,8 @@ def local_config(targets: dict[str, list[str]], self_target: str) -> dict[str, A
         jobs.append(job)
     assert {WORKER_JOB, TRAINER_JOB} <= {j["job_name"] for j in jobs}, "the stack's job names changed"
     config["scrape_configs"] = jobs
+    # The config is written elsewhere: its rule files, relative to the stack's config, become absolute.
+    config["rule_files"] = [str((PROMETHEUS_CONFIG.parent / f).resolve()) for f in config.get("rule_files", [])]
     return config
 
 
@@ -284,6 +287,36 @@ def observed(
             stop_process(trainer, 30)
 
 
+def test_the_stack_alert_rules_are_loaded_and_evaluate(observed: Observed) -> None:
+    expected = {
+        group["name"]: {rule["alert"] for rule in group["rules"]}
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+    }
+    assert expected
+
+    def groups() -> list[dict[str, Any]]:
+        answer = observed.prometheus.get("/api/v1/rules")
+        assert answer["status"] == "success", answer
+        return answer["data"]["groups"]
+
+    loaded = {group["name"]: {rule["name"] for rule in group["rules"]} for group in groups()}
+    assert loaded == expected
+    # Each rule has been evaluated against the live series without a query error.
+    wait_until(
+        lambda: all(rule.get("health") != "unknown" for group in groups() for rule in group["rules"]),
+        30,
+        interval=0.5,
+        what="every rule evaluated",
+    )
+    bad = {
+        rule["name"]: rule.get("lastError") for group in groups() for rule in group["rules"] if rule["health"] != "ok"
+    }
+    assert not bad, bad
+    # The worker and the trainer are scraped and making progress: their liveness alerts are silent.
+    firing = {rule["name"] for group in groups() for rule in group["rules"] if rule.get("state") == "firing"}
+    assert not firing & {"RerankerNoWorker", "RerankerWorkerDown", "RerankerWorkerNotProgressing"}, firing
+
+
 def _has_finite_value(prometheus: Prometheus, expr: str) -> bool:
     return any(math.isfinite(v) for v in prometheus.values(expr))
 
@@ -381,6 +414,10 @@ def test_serving_model_is_one_series_after_the_promoted_model_swaps_in(observed:
         interval=0.5,
         what="reranker_model_info naming only the new model",
     )
+    # The dashboard's swap annotation marks it.
+    for annotation in json.loads(DASHBOARD.read_text())["annotations"]["list"]:
+        if "reranker_model_swaps_total" in annotation.get("expr", ""):
+            assert prometheus.query(as_promql(annotation["expr"])), annotation["expr"]
     # Over the test, the dashboard's version panel saw both models, never two at one instant.
     counts = prometheus.values("max_over_time(count(reranker_model_info)[5m:1s])")
     assert counts == [1.0], counts

@@ -27,6 +27,8 @@ from streams.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS = REPO / "prometheus" / "prometheus.yml"
+RULES = REPO / "prometheus" / "rules.yml"
+RULES_TEST = REPO / "prometheus" / "tests" / "rules_test.yml"
 DATASOURCE = REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDER = REPO / "grafana" / "provisioning" / "dashboards" / "reranker.yml"
 DASHBOARD = REPO / "grafana" / "dashboards" / "reranker.json"
@@ -98,6 +100,64 @@ def test_promtool_accepts_the_prometheus_config() -> None:
         pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
     done = subprocess.run([binary, "check", "config", str(PROMETHEUS)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _promtool() -> str:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    return binary
+
+
+def test_promtool_accepts_the_alert_rules() -> None:
+    done = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_pass_their_unit_tests() -> None:
+    done = subprocess.run(
+        [_promtool(), "test", "rules", str(RULES_TEST)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
+
+
+def test_every_alert_is_unit_tested_and_documented() -> None:
+    tests = yaml.safe_load(RULES_TEST.read_text())
+    assert [(RULES_TEST.parent / f).resolve() for f in tests["rule_files"]] == [RULES]
+    tested: dict[str, set[bool]] = {}
+    for test in tests["tests"]:
+        for case in test.get("alert_rule_test", []):
+            tested.setdefault(case["alertname"], set()).add(bool(case.get("exp_alerts")))
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Alerts") :]
+    for name, rule in _alerts().items():
+        # One case where it fires and one where it must stay quiet.
+        assert tested.get(name) == {True, False}, name
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert {"summary", "description"} <= set(rule["annotations"]), name
+        assert f"`{name}`" in section, f"README.md (Alerts) does not describe {name}"
+
+
+def test_the_compose_prometheus_loads_the_rules(services: dict[str, dict[str, Any]]) -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"] if str(v).startswith(".")}
+    config_file = flag_value(services["prometheus"]["command"], "--config.file")
+    config_dir = config_file.rsplit("/", 1)[0]
+    assert mounts[config_file] == "./prometheus/prometheus.yml"
+    for rule_file in config["rule_files"]:
+        # Relative paths resolve against the config file's directory, in the stack and for promtool.
+        in_container = rule_file if rule_file.startswith("/") else f"{config_dir}/{rule_file}"
+        assert mounts[in_container] == f"./{RULES.relative_to(REPO)}"
+        assert (PROMETHEUS.parent / rule_file).resolve() == RULES
+
+
+def flag_value(command: list[str], name: str) -> str:
+    [value] = [c.split("=", 1)[1] for c in command if c.startswith(f"{name}=")]
+    return value
 
 
 def test_the_stack_has_every_service(services: dict[str, dict[str, Any]]) -> None:
@@ -189,13 +249,19 @@ def test_mounted_files_exist_and_named_volumes_are_declared(compose: dict[str, A
 
 
 def _metrics_port(services: dict[str, dict[str, Any]], name: str) -> int:
+    if name == "kafka-exporter":
+        exporter = services[name]
+        port = int(flag_value(exporter["command"], "--web.listen-address").rsplit(":", 1)[1])
+        assert str(port) in [str(p) for p in exporter["expose"]]
+        assert flag_value(exporter["command"], "--kafka.server") == "kafka:9092"
+        return port
     return int(flag(reranker_args(services[name]), "--metrics-port"))
 
 
 def test_every_scrape_target_is_a_service_and_its_metrics_port(services: dict[str, dict[str, Any]]) -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert {"reranker-worker", "reranker-trainer"} <= set(jobs)
+    assert {"reranker-worker", "reranker-trainer", "kafka-exporter"} <= set(jobs)
     [dns] = jobs["reranker-worker"]["dns_sd_configs"]
     assert dns["names"] == ["worker"] and dns["type"] == "A"  # one record per replica
     assert dns["port"] == _metrics_port(services, "worker")
@@ -242,6 +308,42 @@ def test_datasource_uid_is_the_one_every_panel_uses(services: dict[str, dict[str
             assert target["datasource"]["uid"] == source["uid"], panel["title"]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def _exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel.get("targets", [])]
+
+
+def test_worker_panels_follow_the_instance_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
+    assert "label_values(reranker_worker_last_batch_timestamp_seconds, instance)" in json.dumps(variable["query"])
+    assert variable["includeAll"] and variable["multi"] and variable["allValue"] == ".*"
+    selectors = 0
+    for panel in dashboard["panels"]:
+        for expr in _exprs(panel):
+            # Every selector of a worker series (not the trainer's, not `up`) is scoped to $instance.
+            for match in re.finditer(r"\b((?:reranker_(?!trainer_)|process_)[a-z_]+)(\{[^}]*\})?", expr):
+                assert match.group(2) and 'instance=~"$instance"' in match.group(2), (panel["title"], expr)
+                selectors += 1
+    assert selectors >= 20
+
+
+def test_dashboard_has_error_ratio_swap_annotations_and_trainer_liveness() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = {p["title"]: p for p in dashboard["panels"]}
+    [ratio] = _exprs(panels["Error ratio"])
+    numerator, denominator = ratio.split(" / ")
+    assert 'outcome!="ok"' in numerator and "reranker_requests_total" in denominator
+    assert "outcome" not in denominator  # all requests, whatever their outcome
+    assert panels["Error ratio"]["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    [swaps] = [a for a in dashboard["annotations"]["list"] if "reranker_model_swaps_total" in a.get("expr", "")]
+    assert swaps["enable"] and swaps["datasource"]["uid"] == "reranker-prom"
+    liveness = " ".join(_exprs(panels["Trainer loop liveness"]))
+    assert "reranker_trainer_last_run_start_timestamp_seconds" in liveness
+    assert "reranker_trainer_last_success_timestamp_seconds" in liveness
+    runtime = " ".join(_exprs(panels["Worker CPU and memory"]))
+    assert "process_resident_memory_bytes" in runtime and "process_cpu_seconds_total" in runtime
 
 
 def test_dockerfile_copies_every_package(services: dict[str, dict[str, Any]]) -> None:

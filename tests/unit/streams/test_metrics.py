@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,6 +14,7 @@ from faust.types import TP
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.core import records
 from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.core.worker_metrics import LATENCY_BUCKETS, WorkerMetrics, request_start
 from streams.settings import Settings
@@ -40,6 +44,8 @@ def exported(metrics: WorkerMetrics) -> dict[str, tuple[str, set[str]]]:
     """{sample family name: (type, label names)} as a Prometheus scrape would read them."""
     out: dict[str, tuple[str, set[str]]] = {}
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        if not family.name.startswith("reranker_"):
+            continue
         name = family.name + ("_total" if family.type == "counter" else "")
         labels = {k for s in family.samples for k in s.labels if k != "le"}
         out[name] = (family.type, labels)
@@ -65,19 +71,76 @@ def test_every_metric_has_its_name_type_and_labels() -> None:
     assert exported(metrics) == EXPECTED
 
 
-def test_latency_histogram_has_explicit_buckets_from_1ms_to_2_5s() -> None:
+def test_latency_histogram_has_explicit_buckets_from_1ms_to_2_minutes() -> None:
     metrics = WorkerMetrics()
     metrics.request_latency.observe(0.004)
     bounds = [float(s.labels["le"]) for s in samples(metrics, "reranker_request_latency_seconds_bucket")]
-    assert bounds[0] == 0.001 and bounds[-2] == 2.5 and bounds[-1] == float("inf")
+    assert bounds[0] == 0.001 and bounds[-1] == float("inf")
     assert tuple(bounds[:-1]) == LATENCY_BUCKETS
+    # A backlog answers seconds to minutes late: quantiles must be able to say so.
+    assert {2.5, 5.0, 10.0, 30.0, 60.0, 120.0} <= set(bounds)
+
+
+def test_a_backlog_of_40_seconds_shows_in_the_quantile_buckets() -> None:
+    metrics = WorkerMetrics()
+    metrics.request_latency.observe(40.0)
+    buckets = {float(s.labels["le"]): s.value for s in samples(metrics, "reranker_request_latency_seconds_bucket")}
+    assert buckets[30.0] == 0 and buckets[60.0] == 1
 
 
 def test_rates_of_healthy_requests_exist_before_any_traffic() -> None:
     metrics = WorkerMetrics()
-    [ok] = samples(metrics, "reranker_requests_total")
-    assert ok.labels == {"outcome": "ok"} and ok.value == 0
+    ok = [s for s in samples(metrics, "reranker_requests_total") if s.labels == {"outcome": "ok"}]
+    assert [s.value for s in ok] == [0]
     assert [s.value for s in samples(metrics, "reranker_model_swaps_total")] == [0]
+
+
+def _codes_raised_in_records() -> set[str]:
+    source = Path(records.__file__).read_text()
+    return set(re.findall(r'ContractError\(\s*"(\w+)"', source))
+
+
+def test_every_contract_error_code_is_listed_by_message_kind() -> None:
+    raised = _codes_raised_in_records()
+    assert raised  # the pattern still matches how the module raises
+    assert set(records.REQUEST_ERROR_CODES) | set(records.EVENT_ERROR_CODES) == raised
+
+
+def test_labelled_counters_start_at_zero_for_every_known_label_value() -> None:
+    metrics = WorkerMetrics(event_types=["click", "purchase"])
+
+    def zeros(name: str) -> set[tuple[str, ...]]:
+        return {tuple(s.labels.values()) for s in samples(metrics, name) if s.value == 0}
+
+    reasons = {r for (r,) in zeros("reranker_dead_letters_total")}
+    assert reasons >= _codes_raised_in_records() | {"internal_error"}
+    outcomes = {o for (o,) in zeros("reranker_requests_total")}
+    assert outcomes >= set(records.REQUEST_ERROR_CODES) | {"ok", "internal_error"}
+    events = zeros("reranker_events_total")
+    for event_type in ("click", "purchase"):
+        for outcome in ("ok", "trained", "frozen", "duplicate", "error"):
+            assert (event_type, outcome) in events
+    for code in records.EVENT_ERROR_CODES:
+        assert ("invalid", code) in events
+
+
+def test_a_processor_starts_its_configured_event_types_at_zero(bundle) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings.load(env={})
+    settings = dataclasses.replace(settings, event_weights={**settings.event_weights, "wishlist": 1.5})
+    processor = Processor(bundle, settings, DictStateStore(), WorkerMetrics())
+    events = {tuple(s.labels.values()) for s in samples(processor.metrics, "reranker_events_total")}
+    assert ("wishlist", "ok") in events
+
+
+def test_process_and_python_runtime_metrics_are_on_the_worker_registry() -> None:
+    names = {
+        s.name
+        for f in text_string_to_metric_families(generate_latest(WorkerMetrics().registry).decode())
+        for s in f.samples
+    }
+    # process_* comes from /proc, so only on Linux, where the services run.
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"} <= names
+    assert {"python_info", "python_gc_collections_total"} <= names
 
 
 def test_model_info_keeps_one_series_after_a_swap() -> None:

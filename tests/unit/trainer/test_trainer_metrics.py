@@ -36,11 +36,19 @@ def test_names_types_and_labels() -> None:
     metrics.run_finished(1.0, {"ndcg@10": 0.3}, promoted=True)
     families = {}
     for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
-        families[f.name + ("_total" if f.type == "counter" else "")] = (
-            f.type,
-            {k for s in f.samples for k in s.labels},
-        )
+        if f.name.startswith("reranker_"):
+            families[f.name + ("_total" if f.type == "counter" else "")] = (
+                f.type,
+                {k for s in f.samples for k in s.labels},
+            )
     assert families == EXPECTED
+
+
+def test_process_and_python_runtime_metrics_are_on_the_trainer_registry() -> None:
+    names = {name for name, _ in values(TrainerMetrics())}
+    # process_* comes from /proc, so only on Linux, where the services run.
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"} <= names
+    assert {"python_info", "python_gc_collections_total"} <= names
 
 
 def test_counters_start_at_zero_for_every_known_label() -> None:
