@@ -162,18 +162,11 @@ def evaluate_on_stream(
 
 def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
     """The latest metadata record per item on the items topic (empty when there is no topic)."""
-    from confluent_kafka.admin import AdminClient
-
     from streams.core.records import parse_item
     from streams.kafka.clients import read_topic
-    from streams.kafka.security import confluent_security
+    from streams.kafka.topics import existing_topics
 
-    topics = (
-        AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings)})
-        .list_topics(timeout=10)
-        .topics
-    )
-    if settings.items_topic not in topics:
+    if settings.items_topic not in existing_topics(settings, timeout=10):
         return []
     latest: dict[str, dict[str, Any]] = {}
     for _, _, value in read_topic(settings, settings.items_topic)[0]:
