@@ -71,10 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
     p.add_argument("--metrics-host", help="address of the /metrics server (default: the metrics_host setting)")
 
-    p = sub.add_parser("produce", help="produce a JSON-lines file to a topic, keyed by user_id")
+    p = sub.add_parser("produce", help="produce a JSON-lines file to a topic, keyed by a field of each record")
     _common(p)
-    p.add_argument("--topic", required=True)
+    p.add_argument("--topic", required=True, help="one of the project's topics, or an existing one")
     p.add_argument("--file", required=True)
+    p.add_argument(
+        "--key",
+        help="record field to key messages by (default: item_id for the items topic, user_id otherwise)",
+    )
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="create --topic if it is neither one of the project's topics nor existing",
+    )
 
     p = sub.add_parser("replay", help="send requests through Kafka and collect every result")
     _common(p)
@@ -299,14 +308,27 @@ def _trainer_metrics(port: int, settings: Settings) -> TrainerMetrics | None:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.kafka.clients import produce_records
-    from streams.kafka.topics import create_topics, project_topics
+    from streams.kafka.clients import MissingKeyError, produce_records
+    from streams.kafka.topics import create_topics, existing_topics, project_topics
 
     settings = load_settings(args)
+    known = project_topics(settings)
+    # A misspelt topic must not quietly become a new one that nothing reads.
+    if args.topic not in known and not args.create and args.topic not in existing_topics(settings):
+        print(
+            f"reranker produce: no topic {args.topic!r}; the project's topics are {', '.join(known)} "
+            "(pass --create to create another)",
+            file=sys.stderr,
+        )
+        return 2
     # A topic the broker auto-creates would get its default partition count, not ours.
-    create_topics(settings, {*project_topics(settings), args.topic})
+    create_topics(settings, {*known, args.topic})
     started = time.monotonic()
-    count = produce_records(settings, args.topic, read_jsonl(args.file))
+    try:
+        count = produce_records(settings, args.topic, read_jsonl(args.file), key=args.key)
+    except MissingKeyError as exc:
+        print(f"reranker produce: {exc}", file=sys.stderr)
+        return 2
     print(f"produced {count} records to {args.topic} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
 

@@ -162,18 +162,11 @@ def evaluate_on_stream(
 
 def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
     """The latest metadata record per item on the items topic (empty when there is no topic)."""
-    from confluent_kafka.admin import AdminClient
-
     from streams.core.records import parse_item
     from streams.kafka.clients import read_topic
-    from streams.kafka.security import confluent_security
+    from streams.kafka.topics import existing_topics
 
-    topics = (
-        AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings)})
-        .list_topics(timeout=10)
-        .topics
-    )
-    if settings.items_topic not in topics:
+    if settings.items_topic not in existing_topics(settings, timeout=10):
         return []
     latest: dict[str, dict[str, Any]] = {}
     for _, _, value in read_topic(settings, settings.items_topic)[0]:
@@ -324,13 +317,29 @@ def run_and_record(settings: Settings, metrics: Any = None, **run_args: Any) -> 
     return result
 
 
+# Until a first model exists the workers have nothing to serve, so a run that found too little
+# to train on (an empty log on a fresh stack, or one that is still being filled) is retried
+# after this many seconds rather than after the full period: a fresh stack then serves within
+# about a minute of its first events, not one period later.
+COLD_START_RETRY_S = 20.0
+
+
+def next_wait(settings: Settings, every_s: float, result: RunResult | None) -> float:
+    """Seconds from the start of a run to the next one; ``result`` None means the run failed."""
+    if (result is None or result.decision == "skipped") and store.newest(Path(settings.models_dir)) is None:
+        return min(every_s, COLD_START_RETRY_S)
+    return every_s
+
+
 def run_forever(
     settings: Settings, *, every_s: float, stop: threading.Event, metrics: Any = None, **run_args: Any
 ) -> None:
     """Run, then wait ``every_s`` (interruptible), until ``stop`` is set. A failed run is logged
-    and counted; the service keeps going."""
+    and counted; the service keeps going. Before a first model exists, a skipped or failed run
+    is retried after `COLD_START_RETRY_S`."""
     while not stop.is_set():
         started = time.monotonic()
+        result: RunResult | None = None
         try:
             result = run_and_record(settings, metrics, **run_args)
         except Exception:
@@ -338,4 +347,4 @@ def run_forever(
         else:
             if result.decision == "skipped":
                 log.info("trainer: skipped: %s", result.reason)
-        stop.wait(max(0.0, every_s - (time.monotonic() - started)))
+        stop.wait(max(0.0, next_wait(settings, every_s, result) - (time.monotonic() - started)))

@@ -48,9 +48,28 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
     }
 
 
-def message_key(record: dict[str, Any]) -> bytes | None:
-    user_id = record.get("user_id")
-    return str(user_id).encode() if user_id is not None else None
+class MissingKeyError(ValueError):
+    """A record to produce lacks the field its topic is keyed by."""
+
+
+def key_field(settings: Settings, topic: str) -> str | None:
+    """The record field that keys ``topic``'s messages (None: unkeyed).
+
+    Items are keyed by item_id: the items topic is compacted, and a compacted topic keeps the
+    latest record per key (Apache Kafka rejects a null key there). Announcements go to a
+    single partition, so they need no key. Everything else is keyed by user_id, which puts a
+    user's events and requests on the same partition.
+    """
+    if topic == settings.items_topic:
+        return "item_id"
+    if topic == settings.model_updates_topic:
+        return None
+    return "user_id"
+
+
+def message_key(record: dict[str, Any], field: str = "user_id") -> bytes | None:
+    value = record.get(field)
+    return str(value).encode() if value is not None else None
 
 
 class KafkaSender:
@@ -88,11 +107,30 @@ class KafkaSender:
             raise KafkaException(f"{len(self.errors)} messages failed, first: {self.errors[0]}")
 
 
-def produce_records(settings: Settings, topic: str, records: Iterable[dict[str, Any]]) -> int:
-    """Produce JSON records keyed by user_id (when present); returns how many were sent."""
+def produce_records(
+    settings: Settings, topic: str, records: Iterable[dict[str, Any]], *, key: str | None = None
+) -> int:
+    """Produce JSON records keyed by their ``key`` field (default: `key_field` of the topic).
+
+    Returns:
+        How many were sent.
+
+    Raises:
+        MissingKeyError: a record lacks the key field. The records before it are delivered,
+            nothing from it on is sent: a null key would put it on an arbitrary partition, and a
+            compacted topic refuses it.
+    """
+    field = key or key_field(settings, topic)
     sender = KafkaSender(settings)
-    for record in records:
-        sender.send(topic, message_key(record), orjson.dumps(record))
+    for number, record in enumerate(records, 1):
+        message = message_key(record, field) if field is not None else None
+        if field is not None and message is None:
+            sender.flush()
+            raise MissingKeyError(
+                f"record {number} has no {field!r} to key {topic} by; "
+                f"the {number - 1} records before it were sent, none after"
+            )
+        sender.send(topic, message, orjson.dumps(record))
     sender.flush()
     return sender.sent
 

@@ -25,6 +25,17 @@ def project_topics(settings: Settings) -> list[str]:
     ]
 
 
+def _admin(settings: Settings, client_config: dict[str, str] | None = None) -> AdminClient:
+    return AdminClient(
+        {"bootstrap.servers": settings.bootstrap, **confluent_security(settings), **(client_config or {})}
+    )
+
+
+def existing_topics(settings: Settings, *, timeout: float = 30.0) -> set[str]:
+    """The names of the topics the broker has now."""
+    return set(_admin(settings).list_topics(timeout=timeout).topics)
+
+
 def create_topics(
     settings: Settings,
     names: Iterable[str] | None = None,
@@ -40,9 +51,7 @@ def create_topics(
     Returns:
         The names that were created now.
     """
-    admin = AdminClient(
-        {"bootstrap.servers": settings.bootstrap, **confluent_security(settings), **(client_config or {})}
-    )
+    admin = _admin(settings, client_config)
     wanted = list(names) if names is not None else project_topics(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [n for n in wanted if n not in existing]

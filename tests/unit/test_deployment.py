@@ -73,7 +73,7 @@ def reranker_args(service: dict[str, Any]) -> list[str]:
         return [str(c) for c in command]
     script = command[0] if isinstance(command, list) else command
     [line] = [ln for ln in script.replace("\\\n", " ").splitlines() if "exec reranker " in ln]
-    return shlex.split(line.split("exec reranker ", 1)[1].replace("$(hostname)", "host"))
+    return shlex.split(line.split("exec reranker ", 1)[1])
 
 
 def flag(args: list[str], name: str) -> str:
@@ -212,6 +212,74 @@ def test_topics_match_the_settings(services: dict[str, dict[str, Any]]) -> None:
     assert env["REPLICATION"] == environment(services["worker"])["RERANKER_REPLICATION_FACTOR"]
 
 
+def created_topics(script: str) -> dict[str, str]:
+    """{topic: the rest of its create line} from the topics step's shell script."""
+    created: dict[str, str] = {}
+    for line in script.splitlines():
+        line = line.strip()
+        if match := re.match(r"for topic in (.+); do$", line):
+            created.update({t: '"$PARTITIONS"' for t in match.group(1).split()})
+        elif (match := re.match(r"create (\S+) (.+)$", line)) and match.group(1) != '"$topic"':
+            created[match.group(1)] = match.group(2)
+    return created
+
+
+def test_the_topics_step_creates_every_topic_the_services_use(services: dict[str, dict[str, Any]]) -> None:
+    from streams.kafka.topics import project_topics
+
+    created = created_topics(services["topics"]["command"][0])
+    used = set(project_topics(Settings.load(env=environment(services["worker"]))))
+    for name in ("worker", "trainer", "loadgen"):
+        args = reranker_args(services[name])
+        used |= {args[i + 1] for i, a in enumerate(args) if a == "--topic"}
+    assert used <= set(created), used - set(created)
+    assert created[DEFAULTS.items_topic].split() == ['"$PARTITIONS"', "--config", "cleanup.policy=compact"]
+    assert created[DEFAULTS.model_updates_topic] == "1"
+
+
+def test_the_image_is_defined_once(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    builders = [name for name, s in services.items() if "build" in s]
+    assert builders == ["worker"], builders
+    image = services["worker"]["image"]
+    assert compose["x-reranker-image"] == image
+    for name in ("trainer", "loadgen"):
+        assert services[name]["image"] == image, name
+        assert services[name]["pull_policy"] == "never", f"{name}: no registry has {image}"
+
+
+def published(service: dict[str, Any]) -> list[str]:
+    return [str(p) for p in service.get("ports", [])]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "kafka",
+        "grafana",
+        pytest.param(
+            "prometheus",
+            marks=pytest.mark.xfail(strict=True, reason="the prometheus service publishes 9090 on every interface"),
+        ),
+    ],
+)
+def test_published_ports_listen_on_localhost_only(services: dict[str, dict[str, Any]], name: str) -> None:
+    assert published(services[name])
+    for port in published(services[name]):
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_every_published_port_is_checked(services: dict[str, dict[str, Any]]) -> None:
+    assert {name for name, s in services.items() if published(s)} == {"kafka", "grafana", "prometheus"}
+
+
+def test_grafana_gives_anonymous_visitors_no_more_than_viewing(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["grafana"])
+    if env.get("GF_AUTH_ANONYMOUS_ENABLED", "false").lower() == "true":
+        assert env.get("GF_AUTH_ANONYMOUS_ORG_ROLE") == "Viewer"
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]["environment"]
+    assert raw["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-admin}", "set by the operator"
+
+
 def test_commands_parse_with_the_cli(services: dict[str, dict[str, Any]]) -> None:
     parser = build_parser()
     for name in ("worker", "trainer", "loadgen"):
@@ -225,8 +293,10 @@ def test_workers_scale_without_sharing_state_or_ports(services: dict[str, dict[s
     args = reranker_args(worker)
     assert "ports" not in worker, "a published port would collide between replicas"
     assert "container_name" not in worker
-    assert flag(args, "--data-dir").startswith("/data/") and "host" in flag(args, "--data-dir")
     assert "/data" in worker["volumes"], "each replica needs its own anonymous /data volume"
+    # A recreated container gets its predecessor's anonymous volume back: the store must be at
+    # the same path in it, not under a hostname that changes with every container.
+    assert flag(args, "--data-dir") == "/data"
     assert flag(args, "--store") == "rocksdb://"
     assert {flag(args, "--web-port"), flag(args, "--metrics-port")} <= {str(p) for p in worker["expose"]}
     assert worker["restart"] == "unless-stopped"
@@ -234,8 +304,8 @@ def test_workers_scale_without_sharing_state_or_ports(services: dict[str, dict[s
 
 
 def test_published_ports_do_not_collide(services: dict[str, dict[str, Any]]) -> None:
-    published = [str(p).split(":")[0] for s in services.values() for p in s.get("ports", [])]
-    assert len(published) == len(set(published)), published
+    host_ports = [p.rsplit(":", 2)[-2] for s in services.values() for p in published(s)]
+    assert len(host_ports) == len(set(host_ports)), host_ports
 
 
 def test_mounted_files_exist_and_named_volumes_are_declared(compose: dict[str, Any]) -> None:

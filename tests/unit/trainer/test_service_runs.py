@@ -69,3 +69,37 @@ def test_the_service_loop_counts_a_failed_run_and_keeps_going(monkeypatch: pytes
     run_forever(Settings(), every_s=0.0, stop=stop, metrics=metrics)
     assert len(calls) == 2
     assert runs(metrics) == {"success": 1, "skipped": 0, "failure": 1}
+
+
+class RecordedWaits(threading.Event):
+    """A stop event that records how long the loop would sleep instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(float(timeout or 0.0))
+        return self.is_set()
+
+
+def test_the_service_retries_soon_until_a_first_model_exists(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    settings = Settings(models_dir=str(tmp_path / "models"))
+    stop = RecordedWaits()
+    outcomes: list[str | Exception] = ["skipped", RuntimeError("log too small to train on"), "promoted", "skipped"]
+
+    def run_once(settings: Settings, **run_args: Any) -> RunResult:
+        outcome = outcomes.pop(0)
+        if outcome == "promoted":
+            version = tmp_path / "models" / "v1"
+            version.mkdir(parents=True)
+            (version / "manifest.json").write_text('{"created": "2024-01-01T00:00:00"}')
+        if not outcomes:
+            stop.set()
+        return fake_run(outcome)(settings)
+
+    monkeypatch.setattr(service, "run_once", run_once)
+    run_forever(settings, every_s=600.0, stop=stop)
+    # An empty log and a failed run retry soon; once a model is served, the full period applies.
+    assert len(stop.waits) == 4 and max(stop.waits[:2]) <= 30.0, stop.waits
+    assert stop.waits[2:] == pytest.approx([600.0, 600.0], abs=1.0)
