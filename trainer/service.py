@@ -166,13 +166,9 @@ def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
 
     from streams.core.records import parse_item
     from streams.kafka.clients import read_topic
-    from streams.kafka.security import confluent_security
+    from streams.kafka.topics import admin_config
 
-    topics = (
-        AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_security(settings)})
-        .list_topics(timeout=10)
-        .topics
-    )
+    topics = AdminClient(admin_config(settings)).list_topics(timeout=10).topics
     if settings.items_topic not in topics:
         return []
     latest: dict[str, dict[str, Any]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -25,11 +26,15 @@ def project_topics(settings: Settings) -> list[str]:
     ]
 
 
+def admin_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka properties of an admin client."""
+    return {"bootstrap.servers": settings.bootstrap, **confluent_security(settings), **settings.admin_extra_config}
+
+
 def create_topics(
     settings: Settings,
     names: Iterable[str] | None = None,
     *,
-    client_config: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> list[str]:
     """Create the given topics (default: the project's) if they do not exist yet.
@@ -40,9 +45,7 @@ def create_topics(
     Returns:
         The names that were created now.
     """
-    admin = AdminClient(
-        {"bootstrap.servers": settings.bootstrap, **confluent_security(settings), **(client_config or {})}
-    )
+    admin = AdminClient(admin_config(settings))
     wanted = list(names) if names is not None else project_topics(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [n for n in wanted if n not in existing]
