@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
 import orjson  # noqa: E402
 
 from bench.open_loop import RequestFactory, probe, run_open_loop  # noqa: E402
-from streams.devtools.broker import EmbeddedBroker, start_embedded_broker  # noqa: E402
+from streams.devtools.broker import EmbeddedBroker, embedded_env, start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 from streams.kafka.topics import create_topics  # noqa: E402
 from streams.ports import free_port  # noqa: E402
@@ -252,8 +252,7 @@ class Service:
 def worker_env(bootstrap: str, overrides: dict[str, str]) -> dict[str, str]:
     """The worker's environment: ``overrides`` become RERANKER_* settings, except names that
     are already environment variables (upper case, e.g. OMP_NUM_THREADS), which pass as they are."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
-    env["RERANKER_BROKER"] = bootstrap
+    env = embedded_env(bootstrap, {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")})
     for key, value in overrides.items():
         env[key if key.isupper() else f"RERANKER_{key.upper()}"] = str(value)
     return env
@@ -425,7 +424,7 @@ class RunConfig:
 
 def _settings(bootstrap: str, overrides: dict[str, str]) -> Settings:
     env = {f"RERANKER_{k.upper()}": str(v) for k, v in overrides.items() if not k.isupper()}
-    return Settings.load(env=env, overrides={"broker": bootstrap})
+    return Settings.load(env=embedded_env(bootstrap, env))
 
 
 def _ready_workers(

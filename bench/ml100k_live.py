@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from streams.core.jsonl import read_jsonl  # noqa: E402
-from streams.devtools.broker import start_embedded_broker  # noqa: E402
+from streams.devtools.broker import embedded_env, start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 from streams.ports import free_port  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
     broker = start_embedded_broker(port=free_port(), log_file=work / "broker.log")
     worker = None
     try:
-        env = {**os.environ, "RERANKER_BROKER": broker.bootstrap}
+        env = embedded_env(broker.bootstrap)
         cli = [py, "-m", "streams"]
         run(
             cli + ["produce", "--topic", "user-events", "--file", str(work / "split" / "train.jsonl")],

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.ml100k_live import parse_movielens_args, run, train_from_topic  # noqa: E402
 from streams.core.jsonl import read_jsonl, write_jsonl  # noqa: E402
-from streams.devtools.broker import start_embedded_broker  # noqa: E402
+from streams.devtools.broker import embedded_env, start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 from streams.ports import free_port  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> None:
         broker = start_embedded_broker(port=free_port(), log_file=work / f"broker-{mode}.log")
         worker = None
         try:
-            env = {**os.environ, "RERANKER_BROKER": broker.bootstrap}
+            env = embedded_env(broker.bootstrap)
             run(
                 cli + ["produce", "--topic", "user-events", "--file", str(split / "train.jsonl")],
                 env,

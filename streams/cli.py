@@ -9,11 +9,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streams.core.jsonl import read_jsonl, write_jsonl
+from streams.logs import setup_logging
 from streams.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-host", help="address of faust's web server")
     p.add_argument("--data-dir", help="this worker's data directory (default: var/worker-<web port>)")
     p.add_argument("--store", help="table store: memory:// or rocksdb://")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
+    p.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (default: the metrics_port setting, 9100)"
+    )
     p.add_argument("--metrics-host", help="address of the /metrics server (default: the metrics_host setting)")
     p.add_argument("--no-online-updates", action="store_true", help="serve the model frozen")
     p.add_argument("--loglevel", help="log level (default from settings: INFO)")
@@ -63,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--topic", help="event log topic (default: the events_topic setting)")
     p.add_argument("--models-dir", help="versioned model directory (default: the models_dir setting)")
-    p.add_argument("--every", default="10m", help="time between runs: 90s, 10m, 1h (default 10m)")
+    p.add_argument("--every", help="time between runs: 90s, 10m, 1h (default: the trainer_every_s setting, 600)")
     p.add_argument("--once", action="store_true", help="one run, then exit (status 1 if it failed)")
     p.add_argument("--kind", default="dnn", help="model kind from the registry")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, help="upper bound on training epochs")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="Prometheus /metrics port, 0 = off (default: the trainer_metrics_port setting, 9101)",
+    )
     p.add_argument("--metrics-host", help="address of the /metrics server (default: the metrics_host setting)")
 
     p = sub.add_parser("produce", help="produce a JSON-lines file to a topic, keyed by a field of each record")
@@ -154,14 +161,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.devtools.broker import start_embedded_broker
     from streams.kafka.topics import create_topics
 
-    settings = load_settings(args, broker=f"{args.host}:{args.port}")
+    settings = load_settings(args, broker=f"{args.host}:{args.port}", profile="embedded")
+    setup_logging(settings.log_level, settings.log_format)
     stop = stop_on_signals()
     broker = start_embedded_broker(args.host, args.port)
     created = create_topics(settings)
-    print(
-        f"embedded broker on {broker.bootstrap} (memory storage; restart it for a clean state); "
-        f"topics created: {', '.join(created) or 'none'}",
-        flush=True,
+    log.info(
+        "embedded broker on %s (memory storage; restart it for a clean state); topics created: %s; "
+        "run its clients with RERANKER_PROFILE=embedded",
+        broker.bootstrap,
+        ", ".join(created) or "none",
     )
     try:
         while not stop.is_set() and broker.process.poll() is None:
@@ -200,7 +209,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.settings import default_data_dir
     from streams.worker.app import build_worker, run_worker
 
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
     model_dir = args.model or settings.model_dir
     if not model_dir:
         print("reranker worker: give --model DIR or set model_dir", file=sys.stderr)
@@ -214,15 +223,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     create_topics(settings)
     metrics = WorkerMetrics()
-    metrics.serve(args.metrics_port, settings.metrics_host)
+    metrics_port = serve_metrics(metrics.serve, _given(args.metrics_port, settings.metrics_port), settings)
     worker = build_worker(settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics)
     log.info(
-        "worker: model %s %s, web port %d, data dir %s, online updates %s",
+        "worker: model %s %s, web port %d, metrics port %s, data dir %s, online updates %s, %s profile",
         bundle.name,
         bundle.version,
         web_port,
+        metrics_port or "off",
         data_dir,
         "on" if settings.online_updates else "off",
+        settings.profile,
     )
     run_worker(worker, settings.log_level)
     return 0
@@ -274,37 +285,58 @@ def parse_duration(text: str) -> float:
 def cmd_trainer(args: argparse.Namespace) -> int:
     from trainer.service import run_and_record, run_forever
 
-    settings = load_settings(args, models_dir=args.models_dir, metrics_host=args.metrics_host)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    every = parse_duration(args.every)
-    run_args = dict(
-        topic=args.topic,
-        kind=args.kind,
-        seed=args.seed,
-        max_epochs=args.max_epochs,
-        progress=lambda line: print(line, flush=True),
+    settings = load_settings(
+        args,
+        models_dir=args.models_dir,
+        metrics_host=args.metrics_host,
+        trainer_every_s=parse_duration(args.every) if args.every else None,
+        trainer_metrics_port=args.metrics_port,
     )
-    metrics = _trainer_metrics(args.metrics_port, settings)
+    setup_logging(settings.log_level, settings.log_format)
+    every = settings.trainer_every_s
+    run_args = dict(topic=args.topic, kind=args.kind, seed=args.seed, max_epochs=args.max_epochs, progress=log.info)
+    metrics = _trainer_metrics(settings)
     if args.once:
         result = run_and_record(settings, metrics, **run_args)
-        print(f"trainer: {result.decision} {result.version or ''} {result.reason}".rstrip(), flush=True)
+        log.info("trainer: %s", f"{result.decision} {result.version or ''} {result.reason}".rstrip())
         return 0
     stop = stop_on_signals()
-    print(
-        f"trainer: every {every:.0f}s from {args.topic or settings.events_topic} into {settings.models_dir}", flush=True
-    )
+    log.info("trainer: every %.0fs from %s into %s", every, args.topic or settings.events_topic, settings.models_dir)
     run_forever(settings, every_s=every, stop=stop, metrics=metrics, **run_args)
     return 0
 
 
-def _trainer_metrics(port: int, settings: Settings) -> TrainerMetrics | None:
-    if not port:
+def _trainer_metrics(settings: Settings) -> TrainerMetrics | None:
+    if not settings.trainer_metrics_port:
         return None
     from trainer.service_metrics import TrainerMetrics
 
     metrics = TrainerMetrics()
-    metrics.serve(port, settings.metrics_host)
+    serve_metrics(metrics.serve, settings.trainer_metrics_port, settings)
     return metrics
+
+
+def _given(flag: int | None, setting: int) -> int:
+    return setting if flag is None else flag
+
+
+def serve_metrics(serve: Callable[[int, str], None], port: int, settings: Settings, tries: int = 20) -> int:
+    """Start a /metrics server on ``port`` or, when it is busy, the next free one; 0 starts none.
+
+    Returns:
+        The port it listens on (0 for none).
+    """
+    if not port:
+        return 0
+    for candidate in range(port, port + tries):
+        try:
+            serve(candidate, settings.metrics_host)
+        except OSError:
+            continue
+        if candidate != port:
+            log.warning("metrics port %d is busy; /metrics is on port %d", port, candidate)
+        return candidate
+    raise OSError(f"no free metrics port in {port}..{port + tries - 1} on {settings.metrics_host}")
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -405,7 +437,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.devtools.demo import run_demo
 
-    return run_demo(load_settings(args), duration=args.duration, port=args.port)
+    return run_demo(load_settings(args, profile="embedded"), duration=args.duration, port=args.port)
 
 
 COMMANDS = {

@@ -4,6 +4,11 @@ Precedence, lowest to highest: defaults here, a TOML config file
 (``--config FILE`` or ``RERANKER_CONFIG``), ``RERANKER_*`` environment
 variables, then command-line flags. ``reranker.example.toml`` documents
 every field.
+
+The defaults are for Apache Kafka. The ``embedded`` profile (``profile = "embedded"``
+or ``RERANKER_PROFILE=embedded``) replaces some of them with :data:`EMBEDDED_PROFILE`,
+below every explicit value: the demo, the tests, the benchmarks and the clients of
+``reranker broker`` run with it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,23 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "rating": 1.0,
     "dismiss": -1.0,
 }
+
+
+# The embedded broker (Tansu, streams/devtools/broker.py) is not Apache Kafka; these values make
+# the clients work well with it. This is the one place its tuning lives.
+EMBEDDED_PROFILE: dict[str, Any] = {
+    # It answers a waiting fetch only when the wait expires, never when data arrives, so a
+    # consumer's latency there is its fetch wait.
+    "consumer_fetch_wait_ms": 5,
+    # A group join takes ~23 s with client defaults and ~3 s with a 6 s session.
+    "session_timeout_s": 6.0,
+    "heartbeat_interval_s": 1.0,
+    "rebalance_timeout_s": 10.0,
+    # ListOffsets(latest) reports the base offset of the last record batch, not the end of the log.
+    "verify_end_offsets": True,
+}
+
+PROFILES: dict[str, dict[str, Any]] = {"kafka": {}, "embedded": EMBEDDED_PROFILE}
 
 
 class SettingsError(ValueError):
@@ -64,18 +86,33 @@ class Settings:
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
 
-    # Consumer behaviour. The embedded broker does not wake a waiting fetch
-    # when data arrives, so a consumer's latency equals its fetch wait; and a
-    # group join takes ~23 s unless the session timeout is short.
-    consumer_fetch_wait_ms: int = 5
-    session_timeout_s: float = 6.0
-    heartbeat_interval_s: float = 1.0
-    rebalance_timeout_s: float = 10.0
+    # "kafka" (these defaults) or "embedded" (EMBEDDED_PROFILE over them, under explicit values).
+    profile: str = "kafka"
+
+    # Consumer behaviour, for Apache Kafka. Kafka answers a waiting fetch as soon as data
+    # arrives, so the fetch wait is no latency there, except for a partition left out of the
+    # fetch in flight (aiokafka sends one fetch per broker at a time, without partitions that
+    # still have buffered records or are paused): it waits for that fetch to return. 100 ms
+    # bounds that, at about ten empty fetches per second per broker when idle.
+    consumer_fetch_wait_ms: int = 100
+    # Kafka's own client defaults (session.timeout.ms, heartbeat.interval.ms), and faust's
+    # rebalance timeout: a worker that stalls briefly (a GC pause, a slow model swap) keeps its
+    # partitions instead of forcing a rebalance on the group.
+    session_timeout_s: float = 45.0
+    heartbeat_interval_s: float = 3.0
+    rebalance_timeout_s: float = 60.0
     commit_interval_s: float = 1.0
-    # Confirm each end offset that ListOffsets reports with a fetch's high
-    # watermark; the embedded broker under-reports the end of a partition.
-    verify_end_offsets: bool = True
+    # Confirm each end offset that ListOffsets reports with a fetch's high watermark before
+    # table recovery trusts it; only the embedded broker needs it.
+    verify_end_offsets: bool = False
     producer_linger_ms: float = 1.0
+    # Client properties passed through as they are (Kafka's dotted names), over the project's
+    # own: to librdkafka (confluent-kafka: the command line, the trainer), and to the worker's
+    # faust and aiokafka clients where a property has an equivalent there (FAUST_*_PROPERTIES
+    # in streams/worker/app.py; streams/kafka/follow.py).
+    consumer_extra_config: dict[str, Any] = field(default_factory=dict)
+    producer_extra_config: dict[str, Any] = field(default_factory=dict)
+    admin_extra_config: dict[str, Any] = field(default_factory=dict)
 
     # Worker
     store: str = "memory://"
@@ -84,7 +121,12 @@ class Settings:
     web_port: int = 0
     # Address of the Prometheus /metrics server (worker and trainer); 0.0.0.0 in containers.
     metrics_host: str = "127.0.0.1"
+    # The worker's /metrics port (0 = off); a busy one falls back to the next free port, so local
+    # workers side by side all export.
+    metrics_port: int = 9100
     log_level: str = "INFO"
+    # "text" for a terminal, "json" (one object per line) for a container's log collector.
+    log_format: str = "text"
     model_dir: str = ""
     # A batch is what has arrived (streams/worker/batching.py): at most batch_max messages, gathered
     # for at most batch_window_ms; nothing waits for the window when no more is queued.
@@ -105,6 +147,9 @@ class Settings:
     promotion_tolerance: float = 0.01
     train_window_events: int = 0
     eval_max_requests: int = 1000
+    # Seconds between the trainer service's runs, and its /metrics port (as metrics_port).
+    trainer_every_s: float = 600.0
+    trainer_metrics_port: int = 9101
 
     # Online learning
     online_updates: bool = True
@@ -153,12 +198,15 @@ class Settings:
                 if name not in _FIELDS:
                     raise SettingsError(f"unknown setting {name!r}")
                 values[name] = _coerce(name, value)
-        settings = cls(**values)
+        # The profile sits between the defaults and everything set explicitly.
+        settings = cls(**{**PROFILES.get(values.get("profile", cls.profile), {}), **values})
         settings.validate()
         return settings
 
     def validate(self) -> None:
         """Reject combinations that would fail later in less obvious ways."""
+        if self.profile not in PROFILES:
+            raise SettingsError(f"profile must be one of {', '.join(PROFILES)}")
         if self.partitions < 1:
             raise SettingsError("partitions must be >= 1")
         if self.session_timeout_s <= self.heartbeat_interval_s:
@@ -179,6 +227,12 @@ class Settings:
             raise SettingsError("SASL needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and sasl_username")
         if not self.store.startswith(("memory://", "rocksdb://")):
             raise SettingsError("store must be memory:// or rocksdb://")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("log_format must be text or json")
+        if self.trainer_every_s <= 0:
+            raise SettingsError("trainer_every_s must be > 0")
+        if not all(0 <= p < 65536 for p in (self.metrics_port, self.trainer_metrics_port)):
+            raise SettingsError("metrics_port and trainer_metrics_port must be 0..65535")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,6 +267,11 @@ def _coerce(name: str, value: Any) -> Any:
             parsed = json.loads(value) if isinstance(value, str) else dict(value)
             if typing.get_args(kind)[1] is float:
                 return {str(k): float(v) for k, v in parsed.items()}
+            if typing.get_args(kind)[1] is Any:
+                # Client properties: one value each, as a Kafka client takes it.
+                if not all(isinstance(v, (str, int, float, bool)) for v in parsed.values()):
+                    raise TypeError(value)
+                return {str(k): v for k, v in parsed.items()}
             # Tables of tables: each inner table passes on as it is.
             if not all(isinstance(v, Mapping) for v in parsed.values()):
                 raise TypeError(value)

@@ -35,9 +35,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 
 def isolated_settings(broker: EmbeddedBroker, **overrides: Any) -> Settings:
-    """Settings with topic names and an app id nobody else in the session uses."""
+    """Settings with topic names and an app id nobody else in the session uses, in the embedded
+    profile (``settings_env`` passes it, with every value, to child processes)."""
     tag = uuid.uuid4().hex[:8]
-    base = Settings.load(env={}, overrides={"broker": broker.bootstrap})
+    base = Settings.load(env={}, overrides={"broker": broker.bootstrap, "profile": "embedded"})
     return dataclasses.replace(
         base,
         app_id=f"reranker-test-{tag}",

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient
@@ -54,6 +55,16 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def embedded_env(bootstrap: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) for a ``reranker`` child process that talks
+    to the embedded broker at ``bootstrap``: with the embedded profile (streams/settings.py
+    EMBEDDED_PROFILE), under any RERANKER_* setting ``base`` gives explicitly."""
+    env = dict(os.environ if base is None else base)
+    env["RERANKER_BROKER"] = bootstrap
+    env["RERANKER_PROFILE"] = "embedded"
+    return env
 
 
 def start_embedded_broker(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streams.devtools.broker import start_embedded_broker
+from streams.devtools.broker import embedded_env, start_embedded_broker
 from streams.devtools.processes import launch_worker, stop_process
 from streams.devtools.synthetic import World, cluster_share_at_k, generate_events, generate_requests, make_world
 from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
@@ -88,7 +88,8 @@ def run_demo(settings: Settings, *, duration: float = 0.0, port: int | None = No
             metrics_port=metrics_port,
             data_dir=workdir / "worker-data",
             log_path=workdir / "worker.log",
-            extra_args=["--broker", settings.bootstrap, "--loglevel", "WARNING"],
+            extra_args=["--loglevel", "WARNING"],
+            env=embedded_env(settings.bootstrap),
         )
         collector = ResultCollector(settings)
         sender = KafkaSender(settings)

@@ -23,7 +23,7 @@ def launch_worker(
 
     It runs as ``python -m streams`` from ``cwd``, so a ``cwd`` of another checkout runs that
     checkout's code; ``env`` carries its settings (None: this process's environment).
-    ``metrics_port`` None leaves the worker's default (no /metrics server).
+    ``metrics_port`` None leaves the worker's default (the metrics_port setting, or the next free port).
     """
     cmd = [
         sys.executable,

@@ -30,6 +30,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "linger.ms": settings.producer_linger_ms,
         "acks": "all",
         **confluent_security(settings),
+        **settings.producer_extra_config,
     }
 
 
@@ -45,6 +46,7 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         "fetch.queue.backoff.ms": 1,
         "session.timeout.ms": int(settings.session_timeout_s * 1000),
         **confluent_security(settings),
+        **settings.consumer_extra_config,
     }
 
 

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aiokafka
 
 from streams.kafka.security import aiokafka_security
 from streams.settings import Settings
+
+
+def aiokafka_properties(properties: Mapping[str, Any], client: type) -> dict[str, Any]:
+    """The Kafka properties (dotted names) that ``client`` takes as keyword arguments
+    (``fetch.min.bytes`` -> ``fetch_min_bytes``); the others are left out."""
+    accepted = inspect.signature(client).parameters
+    return {key.replace(".", "_"): value for key, value in properties.items() if key.replace(".", "_") in accepted}
+
+
+def follower_config(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of the follower's consumer, with what ``consumer_extra_config`` can give it."""
+    return {
+        "bootstrap_servers": settings.bootstrap,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": max(10, settings.consumer_fetch_wait_ms * 20),
+        **aiokafka_security(settings),
+        **aiokafka_properties(settings.consumer_extra_config, aiokafka.AIOKafkaConsumer),
+    }
 
 
 async def follow_topic(
@@ -24,13 +45,7 @@ async def follow_topic(
         handle: awaited with the values of each non-empty fetch, in partition order.
         from_beginning: read what is already there first; otherwise only what comes next.
     """
-    consumer = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=max(10, settings.consumer_fetch_wait_ms * 20),
-        **aiokafka_security(settings),
-    )
+    consumer = aiokafka.AIOKafkaConsumer(**follower_config(settings))
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or {0}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -25,22 +26,20 @@ def project_topics(settings: Settings) -> list[str]:
     ]
 
 
-def _admin(settings: Settings, client_config: dict[str, str] | None = None) -> AdminClient:
-    return AdminClient(
-        {"bootstrap.servers": settings.bootstrap, **confluent_security(settings), **(client_config or {})}
-    )
+def admin_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka properties of an admin client."""
+    return {"bootstrap.servers": settings.bootstrap, **confluent_security(settings), **settings.admin_extra_config}
 
 
 def existing_topics(settings: Settings, *, timeout: float = 30.0) -> set[str]:
     """The names of the topics the broker has now."""
-    return set(_admin(settings).list_topics(timeout=timeout).topics)
+    return set(AdminClient(admin_config(settings)).list_topics(timeout=timeout).topics)
 
 
 def create_topics(
     settings: Settings,
     names: Iterable[str] | None = None,
     *,
-    client_config: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> list[str]:
     """Create the given topics (default: the project's) if they do not exist yet.
@@ -51,7 +50,7 @@ def create_topics(
     Returns:
         The names that were created now.
     """
-    admin = _admin(settings, client_config)
+    admin = AdminClient(admin_config(settings))
     wanted = list(names) if names is not None else project_topics(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [n for n in wanted if n not in existing]

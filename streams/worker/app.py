@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from faust.types import TableT
 
@@ -22,6 +24,62 @@ from streams.worker.tables import TableStateStore, define_user_state_table
 from streams.worker.topics import Topics, define_topics
 
 log = logging.getLogger(__name__)
+
+
+def _seconds(ms: Any) -> float:
+    return float(ms) / 1000.0
+
+
+def _acks(value: Any) -> int:
+    return -1 if str(value) == "all" else int(value)
+
+
+# Kafka client properties (the *_extra_config settings) that faust's app settings can carry to its
+# aiokafka consumer and producer, with the conversion to faust's unit. Others have no equivalent
+# there, or are settings of their own (session, heartbeat, fetch wait, linger, security), and are
+# not passed to the worker's faust clients.
+FAUST_CONSUMER_PROPERTIES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "client.id": ("broker_client_id", str),
+    "request.timeout.ms": ("broker_request_timeout", _seconds),
+    "max.poll.records": ("broker_max_poll_records", int),
+    "max.poll.interval.ms": ("broker_max_poll_interval", _seconds),
+    "max.partition.fetch.bytes": ("consumer_max_fetch_size", int),
+    "auto.offset.reset": ("consumer_auto_offset_reset", str),
+    "group.instance.id": ("consumer_group_instance_id", str),
+    "metadata.max.age.ms": ("consumer_metadata_max_age_ms", int),
+    "connections.max.idle.ms": ("consumer_connections_max_idle_ms", int),
+}
+FAUST_PRODUCER_PROPERTIES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "acks": ("producer_acks", _acks),
+    "compression.type": ("producer_compression_type", str),
+    "batch.size": ("producer_max_batch_size", int),
+    "max.request.size": ("producer_max_request_size", int),
+    "linger.ms": ("producer_linger", _seconds),
+    "request.timeout.ms": ("producer_request_timeout", _seconds),
+    "metadata.max.age.ms": ("producer_metadata_max_age_ms", int),
+    "connections.max.idle.ms": ("producer_connections_max_idle_ms", int),
+}
+
+
+def faust_client_settings(settings: Settings) -> tuple[dict[str, Any], list[str]]:
+    """faust app settings from ``consumer_extra_config`` and ``producer_extra_config``.
+
+    Returns:
+        (app settings, the properties that were left out, as ``consumer:NAME``/``producer:NAME``).
+    """
+    out: dict[str, Any] = {}
+    left_out: list[str] = []
+    for side, properties, table in (
+        ("consumer", settings.consumer_extra_config, FAUST_CONSUMER_PROPERTIES),
+        ("producer", settings.producer_extra_config, FAUST_PRODUCER_PROPERTIES),
+    ):
+        for key, value in properties.items():
+            if key in table:
+                name, convert = table[key]
+                out[name] = convert(value)
+            else:
+                left_out.append(f"{side}:{key}")
+    return out, left_out
 
 
 @dataclass
@@ -44,8 +102,10 @@ def build_worker(
         web_port: faust's web server port; also names the default data directory.
         data_dir: this worker's own directory (table stores); never shared by two workers.
     """
-    app = RerankerApp(
-        settings.app_id,
+    extra, left_out = faust_client_settings(settings)
+    if left_out:
+        log.warning("client properties with no faust equivalent, not passed to faust: %s", left_out)
+    conf: dict[str, Any] = dict(
         broker=f"kafka://{settings.bootstrap}",
         broker_credentials=faust_credentials(settings),
         store=settings.store,
@@ -66,6 +126,7 @@ def build_worker(
         # Standbys only pay off with several workers; the changelog restores state either way.
         table_standby_replicas=0,
     )
+    app = RerankerApp(settings.app_id, **{**conf, **extra})
     if settings.torch_threads:
         import torch
 
@@ -101,4 +162,6 @@ def run_worker(worker: Worker, log_level: str = "INFO") -> None:
     # out of the collector's full passes, which otherwise stall the event loop for milliseconds.
     gc.collect()
     gc.freeze()
-    FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
+    # The command has set up logging (streams/logs.py, the same for every service); faust's own
+    # setup would replace it with its coloured text and send print() output into the log.
+    FaustWorker(worker.app, loglevel=log_level, quiet=True, override_logging=False).execute_from_commandline()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def test_broker_command_serves_and_creates_topics() -> None:
     port = free_port()
-    env = settings_env(Settings.load(env={}))
+    env = settings_env(Settings.load(env={}, overrides={"profile": "embedded"}))
     process = subprocess.Popen(
         [sys.executable, "-m", "streams", "broker", "--port", str(port)],
         env=env,
@@ -30,8 +30,11 @@ def test_broker_command_serves_and_creates_topics() -> None:
     )
     try:
         wait_for_port("127.0.0.1", port, timeout=30)
-        first_line = process.stdout.readline()  # type: ignore[union-attr]
-        assert f"embedded broker on 127.0.0.1:{port}" in first_line
+        # Its log (topic creation first) reaches the announcement within a few lines.
+        lines: list[str] = []
+        while len(lines) < 5 and not any(f"embedded broker on 127.0.0.1:{port}" in line for line in lines):
+            lines.append(process.stdout.readline())  # type: ignore[union-attr]
+        assert "RERANKER_PROFILE=embedded" in lines[-1], lines
         topics = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10).topics
         for name in ("user-events", "rerank-requests", "reranked-results", "dead-letters"):
             assert len(topics[name].partitions) == 4
@@ -45,7 +48,7 @@ def test_demo_prints_live_reranked_results() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "streams", "demo", "--duration", "4"],
         cwd=REPO,
-        env=settings_env(Settings.load(env={})),
+        env=settings_env(Settings.load(env={}, overrides={"profile": "embedded"})),
         capture_output=True,
         text=True,
         timeout=300,

@@ -2,16 +2,72 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings, SettingsError
+from streams.settings import DEFAULT_EVENT_WEIGHTS, EMBEDDED_PROFILE, Settings, SettingsError
 
 
-def test_defaults_are_low_latency_for_the_embedded_broker() -> None:
+def test_defaults_are_for_apache_kafka() -> None:
     settings = Settings.load(env={})
+    assert settings.profile == "kafka"
     assert settings.broker == "localhost:9092"
-    assert settings.consumer_fetch_wait_ms <= 10
-    assert settings.session_timeout_s <= 6
+    assert 100 <= settings.consumer_fetch_wait_ms <= 500
+    assert settings.session_timeout_s == 45.0  # Kafka's session.timeout.ms
+    assert settings.verify_end_offsets is False
     assert settings.event_weights == DEFAULT_EVENT_WEIGHTS
     assert settings.event_weights["dismiss"] < 0
+
+
+def test_embedded_profile_values_and_explicit_settings_win(tmp_path: Path) -> None:
+    assert EMBEDDED_PROFILE == {
+        "consumer_fetch_wait_ms": 5,
+        "session_timeout_s": 6.0,
+        "heartbeat_interval_s": 1.0,
+        "rebalance_timeout_s": 10.0,
+        "verify_end_offsets": True,
+    }
+    kafka = Settings.load(env={}).as_dict()
+    embedded = Settings.load(env={"RERANKER_PROFILE": "embedded"}).as_dict()
+    assert {k: v for k, v in embedded.items() if kafka[k] != v} == {**EMBEDDED_PROFILE, "profile": "embedded"}
+    # An explicit value wins over the profile, wherever it comes from.
+    config = tmp_path / "c.toml"
+    config.write_text('profile = "embedded"\nsession_timeout_s = 8.0\n')
+    settings = Settings.load(
+        config, env={"RERANKER_CONSUMER_FETCH_WAIT_MS": "50"}, overrides={"verify_end_offsets": False}
+    )
+    assert settings.profile == "embedded"
+    assert (settings.session_timeout_s, settings.consumer_fetch_wait_ms, settings.verify_end_offsets) == (
+        8.0,
+        50,
+        False,
+    )
+    assert settings.rebalance_timeout_s == EMBEDDED_PROFILE["rebalance_timeout_s"]
+    # A value equal to the default still counts as explicit.
+    assert (
+        Settings.load(env={"RERANKER_PROFILE": "embedded", "RERANKER_SESSION_TIMEOUT_S": "45"}).session_timeout_s == 45
+    )
+    with pytest.raises(SettingsError, match="profile"):
+        Settings.load(env={"RERANKER_PROFILE": "tansu"})
+
+
+def test_extra_client_config_from_toml_and_env(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[consumer_extra_config]\n"client.id" = "r1"\n"fetch.min.bytes" = 10\n')
+    settings = Settings.load(
+        config, env={"RERANKER_PRODUCER_EXTRA_CONFIG": '{"acks": "1", "enable.idempotence": true}'}
+    )
+    assert settings.consumer_extra_config == {"client.id": "r1", "fetch.min.bytes": 10}
+    assert settings.producer_extra_config == {"acks": "1", "enable.idempotence": True}
+    assert settings.admin_extra_config == {}
+    with pytest.raises(SettingsError, match="admin_extra_config"):
+        Settings.load(env={"RERANKER_ADMIN_EXTRA_CONFIG": '{"a": {"b": 1}}'})
+
+
+def test_service_settings_defaults_and_checks() -> None:
+    settings = Settings.load(env={})
+    assert (settings.metrics_port, settings.trainer_metrics_port, settings.trainer_every_s) == (9100, 9101, 600.0)
+    assert settings.log_format == "text"
+    for bad in ({"RERANKER_LOG_FORMAT": "xml"}, {"RERANKER_TRAINER_EVERY_S": "0"}, {"RERANKER_METRICS_PORT": "70000"}):
+        with pytest.raises(SettingsError):
+            Settings.load(env=bad)
 
 
 def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
