@@ -88,7 +88,7 @@ def run_demo(settings: Settings, *, duration: float = 0.0, port: int | None = No
             metrics_port=metrics_port,
             data_dir=workdir / "worker-data",
             log_path=workdir / "worker.log",
-            extra_args=["--broker", settings.bootstrap, "--loglevel", "WARNING"],
+            extra_args=["--broker", settings.bootstrap, "--log-level", "WARNING"],
         )
         collector = ResultCollector(settings)
         sender = KafkaSender(settings)

@@ -97,7 +97,7 @@ def produce_records(settings: Settings, topic: str, records: Iterable[dict[str, 
     return sender.sent
 
 
-def _partitions(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
+def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
     metadata = consumer.list_topics(topic, timeout=timeout)
     info = metadata.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
@@ -108,7 +108,7 @@ def _partitions(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[i
 def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     return {
         p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
-        for p in _partitions(consumer, topic)
+        for p in partitions_of(consumer, topic)
     }
 
 
@@ -128,7 +128,7 @@ def read_topic(
     """
     consumer = Consumer(consumer_config(settings))
     try:
-        partitions = _partitions(consumer, topic)
+        partitions = partitions_of(consumer, topic)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         out: list[tuple[int, int, bytes | None]] = []
         position = {p: 0 for p in partitions}
