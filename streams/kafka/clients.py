@@ -88,11 +88,29 @@ class KafkaSender:
             raise KafkaException(f"{len(self.errors)} messages failed, first: {self.errors[0]}")
 
 
-def produce_records(settings: Settings, topic: str, records: Iterable[dict[str, Any]]) -> int:
-    """Produce JSON records keyed by user_id (when present); returns how many were sent."""
+# How often long reads and writes report progress.
+PROGRESS_EVERY_S = 2.0
+
+
+def produce_records(
+    settings: Settings,
+    topic: str,
+    records: Iterable[dict[str, Any]],
+    *,
+    progress: Callable[[int], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
+) -> int:
+    """Produce JSON records keyed by user_id (when present); returns how many were sent.
+
+    ``progress`` is called with the number sent so far every ``progress_every_s`` seconds.
+    """
     sender = KafkaSender(settings)
+    next_report = time.monotonic() + progress_every_s
     for record in records:
         sender.send(topic, message_key(record), orjson.dumps(record))
+        if progress is not None and time.monotonic() >= next_report:
+            progress(sender.sent)
+            next_report = time.monotonic() + progress_every_s
     sender.flush()
     return sender.sent
 
@@ -113,7 +131,12 @@ def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
 
 
 def read_topic(
-    settings: Settings, topic: str, *, max_idle: float = 10.0
+    settings: Settings,
+    topic: str,
+    *,
+    max_idle: float = 10.0,
+    progress: Callable[[int, int | None], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
     """Everything in ``topic`` up to its end at the time reading starts.
 
@@ -121,6 +144,9 @@ def read_topic(
     not a ListOffsets answer: the embedded broker answers ListOffsets(latest)
     with the base offset of the last record batch, which would cut off the
     newest records.
+
+    ``progress`` is called every ``progress_every_s`` seconds with the number of records read
+    and the number to read (``None`` until every partition's end is known).
 
     Returns:
         ((partition, offset, value) in per-partition order, {partition: end offset}).
@@ -134,6 +160,7 @@ def read_topic(
         position = {p: 0 for p in partitions}
         ends: dict[int, int] = {}
         last_progress = time.monotonic()
+        next_report = last_progress + progress_every_s
         while True:
             if len(ends) < len(partitions):
                 for p in partitions:
@@ -141,6 +168,9 @@ def read_topic(
                         high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
                         if high >= 0:
                             ends[p] = high  # the snapshot: later writes are not read
+            if progress is not None and time.monotonic() >= next_report:
+                progress(len(out), sum(ends.values()) if len(ends) == len(partitions) else None)
+                next_report = time.monotonic() + progress_every_s
             if len(ends) == len(partitions) and all(position[p] >= ends[p] for p in partitions):
                 break
             batch = consumer.consume(10_000, timeout=0.2)

