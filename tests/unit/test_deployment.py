@@ -154,9 +154,9 @@ def test_topics_match_the_settings(services: dict[str, dict[str, Any]]) -> None:
 
 def test_commands_parse_with_the_cli(services: dict[str, dict[str, Any]]) -> None:
     parser = build_parser()
-    for name in ("worker", "trainer", "loadgen"):
+    for name, command in (("worker", "worker"), ("trainer", "train-service"), ("loadgen", "loadgen")):
         args = reranker_args(services[name])
-        assert args[0] == name
+        assert args[0] == command
         parser.parse_args(args)  # exits (SystemExit) on an unknown flag
 
 
