@@ -130,6 +130,15 @@ def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     }
 
 
+def snapshot_ends(consumer: Consumer, topic: str, partitions: list[int], ends: dict[int, int]) -> None:
+    """Add to ``ends`` each partition's high watermark once a fetch response has reported it."""
+    for p in partitions:
+        if p not in ends:
+            high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+            if high >= 0:
+                ends[p] = high
+
+
 def read_topic(
     settings: Settings,
     topic: str,
@@ -162,12 +171,7 @@ def read_topic(
         last_progress = time.monotonic()
         next_report = last_progress + progress_every_s
         while True:
-            if len(ends) < len(partitions):
-                for p in partitions:
-                    if p not in ends:
-                        high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
-                        if high >= 0:
-                            ends[p] = high  # the snapshot: later writes are not read
+            snapshot_ends(consumer, topic, partitions, ends)  # later writes are not read
             if progress is not None and time.monotonic() >= next_report:
                 progress(len(out), sum(ends.values()) if len(ends) == len(partitions) else None)
                 next_report = time.monotonic() + progress_every_s

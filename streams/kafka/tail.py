@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from streams.kafka.clients import consumer_config, partitions_of
+from streams.kafka.clients import consumer_config, partitions_of, snapshot_ends
 from streams.settings import Settings
 
 
@@ -74,11 +74,7 @@ def tail_topic(
         backlog: list[TopicMessage] = []
         last_progress = time.monotonic()
         while not stop.is_set():
-            for p in partitions:
-                if p not in ends:
-                    high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
-                    if high >= 0:
-                        ends[p] = high
+            snapshot_ends(consumer, topic, partitions, ends)
             if len(ends) == len(partitions) and all(position[p] >= ends[p] for p in partitions):
                 break
             batch = consumer.consume(1000, timeout=0.2)
