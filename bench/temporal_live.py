@@ -84,7 +84,7 @@ def main() -> None:
                 web_port=free_port(),
                 data_dir=work / f"worker-{mode}",
                 log_path=work / f"worker-{mode}.log",
-                extra_args=["--loglevel", "WARNING", *extra],
+                extra_args=["--log-level", "WARNING", *extra],
                 env=env,
                 cwd=REPO,
             )

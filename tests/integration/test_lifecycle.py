@@ -27,7 +27,7 @@ def test_publish_announce_and_swap_while_requests_flow(broker, tmp_path: Path) -
     settings = isolated_settings(broker, models_dir=str(tmp_path / "models"), promotion_tolerance=1.0)
     world = make_world(n_users=100, n_items=60, n_clusters=3, seed=31)
     produce_records(settings, settings.events_topic, generate_events(world, 2000, seed=32))
-    first = run_cli(settings, "trainer", "--once", "--max-epochs", "5")
+    first = run_cli(settings, "train-service", "--once", "--max-epochs", "5")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "trainer: promoted" in first.stdout
     [v1] = store.versions(settings.models_dir)
@@ -59,7 +59,7 @@ def test_publish_announce_and_swap_while_requests_flow(broker, tmp_path: Path) -
             assert time.monotonic() < deadline, worker.log()[-3000:]
             time.sleep(0.2)
         produce_records(settings, settings.events_topic, generate_events(world, 1000, seed=33, start_ts=1_800_000_000))
-        second = run_cli(settings, "trainer", "--once", "--max-epochs", "5")
+        second = run_cli(settings, "train-service", "--once", "--max-epochs", "5")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "trainer: promoted" in second.stdout, second.stdout
         v2 = store.newest(settings.models_dir)
@@ -115,7 +115,7 @@ def test_a_killed_trainer_never_leaves_a_loadable_half_model(broker, tmp_path: P
     env = settings_env(settings)
     for delay in (1.0, 2.0, 3.0, 4.5):
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "trainer", "--once", "--max-epochs", "8"],
+            [sys.executable, "-m", "streams", "train-service", "--once", "--max-epochs", "8"],
             env=env,
             cwd=REPO,
             stdout=subprocess.DEVNULL,
@@ -132,6 +132,6 @@ def test_a_killed_trainer_never_leaves_a_loadable_half_model(broker, tmp_path: P
             else []
         )
         assert all(store.is_artifact(p) for p in visible if p.is_dir())
-    finished = run_cli(settings, "trainer", "--once", "--max-epochs", "8")
+    finished = run_cli(settings, "train-service", "--once", "--max-epochs", "8")
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert store.newest(settings.models_dir) is not None

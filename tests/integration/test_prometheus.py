@@ -260,7 +260,7 @@ def observed(
                 sys.executable,
                 "-m",
                 "streams",
-                "trainer",
+                "train-service",
                 "--topic",
                 settings.events_topic,
                 "--models-dir",

@@ -75,6 +75,6 @@ def test_metrics_port_falls_back_to_the_next_free_one() -> None:
 def test_metrics_and_period_flags_default_to_the_settings() -> None:
     parser = build_parser()
     assert parser.parse_args(["worker"]).metrics_port is None
-    trainer = parser.parse_args(["trainer"])
+    trainer = parser.parse_args(["train-service"])
     assert trainer.metrics_port is None and trainer.every is None
     assert parser.parse_args(["worker", "--metrics-port", "0"]).metrics_port == 0
