@@ -443,20 +443,22 @@ def cmd_produce(args: argparse.Namespace) -> int:
     known = project_topics(settings)
     # A misspelt topic must not quietly become a new one that nothing reads.
     if args.topic not in known and not args.create and args.topic not in existing_topics(settings):
-        print(
-            f"reranker produce: no topic {args.topic!r}; the project's topics are {', '.join(known)} "
-            "(pass --create to create another)",
-            file=sys.stderr,
+        raise CliError(
+            f"no topic {args.topic!r}; the project's topics are {', '.join(known)} (pass --create to create another)"
         )
-        return 2
     # A topic the broker auto-creates would get its default partition count, not ours.
     create_topics(settings, {*known, args.topic})
     started = time.monotonic()
     try:
-        count = produce_records(settings, args.topic, read_jsonl(args.file), key=args.key)
+        count = produce_records(
+            settings,
+            args.topic,
+            read_jsonl(args.file),
+            key=args.key,
+            progress=lambda sent: print(f"produced {sent} records so far", file=sys.stderr, flush=True),
+        )
     except MissingKeyError as exc:
-        print(f"reranker produce: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from None
     print(f"produced {count} records to {args.topic} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
 
