@@ -55,9 +55,8 @@ def test_publish_announce_and_swap_while_requests_flow(broker, tmp_path: Path) -
     flow.start()
     try:
         deadline = time.monotonic() + 120
-        while not any(
-            r["model"]["version"] == v1.name for r in list(results.values())
-        ):  # a snapshot: the traffic thread writes it
+        # list(): a snapshot, since the traffic thread is still adding results.
+        while not any(r["model"]["version"] == v1.name for r in list(results.values())):
             assert time.monotonic() < deadline, worker.log()[-3000:]
             time.sleep(0.2)
         produce_records(settings, settings.events_topic, generate_events(world, 1000, seed=33, start_ts=1_800_000_000))
