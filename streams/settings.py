@@ -52,6 +52,16 @@ EMBEDDED_PROFILE: dict[str, Any] = {
 PROFILES: dict[str, dict[str, Any]] = {"kafka": {}, "embedded": EMBEDDED_PROFILE}
 
 
+# What a result adds to its request per ranked item (`"score": <float>, "rank": <int>` and the
+# object around the item id), and the fixed part of any output record: model name and version,
+# timestamp, a key of at most a 256-character id, and Kafka's record framing.
+RESULT_ITEM_BYTES = 64
+OUTPUT_OVERHEAD_BYTES = 4096
+# A dead letter's key (the original message's key) is cut to this; any valid key is an id of at
+# most 256 characters.
+DEAD_LETTER_KEY_BYTES = 1024
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
 
@@ -139,6 +149,12 @@ class Settings:
     torch_threads: int = 1
     max_candidates: int = 1000
     max_message_bytes: int = 1_048_576
+    # A dead letter keeps at most this much of the raw message (flagged raw_truncated), so it always
+    # fits the producer's request size whatever arrived.
+    dead_letter_max_raw_bytes: int = 65_536
+    # The liveness check (`reranker health`) fails when the agent has finished no batch for this
+    # long while messages wait (consumer lag > 0).
+    liveness_stale_s: float = 60.0
 
     # Trainer service and model versions
     models_dir: str = "models"
@@ -233,6 +249,34 @@ class Settings:
             raise SettingsError("trainer_every_s must be > 0")
         if not all(0 <= p < 65536 for p in (self.metrics_port, self.trainer_metrics_port)):
             raise SettingsError("metrics_port and trainer_metrics_port must be 0..65535")
+        if self.dead_letter_max_raw_bytes < 0 or self.liveness_stale_s <= 0:
+            raise SettingsError("dead_letter_max_raw_bytes must be >= 0 and liveness_stale_s > 0")
+        needed = max(self.largest_result_bytes(), self.largest_dead_letter_bytes())
+        if self.worker_max_request_bytes() < needed:
+            raise SettingsError(
+                f"producer_extra_config max.request.size = {self.worker_max_request_bytes()} is below the "
+                f"{needed} bytes a result of max_candidates = {self.max_candidates} items for a request of "
+                f"max_message_bytes = {self.max_message_bytes} (or a dead letter) can take: raise it, or lower "
+                "max_message_bytes, max_candidates or dead_letter_max_raw_bytes"
+            )
+
+    def largest_result_bytes(self) -> int:
+        """The most a result (value, key and record framing) can take for an accepted request.
+
+        A result repeats its request's ids (no longer there than in the request's JSON) and adds a
+        score and a rank per item, plus the model and a timestamp.
+        """
+        return self.max_message_bytes + self.max_candidates * RESULT_ITEM_BYTES + OUTPUT_OVERHEAD_BYTES
+
+    def largest_dead_letter_bytes(self) -> int:
+        """The most a dead letter can take: its raw part as base64, the key and error capped alike."""
+        return -(-self.dead_letter_max_raw_bytes // 3) * 4 + DEAD_LETTER_KEY_BYTES + OUTPUT_OVERHEAD_BYTES
+
+    def worker_max_request_bytes(self) -> int:
+        """The worker producer's largest request (faust ``producer_max_request_size``): the
+        ``max.request.size`` producer property when set, else what the largest result needs."""
+        explicit = self.producer_extra_config.get("max.request.size")
+        return int(explicit) if explicit is not None else self.largest_result_bytes()
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

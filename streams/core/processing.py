@@ -40,7 +40,7 @@ from streams.core.state import (
     initial_state,
 )
 from streams.core.worker_metrics import INVALID_EVENT_TYPE, WorkerMetrics, request_start
-from streams.settings import Settings
+from streams.settings import DEAD_LETTER_KEY_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,14 @@ Outcome = tuple[UserEvent, InMessage, str]
 
 @dataclass
 class OutMessage:
+    """A message to produce; a result also names its request, so that an error result can take
+    its place when it cannot be sent."""
+
     topic: str
     key: bytes | None
     value: bytes
+    request_id: str | None = None
+    user_id: str | None = None
 
 
 class StateStore(Protocol):
@@ -95,11 +100,24 @@ class DictStateStore:
         self.states[user_id] = state
 
 
+# A dead letter's error text is the parser's message or an exception's repr: capped, as the
+# raw part is, so that a dead letter always fits the producer's request size.
+DEAD_LETTER_ERROR_CHARS = 1024
+
+
 def dead_letter(settings: Settings, message: InMessage, reason: str, error: str) -> OutMessage:
-    """A dead-letter record that keeps the raw message, as text when it is UTF-8, else base64."""
-    raw = message.value or b""
+    """A dead-letter record that keeps the raw message, as text when it is UTF-8, else base64.
+
+    At most ``dead_letter_max_raw_bytes`` of it: a message near the size limit would otherwise
+    give a dead letter (a third larger as base64) that the producer refuses.
+    """
+    whole = message.value or b""
+    raw = whole[: settings.dead_letter_max_raw_bytes]
+    truncated = len(raw) < len(whole)
     try:
-        text, encoding = raw.decode("utf-8"), "text"
+        whole.decode("utf-8")
+        # A cut can split a character; its leading bytes are dropped rather than made base64.
+        text, encoding = raw.decode("utf-8", errors="ignore"), "text"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(raw).decode(), "base64"
     value = orjson.dumps(
@@ -108,13 +126,16 @@ def dead_letter(settings: Settings, message: InMessage, reason: str, error: str)
             "partition": message.partition,
             "offset": message.offset,
             "reason": reason,
-            "error": error,
+            "error": error[:DEAD_LETTER_ERROR_CHARS],
             "raw": text,
             "raw_encoding": encoding,
+            "raw_bytes": len(whole),
+            "raw_truncated": truncated,
             "ts": time.time(),
         }
     )
-    return OutMessage(settings.dead_letter_topic, message.key, value)
+    key = message.key[:DEAD_LETTER_KEY_BYTES] if message.key is not None else None
+    return OutMessage(settings.dead_letter_topic, key, value)
 
 
 def redelivered(message: InMessage, state: UserState) -> bool:
@@ -198,22 +219,17 @@ class Processor:
             # Answer whenever the request can be identified, so the client stops waiting.
             if exc.request_id is not None:
                 key = exc.user_id.encode() if exc.user_id is not None else message.key
-                outputs.append(
-                    OutMessage(
-                        self.settings.results_topic,
-                        key,
-                        encode_error_result(
-                            exc.request_id,
-                            exc.user_id,
-                            exc.code,
-                            exc.message,
-                            self.bundle.name,
-                            self.bundle.version,
-                            self.clock(),
-                        ),
-                    )
-                )
+                outputs.append(self.error_result(exc.request_id, exc.user_id, key, exc.code, exc.message))
             return None
+
+    def error_result(
+        self, request_id: str | None, user_id: str | None, key: bytes | None, code: str, message: str
+    ) -> OutMessage:
+        """An error result for a request, so that its client stops waiting."""
+        value = encode_error_result(
+            request_id, user_id, code, message, self.bundle.name, self.bundle.version, self.clock()
+        )
+        return OutMessage(self.settings.results_topic, key, value, request_id, user_id)
 
     def _apply_one(self, event: UserEvent, message: InMessage, outputs: list[OutMessage]) -> None:
         """Apply one event and write its user's state: the fallback when a group fails.
@@ -412,18 +428,12 @@ class Processor:
                 metrics.dead_letters.labels("internal_error").inc()
                 outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
                 outputs.append(
-                    OutMessage(
-                        self.settings.results_topic,
+                    self.error_result(
+                        request.request_id,
+                        request.user_id,
                         request.user_id.encode(),
-                        encode_error_result(
-                            request.request_id,
-                            request.user_id,
-                            "internal_error",
-                            "the worker failed to score this request",
-                            self.bundle.name,
-                            self.bundle.version,
-                            self.clock(),
-                        ),
+                        "internal_error",
+                        "the worker failed to score this request",
                     )
                 )
             return
@@ -438,6 +448,8 @@ class Processor:
                     encode_result(
                         request.request_id, request.user_id, items, self.bundle.name, self.bundle.version, now
                     ),
+                    request.request_id,
+                    request.user_id,
                 )
             )
             metrics.requests.labels("ok").inc()

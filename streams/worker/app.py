@@ -123,6 +123,9 @@ def build_worker(
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_linger=settings.producer_linger_ms / 1000.0,
+        # faust's default (1,000,000) is below max_message_bytes: a result of a large request, or
+        # a dead letter of one, was refused and the agent stopped answering.
+        producer_max_request_size=settings.worker_max_request_bytes(),
         # Standbys only pay off with several workers; the changelog restores state either way.
         table_standby_replicas=0,
     )

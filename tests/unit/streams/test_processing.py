@@ -1,10 +1,12 @@
 """The Processor: ordering, state, fallbacks and bad input, on the offline store."""
 
+import base64
+
 import numpy as np
 import orjson
 import pytest
 
-from streams.core.processing import DictStateStore, InMessage, Processor
+from streams.core.processing import DictStateStore, InMessage, Processor, dead_letter
 from streams.devtools.synthetic import cluster_share_at_k, events_for_cluster
 from streams.settings import Settings
 from tests.conftest import assert_same_results
@@ -355,3 +357,27 @@ def test_a_failing_batch_falls_back_to_one_event_at_a_time(bundle, trained_world
     assert [(d["offset"], d["reason"]) for d in dead(settings, outputs)] == [(10, "internal_error")]
     assert processor.metrics.events.labels("click", "error")._value.get() == 1
     assert processor.metrics.events.labels("click", "ok")._value.get() == 3
+
+
+def test_a_dead_letter_keeps_at_most_its_share_of_a_big_message(settings) -> None:  # type: ignore[no-untyped-def]
+    limit = settings.dead_letter_max_raw_bytes
+    not_utf8 = b"\xff" * 950_000  # as base64, the whole would be past 1.2 MB
+    letter = orjson.loads(dead_letter(settings, msg(settings, "event", not_utf8), "invalid_json", "e" * 5000).value)
+    assert letter["raw_encoding"] == "base64" and letter["raw_truncated"] is True
+    assert letter["raw_bytes"] == 950_000 and base64.b64decode(letter["raw"]) == not_utf8[:limit]
+    assert len(letter["error"]) == 1024
+    # UTF-8 cut inside a character: the partial character is dropped, the text stays text.
+    text = ("a" + "é" * limit).encode()
+    letter = orjson.loads(dead_letter(settings, msg(settings, "request", text), "too_large", "big").value)
+    assert letter["raw_encoding"] == "text" and letter["raw_truncated"] is True
+    assert letter["raw"] == "a" + "é" * ((limit - 1) // 2) and letter["raw_bytes"] == len(text)
+    small = orjson.loads(dead_letter(settings, msg(settings, "event", b"\xffhi"), "invalid_json", "x").value)
+    assert small["raw_truncated"] is False and small["raw_bytes"] == 3
+    assert base64.b64decode(small["raw"]) == b"\xffhi"
+
+
+def test_every_dead_letter_fits_the_worker_producer(settings) -> None:  # type: ignore[no-untyped-def]
+    huge_key = InMessage(settings.events_topic, 0, 1, None, b"k" * 900_000, b"\xff" * 2_000_000)
+    out = dead_letter(settings, huge_key, "too_large", "x" * 10_000)
+    assert len(out.value) + len(out.key or b"") <= settings.largest_dead_letter_bytes()
+    assert settings.largest_dead_letter_bytes() <= settings.worker_max_request_bytes()

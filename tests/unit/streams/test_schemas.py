@@ -41,6 +41,17 @@ def test_generated_inputs_and_produced_outputs_validate(bundle) -> None:  # type
     validator("dead-letter").validate(letters[0])
 
 
+def test_a_truncated_dead_letter_validates_and_says_so(bundle) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings.load(env={})
+    big = InMessage(settings.events_topic, 0, 1, None, b"u", b"\xff" * 950_000)
+    (out,) = Processor(bundle, settings, DictStateStore()).process([big])
+    letter = orjson.loads(out.value)
+    validator("dead-letter").validate(letter)
+    assert letter["raw_truncated"] is True and letter["raw_bytes"] == 950_000
+    with pytest.raises(jsonschema.ValidationError):
+        validator("dead-letter").validate({k: v for k, v in letter.items() if k != "raw_truncated"})
+
+
 def test_schemas_reject_what_the_parser_rejects() -> None:
     with pytest.raises(jsonschema.ValidationError):
         validator("rerank-request").validate({"request_id": "r", "user_id": "u", "candidates": []})

@@ -144,3 +144,34 @@ def test_model_hparams_from_toml_tables_and_env_json(tmp_path: Path) -> None:
     for bad in ('{"dnn": 3}', "[1]", "{"):
         with pytest.raises(SettingsError, match="model_hparams"):
             Settings.load(env={"RERANKER_MODEL_HPARAMS": bad})
+
+
+def test_the_worker_producer_takes_the_largest_result_of_the_message_limit() -> None:
+    import orjson
+
+    from streams.core.records import encode_result, parse_request
+
+    settings = Settings.load(env={})
+    # faust's own default (1,000,000) was below max_message_bytes.
+    assert settings.worker_max_request_bytes() >= settings.largest_result_bytes() > settings.max_message_bytes
+    # The largest request of max_candidates items of the longest ids, padded to the size limit, and
+    # its result with every item ranked, the scores as long as floats print.
+    ids = [f"{i:04d}" + "\u00e9" * 252 for i in range(settings.max_candidates)]
+    request = {"request_id": "r" * 256, "user_id": "u" * 256, "candidates": [{"item_id": i} for i in ids]}
+    pad = settings.max_message_bytes - len(orjson.dumps({**request, "context": {"p": ""}}))
+    raw = orjson.dumps({**request, "context": {"p": "x" * pad}})
+    assert len(raw) == settings.max_message_bytes
+    parsed = parse_request(raw, max_candidates=settings.max_candidates, max_bytes=settings.max_message_bytes)
+    ranked = [(item, -1.2345678901234567e-300) for item in parsed.item_ids]
+    value = encode_result(parsed.request_id, parsed.user_id, ranked, "m" * 100, "v" * 100, 1.7e9)
+    assert len(value) + len(parsed.user_id.encode()) + 100 <= settings.worker_max_request_bytes()
+
+
+def test_a_producer_request_size_below_the_largest_output_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"max\.request\.size = 1000000 is below"):
+        Settings.load(env={}, overrides={"producer_extra_config": {"max.request.size": 1_000_000}})
+    smaller = Settings.load(
+        env={},
+        overrides={"producer_extra_config": {"max.request.size": 1_000_000}, "max_message_bytes": 900_000},
+    )
+    assert smaller.worker_max_request_bytes() == 1_000_000
