@@ -226,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=7, help="random seed of the traffic")
 
+    p = command("health", "liveness of a worker from its /metrics: exit 1 when it stopped making progress")
+    _common(p, broker=False)
+    p.add_argument("--metrics-url", help="the worker's /metrics (default: http://127.0.0.1:<metrics_port>/metrics)")
+    p.add_argument(
+        "--max-stale",
+        type=float,
+        help="seconds without a finished batch while messages wait (default: the liveness_stale_s setting, 60)",
+    )
+
     p = command("demo", "embedded broker + synthetic data + training + worker, live")
     _common(p, broker=False)
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until Ctrl-C)")
@@ -496,6 +505,24 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    from streams.core.worker_metrics import liveness
+
+    settings = load_settings(args, liveness_stale_s=args.max_stale)
+    url = args.metrics_url or f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        print(f"unhealthy: {url}: {exc}")
+        return 1
+    healthy, reason = liveness(text, time.time(), settings.liveness_stale_s)
+    print(f"{'healthy' if healthy else 'unhealthy'}: {reason}")
+    return 0 if healthy else 1
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.devtools.replay import replay_requests, replay_stream
     from streams.kafka.topics import create_topics
@@ -581,6 +608,7 @@ COMMANDS = {
     "train": cmd_train,
     "train-service": cmd_train_service,
     "tail": cmd_tail,
+    "health": cmd_health,
     "produce": cmd_produce,
     "replay": cmd_replay,
     "score": cmd_score,

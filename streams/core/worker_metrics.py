@@ -19,6 +19,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.core.records import EVENT_ERROR_CODES, REQUEST_ERROR_CODES
 
@@ -67,6 +68,9 @@ REQUEST_OUTCOMES = ("ok", "internal_error", *REQUEST_ERROR_CODES)
 EVENT_OUTCOMES = ("ok", "trained", "frozen", "duplicate", "error")
 # A rejected event has no trustworthy type: it is counted under this one, by its code.
 INVALID_EVENT_TYPE = "invalid"
+# Why an output did not reach its topic (streams/worker/agents.py): the producer refused it as
+# too large, sending failed after every retry, or the broker refused it after the hand-off.
+SEND_FAILURE_REASONS = ("too_large", "error", "delivery")
 DEAD_LETTER_REASONS = ("internal_error", *dict.fromkeys((*REQUEST_ERROR_CODES, *EVENT_ERROR_CODES)))
 
 
@@ -177,6 +181,13 @@ class WorkerMetrics:
             "When the agent last finished a batch (seconds since the epoch).",
             registry=r,
         )
+        self.send_failures = Counter(
+            "reranker_send_failures_total",
+            "Results and dead letters that did not reach their topic, by topic and reason; a result is "
+            "replaced by an error result when one can be sent.",
+            ["topic", "reason"],
+            registry=r,
+        )
         self.users_in_state = Gauge(
             "reranker_users_in_state", "Users in this worker's partitions of the user-state table.", registry=r
         )
@@ -197,6 +208,12 @@ class WorkerMetrics:
             for outcome in EVENT_OUTCOMES:
                 self.events.labels(event_type, outcome)
 
+    def add_output_topics(self, topics: Iterable[str]) -> None:
+        """Start the send-failure counters of ``topics`` (the configured ones) at 0 for every reason."""
+        for topic in topics:
+            for reason in SEND_FAILURE_REASONS:
+                self.send_failures.labels(topic, reason)
+
     def set_serving_model(self, name: str, version: str) -> None:
         """Mark ``name``/``version`` as the one serving model.
 
@@ -210,3 +227,36 @@ class WorkerMetrics:
         """Expose /metrics on addr:port (0 = off)."""
         if port:
             start_http_server(port, addr=addr, registry=self.registry)
+
+
+def liveness(exposition: str, now: float, max_stale_s: float) -> tuple[bool, str]:
+    """Whether a worker is making progress, from its /metrics text.
+
+    Unhealthy when messages wait (``reranker_consumer_lag`` > 0 on some topic) and the agent has
+    finished no batch for ``max_stale_s`` seconds, counted from the process start when it has
+    finished none. An idle worker (no lag) is healthy however old its last batch: a consumer that
+    stops without an error (faust issue #175) shows only as this pair.
+
+    Args:
+        exposition: the Prometheus text format, as /metrics serves it.
+        now: seconds since the epoch.
+        max_stale_s: the longest time without a finished batch while lag > 0.
+
+    Returns:
+        (healthy, a one-line reason).
+    """
+    values: dict[str, float] = {}
+    lag = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "reranker_consumer_lag":
+                lag += sample.value
+            else:
+                values[sample.name] = sample.value
+    if "reranker_worker_last_batch_timestamp_seconds" not in values:
+        return False, "no reranker_worker_last_batch_timestamp_seconds: not a worker's /metrics"
+    since = max(values["reranker_worker_last_batch_timestamp_seconds"], values.get("process_start_time_seconds", 0.0))
+    stale = now - since
+    if lag > 0 and stale > max_stale_s:
+        return False, f"no batch finished for {stale:.0f} s while {lag:.0f} messages wait"
+    return True, f"lag {lag:.0f}, last batch {stale:.0f} s ago"

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from itertools import groupby
+from typing import Any, Protocol
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.types import EventT, StreamT
 
-from streams.core.processing import InMessage, Processor
+from streams.core.processing import InMessage, OutMessage, Processor
+from streams.core.worker_metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.worker.batching import take_available
 from streams.worker.topics import Topics
+
+log = logging.getLogger(__name__)
+
+# Tries of one send, and the wait before the first retry (doubled before each next one): a
+# broker that is briefly away (a leader election) is ridden out, a batch never waits for long.
+SEND_ATTEMPTS = 4
+SEND_BACKOFF_S = 0.5
 
 
 def in_order(events: Sequence[EventT], events_topic: str) -> list[InMessage]:
@@ -50,16 +63,108 @@ def in_order(events: Sequence[EventT], events_topic: str) -> list[InMessage]:
     return list(heapq.merge(*by_source, key=lambda m: (m.timestamp or 0.0, m.topic != events_topic)))
 
 
+class Sink(Protocol):
+    """Where outputs of one topic go: a faust topic, whose ``send`` hands a message to the
+    producer's buffer and returns the future of its delivery."""
+
+    async def send(self, *, key: bytes | None, value: bytes) -> Any: ...
+
+
+def too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: faust raises ProducerSendError from aiokafka's error)
+    says the message is over a size limit, which no retry changes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (MessageSizeTooLargeError, RecordTooLargeError)):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+class OutputSender:
+    """Hands a batch's outputs to the producer; no failure to send leaves the agent.
+
+    An exception out of the agent makes faust restart it on the same stream, where the batching
+    of ``take_available`` then blocks for good or acknowledges the batch with its answers unsent.
+    So each send is retried with backoff a bounded number of times, and a result that still
+    cannot go (too large, or the producer keeps failing) is replaced by a small error result, so
+    its client is answered; every failure is logged and counted in reranker_send_failures_total.
+    ``send_all`` returns once every output is in the producer's buffer: the batch is acknowledged
+    after that.
+    """
+
+    def __init__(
+        self,
+        sinks: Mapping[str, Sink],
+        metrics: WorkerMetrics,
+        error_result: Callable[[str | None, str | None, bytes | None, str, str], OutMessage],
+        *,
+        attempts: int = SEND_ATTEMPTS,
+        backoff_s: float = SEND_BACKOFF_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.sinks = sinks
+        self.metrics = metrics
+        self.error_result = error_result
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.sleep = sleep
+        metrics.add_output_topics(sinks)
+
+    async def send_all(self, outputs: Iterable[OutMessage]) -> None:
+        for out in outputs:
+            await self.send(out)
+
+    async def send(self, out: OutMessage) -> None:
+        reason = await self._send(out)
+        if reason is None or out.request_id is None:
+            return
+        # The client waits on the request id: answer with an error, under a key that fits.
+        code = "result_too_large" if reason == "too_large" else "send_failed"
+        key = out.user_id.encode() if out.user_id is not None else None
+        replacement = self.error_result(out.request_id, out.user_id, key, code, "the worker could not send the result")
+        await self._send(replacement)
+
+    async def _send(self, out: OutMessage) -> str | None:
+        """Send with retries; None when the producer took it, else the failure reason (counted)."""
+        for attempt in range(self.attempts):
+            try:
+                delivery = await self.sinks[out.topic].send(key=out.key, value=out.value)
+            except Exception as exc:  # noqa: BLE001  whatever the producer raises, the stream goes on
+                reason = "too_large" if too_large(exc) else "error"
+                if reason == "error" and attempt + 1 < self.attempts:
+                    log.warning("sending to %s failed (attempt %d): %r; retrying", out.topic, attempt + 1, exc)
+                    await self.sleep(self.backoff_s * 2**attempt)
+                    continue
+                log.error("could not send %d bytes to %s: %r", len(out.value), out.topic, exc)
+                self.metrics.send_failures.labels(out.topic, reason).inc()
+                return reason
+            if isinstance(delivery, asyncio.Future):
+                delivery.add_done_callback(partial(self._delivered, out.topic))
+            return None
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _delivered(self, topic: str, delivery: asyncio.Future[Any]) -> None:
+        # The broker can still refuse a message the producer took (its own size limit, a timeout):
+        # by then the batch is acknowledged, so it is logged and counted.
+        if not delivery.cancelled() and (exc := delivery.exception()) is not None:
+            log.error("the broker did not take a message for %s: %r", topic, exc)
+            self.metrics.send_failures.labels(topic, "delivery").inc()
+
+
 def register_agents(app: faust.App, settings: Settings, topics: Topics, processor: Processor) -> None:
-    sinks = {settings.results_topic: topics.results, settings.dead_letter_topic: topics.dead_letters}
+    sender = OutputSender(
+        {settings.results_topic: topics.results, settings.dead_letter_topic: topics.dead_letters},
+        processor.metrics,
+        processor.error_result,
+    )
 
     @app.agent(topics.inputs, name="rerank")
     async def rerank(stream: StreamT) -> None:
         # One forward pass per batch of whatever has arrived; nothing waits for a timer.
         async for batch in take_available(stream, settings.batch_max, within=settings.batch_window_ms / 1000.0):
             processor.metrics.batch_messages.observe(len(batch))
-            for out in processor.process(in_order(batch, settings.events_topic)):
-                await sinks[out.topic].send(key=out.key, value=out.value)
+            await sender.send_all(processor.process(in_order(batch, settings.events_topic)))
             # Liveness: a consumer can stop without an error (faust issue #175), which only
             # shows as this timestamp falling behind while the consumer lag grows.
             processor.metrics.last_batch.set_to_current_time()

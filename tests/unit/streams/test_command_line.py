@@ -95,7 +95,7 @@ def test_log_level_on_every_command_and_broker_only_where_it_matters() -> None:
     for name, sub in _commands().items():
         flags = {flag for action in sub._actions for flag in action.option_strings}
         assert "--log-level" in flags, name
-        assert ("--broker" in flags) == (name not in ("broker", "demo", "score", "evaluate")), name
+        assert ("--broker" in flags) == (name not in ("broker", "demo", "score", "evaluate", "health")), name
 
 
 def test_worker_keeps_its_old_loglevel_flag() -> None:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.core import records
 from streams.core.processing import DictStateStore, InMessage, Processor
-from streams.core.worker_metrics import LATENCY_BUCKETS, WorkerMetrics, request_start
+from streams.core.worker_metrics import LATENCY_BUCKETS, WorkerMetrics, liveness, request_start
 from streams.settings import Settings
 from streams.worker.monitoring import TableCounter, consumer_lag
 
@@ -37,6 +37,7 @@ EXPECTED = {
     "reranker_consumer_lag": ("gauge", {"topic"}),
     "reranker_worker_last_batch_timestamp_seconds": ("gauge", set()),
     "reranker_users_in_state": ("gauge", set()),
+    "reranker_send_failures_total": ("counter", {"topic", "reason"}),
 }
 
 
@@ -68,6 +69,7 @@ def test_every_metric_has_its_name_type_and_labels() -> None:
     metrics.dead_letters.labels("invalid_json").inc()
     metrics.set_serving_model("dnn", "v1")
     metrics.consumer_lag.labels("user-events").set(3)
+    metrics.add_output_topics(["reranked-results"])
     assert exported(metrics) == EXPECTED
 
 
@@ -256,3 +258,35 @@ def test_table_counter_refreshes_a_slow_count_less_often() -> None:
     assert counter.count() == 42 and SlowTable.calls == 1  # 100 ms at 2 % -> next in 5 s
     now[0] += 3.0
     assert counter.count() == 42 and SlowTable.calls == 2
+
+
+def exposition(last_batch: float | None, lag: dict[str, int], started: float = 1000.0) -> str:
+    """A worker's /metrics text with the given last batch time, lag per topic and process start."""
+    metrics = WorkerMetrics()
+    if last_batch is not None:
+        metrics.last_batch.set(last_batch)
+    for topic, value in lag.items():
+        metrics.consumer_lag.labels(topic).set(value)
+    text = generate_latest(metrics.registry).decode()
+    return re.sub(r"^process_start_time_seconds .*$", f"process_start_time_seconds {started}", text, flags=re.M)
+
+
+def test_an_idle_worker_is_alive_however_old_its_last_batch() -> None:
+    healthy, reason = liveness(exposition(2000.0, {"user-events": 0, "rerank-requests": 0}), 9000.0, 60.0)
+    assert healthy, reason
+
+
+def test_a_worker_that_finishes_no_batch_while_messages_wait_is_not_alive() -> None:
+    healthy, reason = liveness(exposition(2000.0, {"user-events": 0, "rerank-requests": 7}), 2061.0, 60.0)
+    assert not healthy and "61 s" in reason and "7 messages" in reason
+    assert liveness(exposition(2000.0, {"rerank-requests": 7}), 2059.0, 60.0)[0]
+
+
+def test_a_worker_yet_to_finish_a_batch_counts_from_its_start() -> None:
+    text = exposition(None, {"rerank-requests": 3}, started=5000.0)
+    assert liveness(text, 5030.0, 60.0)[0]
+    assert not liveness(text, 5061.0, 60.0)[0]
+
+
+def test_metrics_of_something_else_are_not_a_live_worker() -> None:
+    assert not liveness("# nothing here\n", 1.0, 60.0)[0]
