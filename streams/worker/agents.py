@@ -106,7 +106,7 @@ class OutputSender:
         self.sinks = sinks
         self.metrics = metrics
         self.error_result = error_result
-        self.attempts = attempts
+        self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self.sleep = sleep
         metrics.add_output_topics(sinks)
