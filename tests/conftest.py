@@ -75,9 +75,15 @@ class WorkerProcess:
 
 
 def start_worker(
-    settings: Settings, model_dir: Path, workdir: Path, *extra: str, web_port: int | None = None
+    settings: Settings,
+    model_dir: Path,
+    workdir: Path,
+    *extra: str,
+    web_port: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> WorkerProcess:
-    """A real ``reranker worker`` process; its data dir is ``workdir/data-<web port>``."""
+    """A real ``reranker worker`` process; its data dir is ``workdir/data-<web port>``;
+    ``extra_env`` adds variables that are not settings (a fault-injection switch)."""
     create_topics(settings)
     metrics_port, web_port = free_port(), web_port or free_port()
     log_path = workdir / f"worker-{web_port}.log"
@@ -88,7 +94,7 @@ def start_worker(
         data_dir=workdir / f"data-{web_port}",
         log_path=log_path,
         extra_args=extra,
-        env=settings_env(settings),
+        env={**settings_env(settings), **(extra_env or {})},
         cwd=REPO,
     )
     return WorkerProcess(process, metrics_port, web_port, log_path)

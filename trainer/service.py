@@ -8,7 +8,8 @@ One run:
    among 99 sampled unseen items, through the worker's own Processor: events are applied in
    log order with online updates, and every held-out interaction is asked for just before it
    happens. Both models see identical data.
-4. Publish only if candidate NDCG@10 >= serving NDCG@10 - ``promotion_tolerance``: the
+4. Publish only if candidate NDCG@10 >= serving NDCG@10 - ``promotion_tolerance`` on at least
+   one held-out interaction, or if no model is serving yet (`gate`): the
    artifact is written into a hidden staging directory and renamed into
    ``models_dir/<version>`` in one step, so no reader ever sees half a model.
 5. Announce ``{"name", "version", "path"}`` on ``model-updates`` and keep ``keep_versions``.
@@ -160,6 +161,25 @@ def evaluate_on_stream(
     return ranking_metrics(results, truth)
 
 
+def gate(
+    candidate: dict[str, float], serving: dict[str, float] | None, held_out: int, tolerance: float
+) -> tuple[bool, str]:
+    """Whether to publish the candidate, and why.
+
+    Without a serving model the candidate is published whatever the evidence: a fresh stack
+    has nothing else to serve. With one, no held-out interaction means no evidence that the
+    candidate is not worse (a window of newcomers' first events only), so the serving model
+    stays.
+    """
+    if serving is None:
+        return True, "no serving model"
+    if not held_out:
+        return False, "no held-out interactions: no evidence against the serving model"
+    if candidate["ndcg@10"] >= serving["ndcg@10"] - tolerance:
+        return True, "candidate within the tolerance of the serving model"
+    return False, "candidate worse than the serving model"
+
+
 def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
     """The latest metadata record per item on the items topic (empty when there is no topic)."""
     from streams.core.records import parse_item
@@ -238,13 +258,10 @@ def run_once(
         )
         candidate_metrics = evaluate_on_stream(candidate, settings, messages, truth)
         serving_metrics = evaluate_on_stream(serving, settings, messages, truth) if serving is not None else None
-        promote = (
-            not truth
-            or serving_metrics is None
-            or (candidate_metrics["ndcg@10"] >= serving_metrics["ndcg@10"] - settings.promotion_tolerance)
-        )
+        promote, reason = gate(candidate_metrics, serving_metrics, len(truth), settings.promotion_tolerance)
         decision = {
             "decision": "promoted" if promote else "rejected",
+            "reason": reason,
             "tolerance": settings.promotion_tolerance,
             "held_out_requests": len(truth),
             "candidate": candidate_metrics,
@@ -258,8 +275,10 @@ def run_once(
                 if serving is not None and serving_metrics
                 else " (no serving model)"
             )
-            + f" on {len(truth)} held-out interactions -> {decision['decision']}"
+            + f" on {len(truth)} held-out interactions -> {decision['decision']} ({reason})"
         )
+        if not truth:
+            log.warning("trainer: no held-out interactions to evaluate candidate %s on: %s", candidate.version, reason)
         manifest_path = artifact / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest["promotion"] = decision
@@ -275,7 +294,7 @@ def run_once(
                 candidate_metrics,
                 serving_metrics,
                 time.monotonic() - started,
-                "candidate worse than the serving model",
+                reason,
             )
         published = store.publish(artifact, root, candidate.version)
         store.prune(root, settings.keep_versions, protect=published.name)

@@ -231,7 +231,7 @@ class Processor:
         )
         return OutMessage(self.settings.results_topic, key, value, request_id, user_id)
 
-    def _apply_one(self, event: UserEvent, message: InMessage, outputs: list[OutMessage]) -> None:
+    def _apply_one(self, event: UserEvent, message: InMessage, outputs: list[OutMessage], rewritten: set[str]) -> None:
         """Apply one event and write its user's state: the fallback when a group fails.
 
         The trained and frozen checks are the caller's (`_apply_group` has made and counted them).
@@ -240,11 +240,15 @@ class Processor:
             event: The parsed event.
             message: Its message (offset for duplicate detection, source for the store).
             outputs: Where a dead letter goes if applying it fails.
+            rewritten: Users whose state a duplicate already rewrote in this batch; updated.
         """
         try:
             state = self.state_of(event.user_id, message)
             if redelivered(message, state):
                 # Redelivered after a crash between the state write and the offset commit.
+                if event.user_id not in rewritten:
+                    self._rewrite(event.user_id, state, message)
+                    rewritten.add(event.user_id)
                 self.metrics.events.labels(event.event_type, "duplicate").inc()
                 return
             updated = apply_event(
@@ -302,20 +306,27 @@ class Processor:
         except Exception:  # a bug must not stop the stream; isolate it event by event
             # Nothing was written yet, so the one-by-one path starts from the same states.
             log.exception("batched update of %d events failed; applying them one by one", len(planned))
+            rewritten: set[str] = set()
             for event, message in planned:
-                self._apply_one(event, message, outputs)
+                self._apply_one(event, message, outputs, rewritten)
             return
         for user_id, (state, source, outcomes) in results.items():
-            if source is not None:
-                try:
+            try:
+                if source is None:
+                    # Every event of the user was a duplicate: the state is written again (once),
+                    # since the crash that redelivered them may have come before its changelog
+                    # record was sent.
+                    self._rewrite(user_id, state, outcomes[-1][1])
+                else:
                     self.store.put(user_id, state, source)
-                except Exception:
-                    log.exception(
-                        "failed to store the state of %d events of one user; applying them one by one", len(outcomes)
-                    )
-                    for event, message, _ in outcomes:
-                        self._apply_one(event, message, outputs)
-                    continue
+            except Exception:
+                log.exception(
+                    "failed to store the state of %d events of one user; applying them one by one", len(outcomes)
+                )
+                retried: set[str] = set()
+                for event, message, _ in outcomes:
+                    self._apply_one(event, message, outputs, retried)
+                continue
             for event, message, outcome in outcomes:
                 self.metrics.events.labels(event.event_type, outcome).inc()
                 if outcome == "ok" and message.timestamp is not None:
@@ -332,7 +343,8 @@ class Processor:
 
         Returns:
             Per user: the final state, the message of the last event applied (None when every
-            event was a duplicate: nothing to write) and each event's outcome, "ok" or "duplicate".
+            event was a duplicate: nothing new to write) and each event's outcome, "ok" or
+            "duplicate".
         """
         settings = self.settings
         states = {user_id: self.state_of(user_id, events[0][1]) for user_id, events in by_user.items()}
@@ -380,6 +392,19 @@ class Processor:
                 sources[user_id] = message
                 outcomes[user_id].append((event, message, "ok"))
         return {user_id: (states[user_id], sources[user_id], outcomes[user_id]) for user_id in by_user}
+
+    def _rewrite(self, user_id: str, state: UserState, source: InMessage) -> None:
+        """Write ``state`` again because a redelivered event of its user was a duplicate.
+
+        A worker writes a state to its local store before the changelog record of that write is
+        sent (faust sends it soon after, from a buffer). Killed in between, the worker restarts
+        with the new state on disk, finds the redelivered events already applied, and without
+        this write the changelog would keep the old state until the user's next event: a
+        partition moved to another worker, or a fresh data volume, would recover the old one.
+        Writing the state again sends its changelog record.
+        """
+        self.store.put(user_id, state, source)
+        self.metrics.state_rewrites.inc()
 
     def state_of(self, user_id: str, source: InMessage) -> UserState:
         """The user's current state, or the state the model knows for them."""

@@ -188,6 +188,12 @@ class WorkerMetrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.state_rewrites = Counter(
+            "reranker_state_rewrites_total",
+            "User states written again because redelivered events were duplicates (after a crash), "
+            "so that their changelog records are sent.",
+            registry=r,
+        )
         self.users_in_state = Gauge(
             "reranker_users_in_state", "Users in this worker's partitions of the user-state table.", registry=r
         )

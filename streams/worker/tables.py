@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import faust
 from faust.types import TableT
 
@@ -11,6 +14,13 @@ from streams.settings import Settings
 from streams.worker.faust_hooks import as_current_event
 
 USER_STATE_TABLE = "user-state"
+
+# Fault injection for the reliability tests, inert unless set: the worker SIGKILLs itself right
+# after it writes this user's state to its local store, before faust sends the changelog record
+# of the write (a table write queues that record, sent later from the producer's buffer). This is
+# the crash window that docs/RELIABILITY.md describes and tests/integration/test_state_rewrite.py
+# reproduces. Never set it in production.
+FAULT_KILL_AFTER_STATE_WRITE_ENV = "RERANKER_FAULT_KILL_AFTER_STATE_WRITE"
 
 
 def define_user_state_table(app: faust.App, settings: Settings) -> TableT:
@@ -31,6 +41,8 @@ class TableStateStore:
 
     def __init__(self, table: TableT) -> None:
         self.table = table
+        # See FAULT_KILL_AFTER_STATE_WRITE_ENV.
+        self.kill_after_writing = os.environ.get(FAULT_KILL_AFTER_STATE_WRITE_ENV) or None
 
     def get(self, user_id: str, source: InMessage) -> UserState | None:
         with as_current_event(source.handle):  # type: ignore[arg-type]
@@ -40,3 +52,6 @@ class TableStateStore:
     def put(self, user_id: str, state: UserState, source: InMessage) -> None:
         with as_current_event(source.handle):  # type: ignore[arg-type]
             self.table[user_id.encode()] = encode_state(state)
+        if user_id == self.kill_after_writing:
+            # No await since the write: the changelog record is still in the producer's buffer.
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -142,6 +142,44 @@ def test_a_redelivered_event_is_not_learned_twice(bundle, trained_world, setting
     assert processor.metrics.events.labels("click", "duplicate")._value.get() == 2
 
 
+def test_redelivered_duplicates_write_their_state_again_once_per_user(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    """The state is written again so its changelog record goes out: the crash may have come
+    between the local write and the changelog send."""
+    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=2e9)
+    store = RecordingStore()
+    processor = Processor(bundle, settings, store)
+    messages = [msg(settings, "event", e, offset=10 + i) for i, e in enumerate(clicks)]
+    processor.process(messages)
+    written = store.states["crashy"]
+    store.puts.clear()
+    processor.process(messages)  # all three redelivered
+    assert store.puts == [("crashy", 12)]
+    assert store.states["crashy"].applied == written.applied == 3
+    assert processor.metrics.state_rewrites._value.get() == 1
+    # A redelivered tail followed by a new event: the new state is written, nothing else.
+    store.puts.clear()
+    newer = events_for_cluster(trained_world.world, "crashy", 1, 1, start_ts=3e9)[0]
+    processor.process([*messages[1:], msg(settings, "event", newer, offset=13)])
+    assert store.puts == [("crashy", 13)] and processor.metrics.state_rewrites._value.get() == 1
+
+
+def test_the_one_by_one_fallback_rewrites_a_duplicate_state_once(bundle, trained_world, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=2e9)
+    store = RecordingStore()
+    processor = Processor(bundle, settings, store)
+    messages = [msg(settings, "event", e, offset=10 + i) for i, e in enumerate(clicks)]
+    processor.process(messages)
+    store.puts.clear()
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("batched update exploded")
+
+    monkeypatch.setattr(processor, "_apply_rounds", broken)
+    processor.process(messages)
+    assert store.puts == [("crashy", 10)]
+    assert processor.metrics.state_rewrites._value.get() == 1
+
+
 def test_state_survives_a_model_swap(bundle, trained_world, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from models import load_artifact
     from trainer.train import train_to_artifact

@@ -103,3 +103,43 @@ def test_the_service_retries_soon_until_a_first_model_exists(monkeypatch: pytest
     # An empty log and a failed run retry soon; once a model is served, the full period applies.
     assert len(stop.waits) == 4 and max(stop.waits[:2]) <= 30.0, stop.waits
     assert stop.waits[2:] == pytest.approx([600.0, 600.0], abs=1.0)
+
+
+def gated_run(monkeypatch: pytest.MonkeyPatch, trained_world: Any, root: Any, *, serving: bool) -> RunResult:
+    """`run_once` on a log whose held-out tail is only newcomers' first events (nothing to ask
+    for), with the candidate a copy of ``trained_world``'s model and no broker."""
+    import json
+    import shutil
+
+    train = [(0, n, e) for n, e in enumerate(trained_world.events[:900])]
+    firsts = [(0, 900 + n, {**trained_world.events[n], "user_id": f"newcomer-{n}"}) for n in range(100)]
+    monkeypatch.setattr(service, "log_from_topic", lambda settings, topic: ([*train, *firsts], {"0": 1000}, 0))
+    monkeypatch.setattr(service, "items_from_topic", lambda settings: [])
+    if serving:
+        shutil.copytree(trained_world.model_dir, root / "serving")
+
+    def copy_model(events: Any, out: Any, **kwargs: Any) -> Any:
+        shutil.copytree(trained_world.model_dir, out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["version"] = "candidate"
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        return out
+
+    settings = Settings(models_dir=str(root))
+    return service.run_once(settings, topic="events", announce=False, progress=lambda line: None, train_fn=copy_model)
+
+
+def test_no_held_out_evidence_keeps_the_serving_model(
+    monkeypatch: pytest.MonkeyPatch, trained_world: Any, tmp_path: Any
+) -> None:
+    result = gated_run(monkeypatch, trained_world, tmp_path, serving=True)
+    assert result.decision == "rejected" and result.path is None, result
+    assert "no held-out interactions" in result.reason
+    assert not (tmp_path / "candidate").exists()
+
+
+def test_a_first_model_is_published_without_held_out_evidence(
+    monkeypatch: pytest.MonkeyPatch, trained_world: Any, tmp_path: Any
+) -> None:
+    result = gated_run(monkeypatch, trained_world, tmp_path, serving=False)
+    assert result.decision == "promoted" and result.path == tmp_path / "candidate", result
