@@ -59,6 +59,19 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return found
 
 
+def confined(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path:
+    """``path`` with every symbolic link resolved, when that lies inside ``root`` (resolved too).
+
+    Raises:
+        FileNotFoundError: ``path`` or ``root`` does not exist.
+        ValueError: ``path`` resolves outside ``root``.
+    """
+    resolved, base = Path(path).resolve(strict=True), Path(root).resolve(strict=True)
+    if not resolved.is_relative_to(base):
+        raise ValueError(f"{path} resolves to {resolved}, outside {base}")
+    return resolved
+
+
 def staging_dir(root: str | os.PathLike[str], name: str) -> Path:
     """A fresh hidden directory inside ``root`` to write an artifact into before publishing."""
     root = Path(root)
