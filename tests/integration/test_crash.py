@@ -28,7 +28,7 @@ def test_sigkill_mid_stream_loses_nothing(broker, trained_world, tmp_path: Path)
     events = [
         e
         for n, (u, c) in enumerate(users.items())
-        for e in events_for_cluster(world, u, c, 6, seed=200 + n, start_ts=5e9 + 1000 * n)
+        for e in events_for_cluster(world, u, c, 6, seed=200 + n, start_ts=1.75e9 + 1000 * n)
     ]
     worker = start_worker(settings, trained_world.model_dir, tmp_path, "--store", "rocksdb://")
     ask(settings, generate_requests(world, 1, seed=0, prefix="warm"), timeout=120)
