@@ -371,17 +371,15 @@ def load_artifact(
     except ValueError as e:
         raise ValueError(f"artifact {path}: cannot read safetensors: {e}") from None
 
-    # The model is sized by the manifest alone: it is first built on the meta device, which
-    # allocates nothing, so a small manifest asking for a huge model is refused before it can
-    # take the process's memory.
+    # The model is sized from the manifest alone, without building it, so a small manifest asking
+    # for a huge model is refused before it can take the process's memory.
+    hparams = manifest["model_hparams"]
+    check(isinstance(hparams, dict), "model_hparams is not a JSON object")
     try:
-        with torch.device("meta"):
-            shape_model = get_model_class(kind)(n_users, n_items, **manifest["model_hparams"])
+        expected = get_model_class(kind).state_shapes(n_users, n_items, **hparams)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"artifact {path}: cannot build a {kind!r} model from the manifest: {e}") from None
-    check(int(shape_model.hparams.get("history_len", -1)) == H, f"model history_len != manifest history_len {H}")
-    tensors = [*shape_model.parameters(), *shape_model.buffers()]
-    model_bytes = sum(_nbytes(tuple(t.shape), t.dtype) for t in tensors)
+    model_bytes = sum(_nbytes(*v) for v in expected.values())
     file_bytes = sum(_nbytes(*v) for v in (*weights_header.values(), *state_header.values()))
     if max_bytes is not None:
         check(
@@ -389,8 +387,6 @@ def load_artifact(
             f"the model takes {model_bytes} bytes and its files hold {file_bytes} bytes of tensors, "
             f"over the limit of {max_bytes} (max_model_bytes)",
         )
-    expected = {k: (tuple(t.shape), t.dtype) for k, t in shape_model.state_dict().items()}
-    del shape_model, tensors
     extra, lacking = sorted(set(weights_header) - set(expected)), sorted(set(expected) - set(weights_header))
     check(not extra and not lacking, f"weight names differ: missing {lacking}, unexpected {extra}")
     for k, (shape, dtype) in expected.items():
@@ -417,7 +413,8 @@ def load_artifact(
         raise ValueError(f"artifact {path}: cannot read safetensors: {e}") from None
     for k, t in weights.items():
         check(bool(torch.isfinite(t).all()), f"weight {k} has non-finite values")
-    model = get_model_class(kind)(n_users, n_items, **manifest["model_hparams"])
+    model = get_model_class(kind)(n_users, n_items, **hparams)
+    check(int(model.hparams.get("history_len", -1)) == H, f"model history_len != manifest history_len {H}")
     model.load_state_dict(weights, strict=True)
     model.eval()
     model.requires_grad_(False)

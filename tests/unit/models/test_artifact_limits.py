@@ -9,6 +9,7 @@ import torch
 
 from models import load_artifact
 from models.artifact import FutureArtifactError, created_at
+from models.base import MODEL_REGISTRY, Reranker
 from models.dnn import DNNReranker
 from tests.unit.models.test_artifact import build
 
@@ -50,7 +51,7 @@ def test_a_small_manifest_asking_for_a_huge_model_is_refused_before_allocating(
         with pytest.raises(ValueError, match="has shape"):
             load_artifact(out)
         assert time.perf_counter() - started < 5
-        assert built_on == ["meta"]  # sized on the meta device only: nothing was allocated
+        assert built_on == []  # sized from the manifest alone: nothing was allocated
 
 
 def test_the_size_limit_applies_before_the_model_is_built(tmp_path: Path, built_on: list[str]) -> None:
@@ -59,7 +60,7 @@ def test_the_size_limit_applies_before_the_model_is_built(tmp_path: Path, built_
     built_on.clear()
     with pytest.raises(ValueError, match="over the limit of 1000 \\(max_model_bytes\\)"):
         load_artifact(out, max_bytes=1000)
-    assert built_on == ["meta"]
+    assert built_on == []
     edit_manifest(out, dim=262_144)
     with pytest.raises(ValueError, match="max_model_bytes"):
         load_artifact(out, max_bytes=1 << 30)
@@ -75,3 +76,15 @@ def test_a_model_created_in_the_future_is_refused_when_a_bound_is_given(tmp_path
             load_artifact(out, created_not_after=now + 300)
         load_artifact(out)  # no bound: loads as before
     assert created_at({"created": "2026-01-01T00:00:00"}) == created_at({"created": "2026-01-01T00:00:00+00:00"})
+
+
+@pytest.mark.parametrize("kind", sorted(MODEL_REGISTRY))
+@pytest.mark.parametrize(
+    "hparams",
+    [{}, {"dim": 16, "history_len": 3, "mlp_hidden": [8, 4]}, {"dim": 8, "feature_vocab": ["genre:a", "genre:b"]}],
+)
+def test_declared_state_shapes_are_those_of_a_built_model(kind: str, hparams: dict[str, object]) -> None:
+    cls = MODEL_REGISTRY[kind]
+    built = cls(7, 11, **hparams).state_dict()
+    assert cls.state_shapes(7, 11, **hparams) == {k: (tuple(t.shape), t.dtype) for k, t in built.items()}
+    assert Reranker.state_shapes.__func__(cls, 7, 11, **hparams) == cls.state_shapes(7, 11, **hparams)  # type: ignore[attr-defined]
