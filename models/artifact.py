@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from models.base import MODEL_REGISTRY, Reranker, get_model_class
 from models.features import feature_rows
-from models.store import rename_into_place
+from models.store import created_at, rename_into_place
 
 FORMAT = 1
 WEIGHTS_FILE = "weights.safetensors"
@@ -245,23 +245,6 @@ def save_artifact(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def created_at(manifest: Mapping[str, Any]) -> float | None:
-    """The manifest's creation time in seconds since the epoch (a naive time is UTC), or None
-    when it has none.
-
-    Raises:
-        ValueError: ``created`` is not an ISO 8601 time.
-    """
-    created = manifest.get("created")
-    if created is None:
-        return None
-    try:
-        when = datetime.fromisoformat(str(created))
-    except ValueError:
-        raise ValueError(f"created {created!r} is not an ISO 8601 time") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

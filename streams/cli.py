@@ -311,12 +311,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from models.store import resolve
 
     # A models root serves its newest version; announcements then keep the worker current. A model
-    # from the future would outrank every later one, so the worker refuses to start on it.
+    # from the future would outrank every later one: a root's are passed over, a named one refused.
+    not_after = time.time() + settings.max_clock_skew_s
     bundle = _load_model(
         lambda: load_artifact(
-            resolve(model_dir),
+            resolve(model_dir, created_not_after=not_after),
             max_bytes=settings.max_model_bytes,
-            created_not_after=time.time() + settings.max_clock_skew_s,
+            created_not_after=not_after,
         )
     )
     web_port = args.web_port or settings.web_port or free_port(settings.web_host, start=6066)

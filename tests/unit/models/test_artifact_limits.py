@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import load_artifact
+from models import load_artifact, store
 from models.artifact import FutureArtifactError, created_at
 from models.base import MODEL_REGISTRY, Reranker
 from models.dnn import DNNReranker
@@ -88,3 +88,13 @@ def test_declared_state_shapes_are_those_of_a_built_model(kind: str, hparams: di
     built = cls(7, 11, **hparams).state_dict()
     assert cls.state_shapes(7, 11, **hparams) == {k: (tuple(t.shape), t.dtype) for k, t in built.items()}
     assert Reranker.state_shapes.__func__(cls, 7, 11, **hparams) == cls.state_shapes(7, 11, **hparams)  # type: ignore[attr-defined]
+
+
+def test_a_models_root_passes_over_versions_from_the_future(tmp_path: Path) -> None:
+    _, old = build(tmp_path / "models", "old")
+    _, future = build(tmp_path / "models", "future")
+    edit_manifest(future, created="9999-12-31T23:59:59+00:00")
+    assert store.resolve(tmp_path / "models") == future  # without a bound the future wins, as before
+    bound = time.time() + 300
+    assert store.resolve(tmp_path / "models", created_not_after=bound) == old
+    assert store.versions(tmp_path / "models", created_not_after=bound) == [old]
