@@ -7,7 +7,9 @@ model never saw in training can still be scored from its metadata (see `add_item
 
 from __future__ import annotations
 
+import inspect
 import itertools
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -24,16 +26,16 @@ from models.dnn_numpy import (
 
 
 def _model_hparams(
-    *,
-    dim: int = 64,
-    history_len: int = 50,
-    mlp_hidden: list[int] | tuple[int, ...] = (),
-    dropout: float = 0.0,
-    init_std: float = 0.05,
-    feature_vocab: list[str] | tuple[str, ...] = (),
-    **extra: Any,
+    dim: int,
+    history_len: int,
+    mlp_hidden: Iterable[int],
+    dropout: float,
+    init_std: float,
+    feature_vocab: Iterable[str],
+    extra: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The hyper-parameters of a dnn model as it stores them (`DNNReranker` documents them).
+    """The hyper-parameters of a dnn model as it stores them (`DNNReranker.__init__` documents
+    them and holds their defaults).
 
     Raises:
         TypeError: an unknown hyper-parameter.
@@ -55,6 +57,9 @@ def _model_hparams(
         # Only present when used, so feature-less manifests stay as they were.
         model_hparams["feature_vocab"] = vocab
     return model_hparams
+
+
+_HPARAM_ARGS = ("dim", "history_len", "mlp_hidden", "dropout", "init_std", "feature_vocab", "extra")
 
 
 @register("dnn")
@@ -97,15 +102,7 @@ class DNNReranker(Reranker):
                 The per-item rows start at zero; set them with `set_item_features`.
             **extra: Rejected; present only to give a clear error on a misspelled hyper-parameter.
         """
-        model_hparams = _model_hparams(
-            dim=dim,
-            history_len=history_len,
-            mlp_hidden=mlp_hidden,
-            dropout=dropout,
-            init_std=init_std,
-            feature_vocab=feature_vocab,
-            **extra,
-        )
+        model_hparams = _model_hparams(dim, history_len, mlp_hidden, dropout, init_std, feature_vocab, extra)
         mlp_hidden = model_hparams["mlp_hidden"]
         vocab = model_hparams.get("feature_vocab", [])
         super().__init__(n_users, n_items, **model_hparams)
@@ -147,7 +144,10 @@ class DNNReranker(Reranker):
         """The closed form of `Reranker.state_shapes` for the tables and layers built above
         (tests/unit/models/test_artifact_limits.py checks it against built models)."""
         check_table_sizes(n_users, n_items)
-        hp = _model_hparams(**hparams)
+        # The constructor's own defaults apply, as when it builds the model.
+        args = inspect.signature(cls.__init__).bind(None, n_users, n_items, **hparams)
+        args.apply_defaults()
+        hp = _model_hparams(*(args.arguments[name] for name in _HPARAM_ARGS))
         d, features = hp["dim"], len(hp.get("feature_vocab", []))
         users, items = n_users + 1, n_items + 1
         shapes: dict[str, tuple[int, ...]] = {

@@ -1,5 +1,6 @@
 """A manifest cannot make a loader allocate what its files do not hold, nor more than the limit."""
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ def built_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     devices: list[str] = []
     init = DNNReranker.__init__
 
+    @functools.wraps(init)
     def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         devices.append(str(torch.get_default_device()))
         init(self, *args, **kwargs)
