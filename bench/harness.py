@@ -854,7 +854,7 @@ def process_timing(
                     "user_id": f"v{n % n_users:0{width}d}",
                     "item_id": items[int(rng.integers(len(items)))],
                     "event_type": kinds[n % len(kinds)],
-                    "ts": 2e9 + n,
+                    "ts": 1.75e9 + n,
                 }
             ),
         )

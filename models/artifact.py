@@ -27,12 +27,33 @@ from safetensors.torch import load_file, save_file
 
 from models.base import MODEL_REGISTRY, Reranker, get_model_class
 from models.features import feature_rows
-from models.store import rename_into_place
+from models.store import created_at, rename_into_place
 
 FORMAT = 1
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.safetensors"
 MANIFEST_FILE = "manifest.json"
+
+# safetensors' own limit on the JSON header; a longer one is a damaged or hostile file.
+MAX_HEADER_BYTES = 100_000_000
+# The dtype names of the safetensors format.
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class FutureArtifactError(ValueError):
+    """An artifact created later than the caller accepts: its version would outrank every
+    model published after it (versions are ordered by creation time)."""
 
 
 @dataclass
@@ -226,15 +247,63 @@ def save_artifact(
     return out_dir
 
 
-def load_artifact(path: str | Path) -> ModelBundle:
-    """Load and validate an artifact directory.
+def safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor in a safetensors file, from its header alone.
 
-    Checks the manifest (format, kind, required keys, id lists), the file sizes and checksums,
-    every tensor's name, shape and dtype against the model the manifest describes, finite
-    weights, history rows in range, and runs a smoke forward pass.
+    The header is an 8-byte little-endian length and that much JSON; no tensor is read.
 
     Raises:
-        ValueError: Anything missing, corrupted or inconsistent; the message says what.
+        ValueError: not a well-formed safetensors header.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES:
+            raise ValueError(f"header of {n} bytes exceeds {MAX_HEADER_BYTES}")
+        body = f.read(n)
+    try:
+        header = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        dtype = SAFETENSORS_DTYPES.get(str(entry.get("dtype"))) if isinstance(entry, dict) else None
+        if dtype is None or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"tensor {name!r} has no valid dtype and shape")
+        out[name] = (tuple(shape), dtype)
+    return out
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def load_artifact(
+    path: str | Path, *, max_bytes: int | None = None, created_not_after: float | None = None
+) -> ModelBundle:
+    """Load and validate an artifact directory.
+
+    Checks the manifest (format, kind, required keys, id lists, creation time), the file sizes,
+    every tensor's name, shape and dtype (from the safetensors headers) against the model the
+    manifest describes and the size limit before anything is allocated, then the checksums,
+    finite weights, history rows in range, and runs a smoke forward pass.
+
+    Args:
+        path: The artifact directory.
+        max_bytes: Most bytes of tensors (weights, state and the model the manifest describes)
+            accepted; None = no limit.
+        created_not_after: Latest accepted creation time (seconds since the epoch); None = any.
+
+    Raises:
+        FutureArtifactError: Created after ``created_not_after``, or with no readable time.
+        ValueError: Anything missing, corrupted, inconsistent or too large; the message says what.
     """
     path = Path(path)
 
@@ -250,6 +319,15 @@ def load_artifact(path: str | Path) -> ModelBundle:
     except orjson.JSONDecodeError as e:
         raise ValueError(f"artifact {path}: {MANIFEST_FILE} is not valid JSON: {e}") from None
     check(isinstance(manifest, dict), "manifest is not a JSON object")
+    if created_not_after is not None:
+        try:
+            created = created_at(manifest)
+        except ValueError as e:
+            raise FutureArtifactError(f"artifact {path}: {e}") from None
+        if created is None or created > created_not_after:
+            raise FutureArtifactError(
+                f"artifact {path}: created {manifest.get('created')!r}, in the future beyond the allowed clock skew"
+            )
     check(manifest.get("format") == FORMAT, f"unsupported format {manifest.get('format')!r} (expected {FORMAT})")
     kind = manifest.get("kind")
     check(kind in MODEL_REGISTRY, f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_REGISTRY)}")
@@ -270,37 +348,60 @@ def load_artifact(path: str | Path) -> ModelBundle:
         check(f.is_file(), f"{name} missing")
         size = f.stat().st_size
         check(size == want.get("bytes"), f"{name} has {size} bytes, manifest says {want.get('bytes')}")
-        check(_sha256(f) == want.get("sha256"), f"{name} checksum mismatch (corrupted)")
+    try:
+        weights_header = safetensors_header(path / WEIGHTS_FILE)
+        state_header = safetensors_header(path / STATE_FILE)
+    except ValueError as e:
+        raise ValueError(f"artifact {path}: cannot read safetensors: {e}") from None
+
+    # The model is sized from the manifest alone, without building it, so a small manifest asking
+    # for a huge model is refused before it can take the process's memory.
+    hparams = manifest["model_hparams"]
+    check(isinstance(hparams, dict), "model_hparams is not a JSON object")
+    try:
+        expected = get_model_class(kind).state_shapes(n_users, n_items, **hparams)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"artifact {path}: cannot build a {kind!r} model from the manifest: {e}") from None
+    model_bytes = sum(_nbytes(*v) for v in expected.values())
+    file_bytes = sum(_nbytes(*v) for v in (*weights_header.values(), *state_header.values()))
+    if max_bytes is not None:
+        check(
+            max(model_bytes, file_bytes) <= max_bytes,
+            f"the model takes {model_bytes} bytes and its files hold {file_bytes} bytes of tensors, "
+            f"over the limit of {max_bytes} (max_model_bytes)",
+        )
+    extra, lacking = sorted(set(weights_header) - set(expected)), sorted(set(expected) - set(weights_header))
+    check(not extra and not lacking, f"weight names differ: missing {lacking}, unexpected {extra}")
+    for k, (shape, dtype) in expected.items():
+        got_shape, got_dtype = weights_header[k]
+        check(got_shape == shape, f"weight {k} has shape {got_shape}, expected {shape}")
+        check(got_dtype == dtype, f"weight {k} has dtype {got_dtype}, expected {dtype}")
+    # Older artifacts also hold item_popularity, which nothing reads.
+    check(
+        set(state_header) in ({"user_history"}, {"user_history", "item_popularity"}),
+        f"state tensors are {sorted(state_header)}",
+    )
+    hist_shape, hist_dtype = state_header["user_history"]
+    check(
+        hist_dtype == torch.int64 and hist_shape == (n_users + 1, H),
+        f"user_history is {hist_dtype} {hist_shape}, expected int64 {(n_users + 1, H)}",
+    )
+
+    for name in (WEIGHTS_FILE, STATE_FILE):
+        check(_sha256(path / name) == files[name].get("sha256"), f"{name} checksum mismatch (corrupted)")
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
         state = load_file(str(path / STATE_FILE))
-    except Exception as e:  # noqa: BLE001  safetensors raises its own error types on bad headers
+    except Exception as e:  # noqa: BLE001  safetensors raises its own error types on bad files
         raise ValueError(f"artifact {path}: cannot read safetensors: {e}") from None
-
-    try:
-        model = get_model_class(kind)(n_users, n_items, **manifest["model_hparams"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"artifact {path}: cannot build a {kind!r} model from the manifest: {e}") from None
+    for k, t in weights.items():
+        check(bool(torch.isfinite(t).all()), f"weight {k} has non-finite values")
+    model = get_model_class(kind)(n_users, n_items, **hparams)
     check(int(model.hparams.get("history_len", -1)) == H, f"model history_len != manifest history_len {H}")
-    expected = model.state_dict()
-    extra, lacking = sorted(set(weights) - set(expected)), sorted(set(expected) - set(weights))
-    check(not extra and not lacking, f"weight names differ: missing {lacking}, unexpected {extra}")
-    for k, t in expected.items():
-        got = weights[k]
-        check(got.shape == t.shape, f"weight {k} has shape {tuple(got.shape)}, expected {tuple(t.shape)}")
-        check(got.dtype == t.dtype, f"weight {k} has dtype {got.dtype}, expected {t.dtype}")
-        check(bool(torch.isfinite(got).all()), f"weight {k} has non-finite values")
     model.load_state_dict(weights, strict=True)
     model.eval()
     model.requires_grad_(False)
-
-    # Older artifacts also hold item_popularity, which nothing reads.
-    check(set(state) in ({"user_history"}, {"user_history", "item_popularity"}), f"state tensors are {sorted(state)}")
     hist = state["user_history"]
-    check(
-        hist.dtype == torch.int64 and tuple(hist.shape) == (n_users + 1, H),
-        f"user_history is {hist.dtype} {tuple(hist.shape)}, expected int64 {(n_users + 1, H)}",
-    )
     check(bool(((hist >= 0) & (hist <= n_items)).all()), f"user_history has item rows outside 0..{n_items}")
 
     with torch.no_grad():

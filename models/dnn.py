@@ -7,20 +7,59 @@ model never saw in training can still be scored from its metadata (see `add_item
 
 from __future__ import annotations
 
+import inspect
 import itertools
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.base import Reranker, register
+from models.base import Reranker, check_table_sizes, register
 from models.dnn_numpy import (
     history_context_batch_np,
     item_terms_batch,
     numpy_params,
     score_and_grad_batch_np,
 )
+
+
+def _model_hparams(
+    dim: int,
+    history_len: int,
+    mlp_hidden: Iterable[int],
+    dropout: float,
+    init_std: float,
+    feature_vocab: Iterable[str],
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The hyper-parameters of a dnn model as it stores them (`DNNReranker.__init__` documents
+    them and holds their defaults).
+
+    Raises:
+        TypeError: an unknown hyper-parameter.
+        ValueError: a value of the wrong kind, or duplicate feature names.
+    """
+    if extra:
+        raise TypeError(f"unknown dnn hyper-parameters: {sorted(extra)}")
+    vocab = [str(f) for f in feature_vocab]
+    if len(set(vocab)) != len(vocab):
+        raise ValueError("feature_vocab has duplicate names")
+    model_hparams: dict[str, Any] = {
+        "dim": int(dim),
+        "history_len": int(history_len),
+        "mlp_hidden": [int(h) for h in mlp_hidden],
+        "dropout": float(dropout),
+        "init_std": float(init_std),
+    }
+    if vocab:
+        # Only present when used, so feature-less manifests stay as they were.
+        model_hparams["feature_vocab"] = vocab
+    return model_hparams
+
+
+_HPARAM_ARGS = ("dim", "history_len", "mlp_hidden", "dropout", "init_std", "feature_vocab", "extra")
 
 
 @register("dnn")
@@ -63,22 +102,9 @@ class DNNReranker(Reranker):
                 The per-item rows start at zero; set them with `set_item_features`.
             **extra: Rejected; present only to give a clear error on a misspelled hyper-parameter.
         """
-        if extra:
-            raise TypeError(f"unknown dnn hyper-parameters: {sorted(extra)}")
-        mlp_hidden = [int(h) for h in mlp_hidden]
-        vocab = [str(f) for f in feature_vocab]
-        if len(set(vocab)) != len(vocab):
-            raise ValueError("feature_vocab has duplicate names")
-        model_hparams: dict[str, Any] = {
-            "dim": int(dim),
-            "history_len": int(history_len),
-            "mlp_hidden": mlp_hidden,
-            "dropout": float(dropout),
-            "init_std": float(init_std),
-        }
-        if vocab:
-            # Only present when used, so feature-less manifests stay as they were.
-            model_hparams["feature_vocab"] = vocab
+        model_hparams = _model_hparams(dim, history_len, mlp_hidden, dropout, init_std, feature_vocab, extra)
+        mlp_hidden = model_hparams["mlp_hidden"]
+        vocab = model_hparams.get("feature_vocab", [])
         super().__init__(n_users, n_items, **model_hparams)
         d = int(dim)
         self._dim = d
@@ -112,6 +138,38 @@ class DNNReranker(Reranker):
             last = cast(nn.Linear, self.mlp[-1])
             last.weight.mul_(0.1)
             last.bias.zero_()
+
+    @classmethod
+    def state_shapes(cls, n_users: int, n_items: int, **hparams: Any) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The closed form of `Reranker.state_shapes` for the tables and layers built above
+        (tests/unit/models/test_artifact_limits.py checks it against built models)."""
+        check_table_sizes(n_users, n_items)
+        # The constructor's own defaults apply, as when it builds the model.
+        args = inspect.signature(cls.__init__).bind(None, n_users, n_items, **hparams)
+        args.apply_defaults()
+        hp = _model_hparams(*(args.arguments[name] for name in _HPARAM_ARGS))
+        d, features = hp["dim"], len(hp.get("feature_vocab", []))
+        users, items = n_users + 1, n_items + 1
+        shapes: dict[str, tuple[int, ...]] = {
+            "pos_logits": (hp["history_len"],),
+            "user_emb.weight": (users, d),
+            "item_emb.weight": (items, d),
+            "item_bias.weight": (items, 1),
+            "hist_emb.weight": (items, d),
+            "hist_proj.weight": (d, d),
+            "hist_proj.bias": (d,),
+        }
+        for n, (a, b) in enumerate(itertools.pairwise([3 * d, *hp["mlp_hidden"], 1])):
+            shapes[f"mlp.{n}.weight"], shapes[f"mlp.{n}.bias"] = (b, a), (b,)
+        if features:
+            shapes |= {
+                "item_features": (items, features),
+                "feat_emb": (features, d),
+                "feat_bias": (features,),
+                "feat_hist": (features, d),
+            }
+        dtype = torch.get_default_dtype()
+        return {k: (shape, dtype) for k, shape in shapes.items()}
 
     @property
     def dim(self) -> int:

@@ -9,11 +9,17 @@ names start with "." are unfinished writes and are ignored (and cleaned up).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -22,8 +28,30 @@ def is_artifact(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def versions(root: str | os.PathLike[str]) -> list[Path]:
-    """Published versions, oldest first (by the manifest's created time, then name)."""
+def created_at(manifest: Mapping[str, Any]) -> float | None:
+    """The manifest's creation time in seconds since the epoch (a naive time is UTC), or None
+    when it has none.
+
+    Raises:
+        ValueError: ``created`` is not an ISO 8601 time.
+    """
+    created = manifest.get("created")
+    if created is None:
+        return None
+    try:
+        when = datetime.fromisoformat(str(created))
+    except ValueError:
+        raise ValueError(f"created {created!r} is not an ISO 8601 time") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def versions(root: str | os.PathLike[str], *, created_not_after: float | None = None) -> list[Path]:
+    """Published versions, oldest first (by the manifest's created time, then name).
+
+    Args:
+        created_not_after: Leave out versions created later than this (seconds since the epoch),
+            or with no readable creation time: such a version would outrank every later one.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
@@ -32,20 +60,26 @@ def versions(root: str | os.PathLike[str]) -> list[Path]:
         if child.name.startswith(".") or not is_artifact(child):
             continue
         try:
-            created = json.loads((child / MANIFEST).read_text()).get("created", "")
-        except (OSError, ValueError):
+            manifest = json.loads((child / MANIFEST).read_text())
+            created = manifest.get("created", "")
+            when = created_at(manifest) if created_not_after is not None else None
+            if created_not_after is not None and (when is None or when > created_not_after):
+                log.warning("ignoring model version %s: created %r, in the future", child, created)
+                continue
+        except (OSError, ValueError, AttributeError):
             continue  # unreadable manifests are not published versions
         found.append((str(created), child.name, child))
     return [path for _, _, path in sorted(found)]
 
 
-def newest(root: str | os.PathLike[str]) -> Path | None:
-    found = versions(root)
+def newest(root: str | os.PathLike[str], *, created_not_after: float | None = None) -> Path | None:
+    found = versions(root, created_not_after=created_not_after)
     return found[-1] if found else None
 
 
-def resolve(path: str | os.PathLike[str]) -> Path:
-    """An artifact directory as given, or the newest version under a models root.
+def resolve(path: str | os.PathLike[str], *, created_not_after: float | None = None) -> Path:
+    """An artifact directory as given, or the newest version under a models root (`versions`
+    explains ``created_not_after``).
 
     Raises:
         FileNotFoundError: neither an artifact nor a root with any version.
@@ -53,10 +87,23 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if is_artifact(path):
         return path
-    found = newest(path)
+    found = newest(path, created_not_after=created_not_after)
     if found is None:
         raise FileNotFoundError(f"no model artifact at {path} and no published version under it")
     return found
+
+
+def confined(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path:
+    """``path`` with every symbolic link resolved, when that lies inside ``root`` (resolved too).
+
+    Raises:
+        FileNotFoundError: ``path`` or ``root`` does not exist.
+        ValueError: ``path`` resolves outside ``root``.
+    """
+    resolved, base = Path(path).resolve(strict=True), Path(root).resolve(strict=True)
+    if not resolved.is_relative_to(base):
+        raise ValueError(f"{path} resolves to {resolved}, outside {base}")
+    return resolved
 
 
 def staging_dir(root: str | os.PathLike[str], name: str) -> Path:

@@ -319,8 +319,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError("worker: give --model DIR or set model_dir")
     from models.store import resolve
 
-    # A models root serves its newest version; announcements then keep the worker current.
-    bundle = _load_model(lambda: load_artifact(resolve(model_dir)))
+    # A models root serves its newest version; announcements then keep the worker current. A model
+    # from the future would outrank every later one: a root's are passed over, a named one refused.
+    not_after = time.time() + settings.max_clock_skew_s
+    bundle = _load_model(
+        lambda: load_artifact(
+            resolve(model_dir, created_not_after=not_after),
+            max_bytes=settings.max_model_bytes,
+            created_not_after=not_after,
+        )
+    )
     web_port = args.web_port or settings.web_port or free_port(settings.web_host, start=6066)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -371,6 +379,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         items=items,
         model_hparams=settings.model_hparams,
+        max_clock_skew_s=settings.max_clock_skew_s,
     )
     print(f"model written to {path} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
@@ -556,7 +565,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from streams.core.offline import score_offline
 
     settings = load_settings(args, online_updates=False if args.no_online_updates else None)
-    bundle = _load_model(lambda: load_artifact(args.model))
+    bundle = _load_model(lambda: load_artifact(args.model, max_bytes=settings.max_model_bytes))
     events = list(read_jsonl(args.events)) if args.events else []
     started = time.monotonic()
     results = score_offline(bundle, settings, read_jsonl(args.requests), events)

@@ -155,8 +155,16 @@ class Settings:
     # The liveness check (`reranker health`) fails when the agent has finished no batch for this
     # long while messages wait (consumer lag > 0).
     liveness_stale_s: float = 60.0
+    # Largest event time accepted ahead of this machine's clock: a later one (or one in
+    # milliseconds) is dead-lettered as bad_timestamp and left out of training, and a model
+    # created further in the future is not loaded.
+    max_clock_skew_s: float = 300.0
+    # Most bytes of tensors (weights and state) a model artifact may hold; checked from the
+    # safetensors headers before anything is allocated.
+    max_model_bytes: int = 2 * 1024**3
 
-    # Trainer service and model versions
+    # Trainer service and model versions. Also the only directory a worker loads announced
+    # models from (an announced path must resolve inside it), even when --model names one artifact.
     models_dir: str = "models"
     keep_versions: int = 5
     holdout_share: float = 0.1
@@ -245,6 +253,8 @@ class Settings:
             raise SettingsError("store must be memory:// or rocksdb://")
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be text or json")
+        if self.max_clock_skew_s < 0 or self.max_model_bytes < 1:
+            raise SettingsError("max_clock_skew_s must be >= 0 and max_model_bytes >= 1")
         if self.trainer_every_s <= 0:
             raise SettingsError("trainer_every_s must be > 0")
         if not all(0 <= p < 65536 for p in (self.metrics_port, self.trainer_metrics_port)):

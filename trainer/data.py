@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from streams.core.records import check_event_ts
+
 
 def id_sort_key(s: str) -> tuple[int, str]:
     """Order ids numerically when they are numbers of the same form, stable for any string."""
@@ -31,8 +33,9 @@ class Interactions:
         sequences: Per user row (index 0 unused, empty): list of (item row, weight), ordered by
             (ts, arrival order), weights non-zero.
         n_events: Events that were kept.
-        n_skipped: Events dropped (unknown type, zero weight, missing fields).
-        max_ts: Largest ts among all given events with a ts, or None.
+        n_skipped: Events dropped (unknown type, zero weight, missing fields, bad ts).
+        max_ts: Largest ts among all given events with a trusted ts, or None.
+        n_bad_ts: Events dropped for a ts from the future or in milliseconds (part of n_skipped).
     """
 
     user_ids: list[str]
@@ -43,6 +46,7 @@ class Interactions:
     n_events: int
     n_skipped: int
     max_ts: int | float | None
+    n_bad_ts: int = 0
 
     @property
     def n_users(self) -> int:
@@ -55,26 +59,34 @@ class Interactions:
         return len(self.item_ids) - 1
 
 
-def build_interactions(events: Iterable[Mapping[str, Any]], event_weights: Mapping[str, float]) -> Interactions:
+def build_interactions(
+    events: Iterable[Mapping[str, Any]], event_weights: Mapping[str, float], *, not_after: float | None = None
+) -> Interactions:
     """Index users and items and build each user's time-ordered weighted sequence.
 
     Args:
         events: Wire-format events in arrival order.
         event_weights: Weight per event type.
+        not_after: Latest trusted event time (now plus the allowed clock skew). Later events,
+            and times in milliseconds, are skipped: they would carry the model's max_ts
+            watermark past every live event to come.
 
     Returns:
         The `Interactions`; rows are assigned in `id_sort_key` order, so they do not depend on the
         order of the events.
     """
     kept: list[tuple[str, str, float, float, int]] = []
-    skipped = 0
+    skipped = bad_ts = 0
     max_ts: int | float | None = None
     for n, ev in enumerate(events):
         ts = ev.get("ts")
-        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-            max_ts = ts if max_ts is None else max(max_ts, ts)
-        else:
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
             ts = None
+        elif check_event_ts(ts, not_after) is not None:
+            ts = None
+            bad_ts += 1
+        else:
+            max_ts = ts if max_ts is None else max(max_ts, ts)
         w = event_weights.get(str(ev.get("event_type")))
         u, i = ev.get("user_id"), ev.get("item_id")
         if not w or u is None or i is None or ts is None:
@@ -91,7 +103,7 @@ def build_interactions(events: Iterable[Mapping[str, Any]], event_weights: Mappi
     sequences: list[list[tuple[int, float]]] = [[] for _ in user_ids]
     for u, i, _, w, _ in kept:
         sequences[user_index[u]].append((item_index[i], w))
-    return Interactions(user_ids, item_ids, user_index, item_index, sequences, len(kept), skipped, max_ts)
+    return Interactions(user_ids, item_ids, user_index, item_index, sequences, len(kept), skipped, max_ts, bad_ts)
 
 
 def last_positive_history(sequences: list[list[tuple[int, float]]], history_len: int) -> np.ndarray:

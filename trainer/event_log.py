@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,17 @@ def log_from_topic(
     """
     raw, ends = read_topic(settings, topic, progress=progress)
     records, invalid = [], 0
+    # Events from the future (or in milliseconds) would carry the model's max_ts watermark past
+    # every live event to come.
+    not_after = time.time() + settings.max_clock_skew_s
     for partition, offset, value in raw:
         try:
-            event = parse_event(value, event_types=settings.event_weights, max_bytes=settings.max_message_bytes)
+            event = parse_event(
+                value,
+                event_types=settings.event_weights,
+                max_bytes=settings.max_message_bytes,
+                not_after=not_after,
+            )
         except ContractError:
             invalid += 1
             continue

@@ -219,7 +219,8 @@ def run_once(
         records = sorted(records, key=lambda r: (r[2]["ts"], r[0], r[1]))[-settings.train_window_events :]
         records.sort(key=lambda r: (r[0], r[1]))
     train, held, cut = split_holdout(records, ends, settings.holdout_share)
-    serving_path = store.newest(root)
+    # A version from the future is no serving model: workers refuse it.
+    serving_path = store.newest(root, created_not_after=time.time() + settings.max_clock_skew_s)
     serving = load_artifact(serving_path) if serving_path else None
     if (
         serving is not None

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from models.artifact import save_artifact
 from models.base import Reranker, get_model_class, training_stage_of
 from models.features import build_vocab, feature_rows
-from streams.settings import DEFAULT_EVENT_WEIGHTS
+from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from trainer.data import (
     TrainingExamples,
     ValidationSplit,
@@ -212,6 +212,7 @@ def train_model(
     max_epochs: int | None = None,
     items: list[dict[str, Any]] | None = None,
     model_hparams: Mapping[str, Mapping[str, Any]] | None = None,
+    max_clock_skew_s: float = Settings.max_clock_skew_s,
 ) -> tuple[Reranker, dict[str, Any]]:
     """Train a re-ranker on wire-format events.
 
@@ -239,6 +240,8 @@ def train_model(
             learns a feature vocabulary from the training items' metadata and embeds it.
         model_hparams: Kind -> overrides of that kind's defaults (the settings' `model_hparams`
             tables). Only the trained kind's table applies, but every table is checked.
+        max_clock_skew_s: Events with a ts further ahead of the clock, or in milliseconds, are
+            skipped (the settings' `max_clock_skew_s`).
 
     Returns:
         (model in eval mode with unknown rows filled, info). info holds everything
@@ -261,7 +264,9 @@ def train_model(
     stage = training_stage_of(cls)
     H = int(hp["history_len"])
 
-    data = build_interactions(events, weights_map)
+    data = build_interactions(events, weights_map, not_after=time.time() + max_clock_skew_s)
+    if data.n_bad_ts:
+        log(f"skipped {data.n_bad_ts} events with a ts from the future or in milliseconds")
     if data.n_events == 0:
         raise ValueError(f"no usable event among {len(events)} (known types: {sorted(weights_map)})")
     train_seqs, val = split_validation(

@@ -176,6 +176,8 @@ class Processor:
         pending: list[tuple[ParsedRequest, InMessage]] = []
         pending_users: set[str] = set()
         group: list[tuple[UserEvent, InMessage]] = []
+        # One reading per batch: an event time is judged against the clock when it is consumed.
+        not_after = self.clock() + self.settings.max_clock_skew_s
         for message in messages:
             if message.topic == self.settings.requests_topic:
                 request = self._parse_request(message, outputs)
@@ -191,6 +193,7 @@ class Processor:
                         message.value,
                         event_types=self.settings.event_weights,
                         max_bytes=self.settings.max_message_bytes,
+                        not_after=not_after,
                     )
                 except ContractError as exc:
                     self.metrics.events.labels(INVALID_EVENT_TYPE, exc.code).inc()

@@ -19,6 +19,7 @@ __all__ = [
     "ContractError",
     "ParsedRequest",
     "UserEvent",
+    "check_event_ts",
     "encode_error_result",
     "encode_result",
     "parse_event",
@@ -46,7 +47,11 @@ class UserEvent:
 # checks that every code raised in this module is listed.
 COMMON_ERROR_CODES = ("empty", "too_large", "invalid_json", "invalid_type", "missing_field", "invalid_field")
 REQUEST_ERROR_CODES = (*COMMON_ERROR_CODES, "no_candidates", "too_many_candidates", "duplicate_candidates")
-EVENT_ERROR_CODES = (*COMMON_ERROR_CODES, "unknown_event_type")
+EVENT_ERROR_CODES = (*COMMON_ERROR_CODES, "unknown_event_type", "bad_timestamp")
+
+# No event time in seconds reaches this before the year 5138, while every millisecond time since
+# March 1973 exceeds it: a larger ts is a producer sending milliseconds.
+MILLISECOND_TS_FLOOR = 1e11
 
 
 class ContractError(ValueError):
@@ -121,16 +126,43 @@ def _number(obj: Mapping[str, Any], name: str, *, required: bool) -> float | Non
     return number
 
 
-def parse_event(raw: bytes | str | None, *, event_types: Mapping[str, float], max_bytes: int = 1_048_576) -> UserEvent:
+def check_event_ts(ts: float, not_after: float | None) -> str | None:
+    """Why an event time cannot be trusted, or None when it can.
+
+    A time in milliseconds, or ahead of the clock by more than the allowed skew, would pass the
+    time watermark of every model trained on it (``trained_through.max_ts``): every later live
+    event would then count as already learned.
+
+    Args:
+        ts: the event time, seconds since the epoch.
+        not_after: the latest acceptable time (now plus the allowed clock skew); None = no clock.
+    """
+    if ts >= MILLISECOND_TS_FLOOR:
+        return f"ts {ts!r} looks like milliseconds since the epoch; ts must be in seconds"
+    if not_after is not None and ts > not_after:
+        return f"ts {ts!r} is {ts - not_after:.0f} s beyond the allowed clock skew in the future"
+    return None
+
+
+def parse_event(
+    raw: bytes | str | None,
+    *,
+    event_types: Mapping[str, float],
+    max_bytes: int = 1_048_576,
+    not_after: float | None = None,
+) -> UserEvent:
     """Parse and validate a ``user-events`` value.
 
     Args:
         raw: the message value.
         event_types: the known event types (the configured weights).
         max_bytes: size limit of a message.
+        not_after: the latest acceptable event time (now plus the allowed clock skew);
+            None checks only for millisecond times.
 
     Raises:
-        ContractError: anything malformed, including an unknown event type.
+        ContractError: anything malformed, including an unknown event type or a ts from the
+            future or in milliseconds (``bad_timestamp``).
     """
     obj = _load_object(raw, max_bytes)
     user_id = _id(obj, "user_id")
@@ -143,6 +175,9 @@ def parse_event(raw: bytes | str | None, *, event_types: Mapping[str, float], ma
             "unknown_event_type", f"event_type {event_type!r} is not one of {sorted(event_types)}", user_id=user_id
         )
     ts = _number(obj, "ts", required=True)
+    bad_ts = check_event_ts(ts, not_after)
+    if bad_ts is not None:
+        raise ContractError("bad_timestamp", bad_ts, user_id=user_id)
     value = _number(obj, "value", required=False)
     request_id = _id(obj, "request_id", required=False)
     return UserEvent(user_id=user_id, item_id=item_id, event_type=event_type, ts=ts, value=value, request_id=request_id)

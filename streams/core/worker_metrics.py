@@ -72,6 +72,8 @@ INVALID_EVENT_TYPE = "invalid"
 # too large, sending failed after every retry, or the broker refused it after the hand-off.
 SEND_FAILURE_REASONS = ("too_large", "error", "delivery")
 DEAD_LETTER_REASONS = ("internal_error", *dict.fromkeys((*REQUEST_ERROR_CODES, *EVENT_ERROR_CODES)))
+# Why an announced model was not loaded (streams/worker/model_swap.py).
+MODEL_LOAD_FAILURE_REASONS = ("malformed_announcement", "outside_models_dir", "future_version", "invalid_artifact")
 
 
 def register_runtime_collectors(registry: CollectorRegistry) -> None:
@@ -166,7 +168,8 @@ class WorkerMetrics:
         self.model_swaps = Counter("reranker_model_swaps_total", "Model versions swapped in while running.", registry=r)
         self.model_load_failures = Counter(
             "reranker_model_load_failures_total",
-            "Model versions that failed to load (the previous model keeps serving).",
+            "Model versions that failed to load (the previous model keeps serving), by reason.",
+            ["reason"],
             registry=r,
         )
         self.consumer_lag = Gauge(
@@ -206,6 +209,8 @@ class WorkerMetrics:
             self.dead_letters.labels(reason)
         for code in EVENT_ERROR_CODES:
             self.events.labels(INVALID_EVENT_TYPE, code)
+        for reason in MODEL_LOAD_FAILURE_REASONS:
+            self.model_load_failures.labels(reason)
         self.add_event_types(event_types)
 
     def add_event_types(self, event_types: Iterable[str]) -> None:

@@ -118,7 +118,7 @@ def events_for_cluster(
     n: int,
     *,
     seed: int = 2,
-    start_ts: float = 1_800_000_000.0,
+    start_ts: float = 1_750_000_000.0,
     event_type: str = "click",
 ) -> list[dict[str, Any]]:
     """``n`` positive interactions of one user, all inside ``cluster``."""

@@ -51,7 +51,8 @@ def broken_copies(good: Path, root: Path) -> dict[str, Path]:
 
 
 def test_bad_announcements_are_rejected_and_a_good_one_swaps(broker, trained_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = isolated_settings(broker)
+    # Announced paths must lie inside models_dir: the broken copies do, so each is loaded and refused.
+    settings = isolated_settings(broker, models_dir=str(tmp_path))
     serving = load_artifact(trained_world.model_dir)
     worker = start_worker(settings, trained_world.model_dir, tmp_path)
     world = trained_world.world

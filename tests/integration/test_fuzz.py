@@ -56,7 +56,7 @@ def valid_event(draw: Any) -> dict[str, Any]:
         "user_id": draw(st.sampled_from(["u00001", "u00003", "stranger"])),
         "item_id": draw(ids),
         "event_type": draw(st.sampled_from(["view", "click", "add_to_cart", "purchase", "rating", "dismiss"])),
-        "ts": draw(st.floats(4e9, 5e9)),
+        "ts": draw(st.floats(1.71e9, 1.75e9)),
     }
     if draw(st.booleans()):
         event["value"] = draw(st.floats(0, 5))

@@ -59,7 +59,7 @@ def test_publish_announce_and_swap_while_requests_flow(broker, tmp_path: Path) -
         while not any(r["model"]["version"] == v1.name for r in list(results.values())):
             assert time.monotonic() < deadline, worker.log()[-3000:]
             time.sleep(0.2)
-        produce_records(settings, settings.events_topic, generate_events(world, 1000, seed=33, start_ts=1_800_000_000))
+        produce_records(settings, settings.events_topic, generate_events(world, 1000, seed=33, start_ts=1_750_000_000))
         second = run_cli(settings, "train-service", "--once", "--max-epochs", "5")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "trainer: promoted" in second.stdout, second.stdout
@@ -89,7 +89,7 @@ def test_gate_rejects_a_worse_model(broker, tmp_path: Path) -> None:  # type: ig
     produce_records(settings, settings.events_topic, generate_events(world, 2500, seed=42))
     good = run_once(settings, max_epochs=6, announce=False, progress=lambda line: None)
     assert good.decision == "promoted"
-    produce_records(settings, settings.events_topic, generate_events(world, 800, seed=43, start_ts=1.8e9))
+    produce_records(settings, settings.events_topic, generate_events(world, 800, seed=43, start_ts=1.75e9))
 
     from trainer.train import train_to_artifact
 

@@ -28,7 +28,7 @@ def test_state_is_recovered_after_restart(broker, trained_world, tmp_path, store
     events = [
         e
         for n, (user, cluster) in enumerate(users.items())
-        for e in events_for_cluster(world, user, cluster, 5, seed=n, start_ts=3e9 + 100 * n)
+        for e in events_for_cluster(world, user, cluster, 5, seed=n, start_ts=1.75e9 + 100 * n)
     ]
     for user, cluster in users.items():
         world.user_cluster[user] = cluster

@@ -23,7 +23,7 @@ def test_stream_replay_learns_online_and_matches_offline(broker, trained_world, 
     newcomers = {f"stream-user-{n}": n % world.n_clusters for n in range(6)}
     for n, (user, cluster) in enumerate(newcomers.items()):
         world.user_cluster[user] = cluster
-        clicks = events_for_cluster(world, user, cluster, 5, seed=100 + n, start_ts=4e9 + 1000 * n)
+        clicks = events_for_cluster(world, user, cluster, 5, seed=100 + n, start_ts=1.75e9 + 1000 * n)
         for step, click in enumerate(clicks):
             [request] = generate_requests(
                 world, 1, n_candidates=30, seed=n * 10 + step, users=[user], k=10, prefix=f"s{n}-{step}"

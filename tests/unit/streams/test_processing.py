@@ -36,7 +36,7 @@ def test_a_request_never_sees_an_event_that_came_after_it(bundle, trained_world,
     user, cluster = "late-user", 1
     world.user_cluster[user] = cluster
     everything = [{"item_id": i} for i in world.items]
-    clicks = events_for_cluster(world, user, cluster, 6, start_ts=2e9)
+    clicks = events_for_cluster(world, user, cluster, 6, start_ts=1.75e9)
     processor = Processor(bundle, settings, DictStateStore())
     outputs = processor.process(
         [msg(settings, "request", {"request_id": "first", "user_id": user, "candidates": everything})]
@@ -122,14 +122,14 @@ def test_frozen_mode_leaves_state_untouched(bundle, trained_world, settings) -> 
     frozen = dataclasses.replace(settings, online_updates=False)
     store = DictStateStore()
     processor = Processor(bundle, frozen, store)
-    clicks = events_for_cluster(trained_world.world, "someone", 0, 4, start_ts=2e9)
+    clicks = events_for_cluster(trained_world.world, "someone", 0, 4, start_ts=1.75e9)
     processor.process([msg(frozen, "event", e) for e in clicks])
     assert store.states == {}
     assert processor.metrics.events.labels("click", "frozen")._value.get() == 4
 
 
 def test_a_redelivered_event_is_not_learned_twice(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
-    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=2e9)
+    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=1.75e9)
     store = DictStateStore()
     processor = Processor(bundle, settings, store)
     processor.process([msg(settings, "event", e, offset=10 + i) for i, e in enumerate(clicks)])
@@ -145,7 +145,7 @@ def test_a_redelivered_event_is_not_learned_twice(bundle, trained_world, setting
 def test_redelivered_duplicates_write_their_state_again_once_per_user(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
     """The state is written again so its changelog record goes out: the crash may have come
     between the local write and the changelog send."""
-    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=2e9)
+    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=1.75e9)
     store = RecordingStore()
     processor = Processor(bundle, settings, store)
     messages = [msg(settings, "event", e, offset=10 + i) for i, e in enumerate(clicks)]
@@ -158,13 +158,13 @@ def test_redelivered_duplicates_write_their_state_again_once_per_user(bundle, tr
     assert processor.metrics.state_rewrites._value.get() == 1
     # A redelivered tail followed by a new event: the new state is written, nothing else.
     store.puts.clear()
-    newer = events_for_cluster(trained_world.world, "crashy", 1, 1, start_ts=3e9)[0]
+    newer = events_for_cluster(trained_world.world, "crashy", 1, 1, start_ts=1.76e9)[0]
     processor.process([*messages[1:], msg(settings, "event", newer, offset=13)])
     assert store.puts == [("crashy", 13)] and processor.metrics.state_rewrites._value.get() == 1
 
 
 def test_the_one_by_one_fallback_rewrites_a_duplicate_state_once(bundle, trained_world, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=2e9)
+    clicks = events_for_cluster(trained_world.world, "crashy", 1, 3, start_ts=1.75e9)
     store = RecordingStore()
     processor = Processor(bundle, settings, store)
     messages = [msg(settings, "event", e, offset=10 + i) for i, e in enumerate(clicks)]
@@ -187,7 +187,7 @@ def test_state_survives_a_model_swap(bundle, trained_world, settings, tmp_path) 
     store = DictStateStore()
     processor = Processor(bundle, settings, store)
     trained_world.world.user_cluster["swapper"] = 2
-    clicks = events_for_cluster(trained_world.world, "swapper", 2, 4, start_ts=2e9)
+    clicks = events_for_cluster(trained_world.world, "swapper", 2, 4, start_ts=1.75e9)
     processor.process([msg(settings, "event", e, offset=i) for i, e in enumerate(clicks)])
     before = store.states["swapper"]
     newer = load_artifact(
@@ -262,7 +262,7 @@ def mixed_batch(settings: Settings, trained_world) -> list[InMessage]:  # type: 
             "user_id": user,
             "item_id": world.items[(n * 5) % len(world.items)],
             "event_type": ["click", "view", "purchase", "dismiss"][n % 4],
-            "ts": 2e9 + n,
+            "ts": 1.75e9 + n,
         }
         if n == 17:
             event["item_id"] = "never-seen-item"
@@ -271,7 +271,8 @@ def mixed_batch(settings: Settings, trained_world) -> list[InMessage]:  # type: 
     redelivered = next(m for m in out if m.topic == settings.events_topic and m.offset == 103)
     out.insert(20, redelivered)
     out.insert(
-        27, msg(settings, "event", {"user_id": users[0], "item_id": "x", "event_type": "wink", "ts": 2e9}, offset=999)
+        27,
+        msg(settings, "event", {"user_id": users[0], "item_id": "x", "event_type": "wink", "ts": 1.75e9}, offset=999),
     )
     out.append(msg(settings, "request", {"request_id": "last", "user_id": users[0], "candidates": candidates}))
     return out
@@ -280,8 +281,8 @@ def mixed_batch(settings: Settings, trained_world) -> list[InMessage]:  # type: 
 def test_a_batch_gives_the_states_and_results_of_one_message_at_a_time(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
     messages = mixed_batch(settings, trained_world)
     batched_store, single_store = RecordingStore(), RecordingStore()
-    batched = Processor(bundle, settings, batched_store, clock=lambda: 0.0)
-    single = Processor(bundle, settings, single_store, clock=lambda: 0.0)
+    batched = Processor(bundle, settings, batched_store, clock=lambda: 2e9)
+    single = Processor(bundle, settings, single_store, clock=lambda: 2e9)
     out_batched = batched.process(messages)
     out_single = [o for m in messages for o in single.process([m])]
     same_states(batched_store, single_store)
@@ -303,24 +304,24 @@ def test_a_batch_gives_the_states_and_results_of_one_message_at_a_time(bundle, t
 
 def test_a_request_between_two_events_of_its_user_sees_only_the_first(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
     user = trained_world.world.users[5]
-    clicks = events_for_cluster(trained_world.world, user, 2, 2, start_ts=2e9)
+    clicks = events_for_cluster(trained_world.world, user, 2, 2, start_ts=1.75e9)
     request = {
         "request_id": "between",
         "user_id": user,
         "candidates": [{"item_id": i} for i in trained_world.world.items],
     }
     store = DictStateStore()
-    outputs = Processor(bundle, settings, store, clock=lambda: 0.0).process(
+    outputs = Processor(bundle, settings, store, clock=lambda: 2e9).process(
         [
             msg(settings, "event", clicks[0], offset=1),
             msg(settings, "request", request),
             msg(settings, "event", clicks[1], offset=2),
         ]
     )
-    first_only = Processor(bundle, settings, DictStateStore(), clock=lambda: 0.0).process(
+    first_only = Processor(bundle, settings, DictStateStore(), clock=lambda: 2e9).process(
         [msg(settings, "event", clicks[0], offset=1), msg(settings, "request", request)]
     )
-    both = Processor(bundle, settings, DictStateStore(), clock=lambda: 0.0).process(
+    both = Processor(bundle, settings, DictStateStore(), clock=lambda: 2e9).process(
         [
             msg(settings, "event", clicks[0], offset=1),
             msg(settings, "event", clicks[1], offset=2),
@@ -340,7 +341,7 @@ def test_a_group_writes_each_user_once(bundle, trained_world, settings) -> None:
                 "user_id": user,
                 "item_id": trained_world.world.items[offset % 7],
                 "event_type": "click",
-                "ts": 2e9 + offset,
+                "ts": 1.75e9 + offset,
             },
             offset=offset,
         )
@@ -380,7 +381,7 @@ def test_a_failing_batch_falls_back_to_one_event_at_a_time(bundle, trained_world
         return msg(
             settings,
             "event",
-            {"user_id": user, "item_id": item, "event_type": "click", "ts": 2e9 + offset},
+            {"user_id": user, "item_id": item, "event_type": "click", "ts": 1.75e9 + offset},
             offset=offset,
         )
 

@@ -21,7 +21,7 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 def test_generated_inputs_and_produced_outputs_validate(bundle) -> None:  # type: ignore[no-untyped-def]
     settings = Settings.load(env={})
     world = make_world(20, 30, 3, seed=1)
-    events = generate_events(world, 50, seed=2, start_ts=3e9)
+    events = generate_events(world, 50, seed=2, start_ts=1.75e9)
     requests = generate_requests(world, 10, n_candidates=8, seed=3, k=4)
     for event in events:
         validator("user-event").validate(event)
