@@ -882,6 +882,21 @@ def process_timing(
 # Model forward time
 
 
+def call_times(fn: Callable[[], Any], calls: int, warmup: int = 200) -> dict[str, float]:
+    """Median and p99 milliseconds of ``fn()`` over ``calls`` calls, after ``warmup`` untimed ones."""
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    out = np.empty(calls)
+    for n in range(calls):
+        t = time.perf_counter()
+        fn()
+        out[n] = time.perf_counter() - t
+    out *= 1000.0
+    return {"median_ms": round(float(np.median(out)), 4), "p99_ms": round(float(np.percentile(out, 99)), 4)}
+
+
 def forward_timing(
     model_dir: Path, *, calls: int = 3000, candidates: int = 100, threads: Sequence[int] = (0, 1)
 ) -> list[dict[str, Any]]:
@@ -913,15 +928,7 @@ def forward_timing(
     default_threads = torch.get_num_threads()
 
     def timed(fn: Callable[[], Any]) -> dict[str, float]:
-        for _ in range(200):
-            fn()
-        out = np.empty(calls)
-        for n in range(calls):
-            t = time.perf_counter()
-            fn()
-            out[n] = time.perf_counter() - t
-        out *= 1000.0
-        return {"median_ms": round(float(np.median(out)), 4), "p99_ms": round(float(np.percentile(out, 99)), 4)}
+        return call_times(fn, calls)
 
     def eager() -> Any:
         with torch.inference_mode():
@@ -952,6 +959,44 @@ def forward_timing(
         records.append(rec)
     torch.set_num_threads(default_threads)
     return records
+
+
+def padding_timing(
+    model_dir: Path, *, calls: int = 200, small: int = 63, small_candidates: int = 20, big_candidates: int = 1000
+) -> dict[str, Any]:
+    """rerank_batch of ``small`` requests of ``small_candidates`` and one of ``big_candidates``:
+    grouped by size (today) against one padded batch (``max_padding_share=inf``, as before)."""
+    import math
+
+    import numpy as np
+
+    from models import load_artifact
+    from streams.core.scoring import ScoringInput, rerank_batch
+    from streams.core.state import history_rows, initial_state
+
+    bundle = load_artifact(model_dir)
+    rng = np.random.default_rng(0)
+    users = list(bundle.user_index)
+    ids = list(bundle.item_index)
+
+    def request(user: str, n: int) -> ScoringInput:
+        state = initial_state(bundle, user)
+        cands = [ids[int(i)] for i in rng.choice(len(ids), size=n, replace=False)]
+        return ScoringInput(state.vector, history_rows(bundle, state.history), cands, rng.random(n), None)
+
+    inputs = [request(users[i % len(users)], small_candidates) for i in range(small)]
+    inputs.insert(small // 2, request(users[0], big_candidates))
+    load = wait_for_quiet()["load1_before"]
+    rec = {
+        "kind": "padding",
+        "requests": f"{small} x {small_candidates} + 1 x {big_candidates} candidates",
+        "calls": calls,
+        "load1_before": load,
+        "one_padded_batch": call_times(lambda: rerank_batch(bundle, inputs, max_padding_share=math.inf), calls, 20),
+        "grouped_by_size": call_times(lambda: rerank_batch(bundle, inputs), calls, 20),
+    }
+    rec["load1_after"] = load1()
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1031,6 +1076,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("forward", help="median forward time of one request")
     p.add_argument("--calls", type=int, default=3000)
     p.add_argument("--candidates", type=int, default=100)
+
+    p = sub.add_parser("padding", help="rerank_batch of many small requests and one large: grouped vs padded")
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--small", type=int, default=63, help="requests of 20 candidates beside the large one")
+    p.add_argument("--big", type=int, default=1000, help="candidates of the large request")
 
     p = sub.add_parser("smoke", help="a few seconds at a low rate (CI)")
     p.add_argument("--rate", type=float, default=20.0)
@@ -1118,6 +1168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{rec['model_forward_eager']['median_ms']} ms, TorchScript "
                 f"{rec['model_forward_torchscript']['median_ms']} ms (medians); load1 {rec['load1_before']}"
             )
+    elif a.command == "padding":
+        rec = padding_timing(bw.model_dir, calls=a.calls, small=a.small, big_candidates=a.big)
+        emit(rec)
+        say(
+            f"  rerank_batch, {rec['requests']}: one padded batch {rec['one_padded_batch']['median_ms']} ms, "
+            f"grouped by size {rec['grouped_by_size']['median_ms']} ms (medians of {a.calls}); "
+            f"load1 {rec['load1_before']}"
+        )
     elif a.command == "smoke":
         cfg = RunConfig(
             target=a.target,
