@@ -954,6 +954,68 @@ def forward_timing(
     return records
 
 
+def padding_timing(
+    model_dir: Path, *, calls: int = 200, small: int = 63, small_candidates: int = 20, big_candidates: int = 1000
+) -> dict[str, Any]:
+    """rerank_batch of ``small`` requests of ``small_candidates`` and one of ``big_candidates``:
+    grouped by size (today) against one padded batch (``max_padding_share=inf``, as before)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from models import load_artifact
+    from streams.core.scoring import ScoringInput, rerank_batch
+    from streams.core.state import history_rows, initial_state
+
+    bundle = load_artifact(model_dir)
+    rng = np.random.default_rng(0)
+    users = list(bundle.user_index)
+    ids = list(bundle.item_index)
+
+    def request(user: str, n: int) -> ScoringInput:
+        state = initial_state(bundle, user)
+        cands = [ids[int(i)] for i in rng.choice(len(ids), size=n, replace=False)]
+        return ScoringInput(state.vector, history_rows(bundle, state.history), cands, rng.random(n), None)
+
+    inputs = [request(users[i % len(users)], small_candidates) for i in range(small)]
+    inputs.insert(small // 2, request(users[0], big_candidates))
+    variants = {
+        "one_padded_batch": lambda: rerank_batch(bundle, inputs, max_padding_share=math.inf),
+        "grouped_by_size": lambda: rerank_batch(bundle, inputs),
+    }
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's default (torch_threads)
+    load = wait_for_quiet()["load1_before"]
+    # The two alternate call by call, so a change in the machine's load weighs on both alike; CPU
+    # time as well as wall time, since on a shared machine the wall time is mostly waiting.
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for n in range(calls + 10):
+        for name, fn in variants.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            if n >= 10:
+                wall[name].append((time.perf_counter() - t) * 1000.0)
+                cpu[name].append((time.process_time() - c) * 1000.0)
+    torch.set_num_threads(default_threads)
+    rec: dict[str, Any] = {
+        "kind": "padding",
+        "requests": f"{small} x {small_candidates} + 1 x {big_candidates} candidates",
+        "calls": calls,
+        "torch_threads": 1,
+        "load1_before": load,
+    }
+    for name in variants:
+        rec[name] = {
+            "median_ms": round(float(np.median(wall[name])), 3),
+            "p99_ms": round(float(np.percentile(wall[name], 99)), 3),
+            "median_cpu_ms": round(float(np.median(cpu[name])), 3),
+        }
+    rec["load1_after"] = load1()
+    return rec
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -1031,6 +1093,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("forward", help="median forward time of one request")
     p.add_argument("--calls", type=int, default=3000)
     p.add_argument("--candidates", type=int, default=100)
+
+    p = sub.add_parser("padding", help="rerank_batch of many small requests and one large: grouped vs padded")
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--small", type=int, default=63, help="requests of 20 candidates beside the large one")
+    p.add_argument("--big", type=int, default=1000, help="candidates of the large request")
 
     p = sub.add_parser("smoke", help="a few seconds at a low rate (CI)")
     p.add_argument("--rate", type=float, default=20.0)
@@ -1118,6 +1185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{rec['model_forward_eager']['median_ms']} ms, TorchScript "
                 f"{rec['model_forward_torchscript']['median_ms']} ms (medians); load1 {rec['load1_before']}"
             )
+    elif a.command == "padding":
+        rec = padding_timing(bw.model_dir, calls=a.calls, small=a.small, big_candidates=a.big)
+        emit(rec)
+        medians = ", ".join(
+            f"{name} {rec[name]['median_ms']} ms ({rec[name]['median_cpu_ms']} ms CPU)"
+            for name in ("one_padded_batch", "grouped_by_size")
+        )
+        say(f"  rerank_batch, {rec['requests']}, medians of {a.calls}: {medians}; load1 {rec['load1_before']}")
     elif a.command == "smoke":
         cfg = RunConfig(
             target=a.target,

@@ -126,6 +126,10 @@ class Settings:
 
     # Worker
     store: str = "memory://"
+    # RocksDB memory of a worker, shared by all its partitions: the block cache (which also holds
+    # index and filter blocks) and the memtables.
+    rocksdb_block_cache_mb: int = 128
+    rocksdb_write_buffer_mb: int = 64
     data_dir: str = ""
     web_host: str = "127.0.0.1"
     web_port: int = 0
@@ -251,6 +255,8 @@ class Settings:
             raise SettingsError("SASL needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and sasl_username")
         if not self.store.startswith(("memory://", "rocksdb://")):
             raise SettingsError("store must be memory:// or rocksdb://")
+        if self.rocksdb_block_cache_mb < 1 or self.rocksdb_write_buffer_mb < 1:
+            raise SettingsError("rocksdb_block_cache_mb and rocksdb_write_buffer_mb must be >= 1")
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be text or json")
         if self.max_clock_skew_s < 0 or self.max_model_bytes < 1:

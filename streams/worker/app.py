@@ -16,7 +16,7 @@ from streams.core.processing import Processor
 from streams.core.worker_metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.worker.agents import register_agents
-from streams.worker.faust_hooks import RerankerApp, faust_credentials
+from streams.worker.faust_hooks import RerankerApp, bound_rocksdb_memory, faust_credentials
 from streams.worker.items import ItemCatalog
 from streams.worker.model_swap import ModelSwapper
 from streams.worker.monitoring import register_monitor
@@ -138,6 +138,11 @@ def build_worker(
     app.verify_end_offsets = settings.verify_end_offsets
     topics = define_topics(app, settings)
     table = define_user_state_table(app, settings)
+    bound_rocksdb_memory(
+        table,
+        block_cache_bytes=settings.rocksdb_block_cache_mb << 20,
+        write_buffer_bytes=settings.rocksdb_write_buffer_mb << 20,
+    )
     metrics = metrics or WorkerMetrics()
     metrics.set_serving_model(bundle.name, bundle.version)
     processor = Processor(bundle, settings, TableStateStore(table), metrics)

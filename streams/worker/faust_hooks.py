@@ -29,6 +29,7 @@ import faust
 from aiokafka import TopicPartition
 from faust import streams as faust_streams
 from faust.auth import SASLCredentials, SSLCredentials
+from faust.stores import rocksdb as faust_rocksdb
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import EventT, StreamT
@@ -171,3 +172,62 @@ def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
     worker. There is no public accessor; a consumer without it gives {} (callers fall back to
     the position)."""
     return getattr(consumer, "_committed_offset", None) or {}
+
+
+class SharedRocksDBOptions(faust_rocksdb.RocksDBOptions):
+    """faust's RocksDB options (``faust.stores.rocksdb.RocksDBOptions``, whose ``as_options`` each
+    partition's database is opened with) with one memory budget for all the partitions.
+
+    faust's own give every partition a 2 GiB block cache and up to 3 x 64 MiB memtables, so a
+    worker's memory grows with its partitions and its data. Here one LRU cache serves every
+    partition and also holds the index and filter blocks (otherwise kept on the heap per open
+    file), and one write-buffer manager caps the memtables of all of them together.
+    """
+
+    def __init__(self, block_cache_bytes: int, write_buffer_bytes: int, **kwargs: Any) -> None:
+        import rocksdict
+
+        # A memtable of half the budget lets one partition fill a new one while the last flushes.
+        memtable = max(1 << 20, write_buffer_bytes // 2)
+        super().__init__(
+            block_cache_size=block_cache_bytes, write_buffer_size=memtable, max_write_buffer_number=2, **kwargs
+        )
+        self.cache = rocksdict.Cache(block_cache_bytes)
+        # No stall: writers go on while a flush brings the memtables back under the budget.
+        self.write_buffers = rocksdict.WriteBufferManager(write_buffer_bytes, False)
+
+    def as_options(self) -> Any:
+        import rocksdict
+
+        options = super().as_options()
+        table_options = rocksdict.BlockBasedOptions()
+        table_options.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table_options.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        table_options.set_block_cache(self.cache)
+        table_options.set_cache_index_and_filter_blocks(True)
+        # The newest files' index and filter stay in memory: every lookup consults them.
+        table_options.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        options.set_block_based_table_factory(table_options)
+        options.set_write_buffer_manager(self.write_buffers)
+        return options
+
+
+def bound_rocksdb_memory(table: Any, *, block_cache_bytes: int, write_buffer_bytes: int) -> bool:
+    """Give ``table``'s RocksDB store one block cache and one write-buffer budget for all its
+    partitions (``Store.rocksdb_options``, read each time a partition's database is opened).
+
+    Returns:
+        False when the table is not in RocksDB (memory://), or in the python-rocksdb driver,
+        which faust keeps with its own options.
+    """
+    store = table.data
+    if not isinstance(store, faust_rocksdb.Store) or not store.use_rocksdict:
+        return False
+    store.rocksdb_options = SharedRocksDBOptions(
+        block_cache_bytes,
+        write_buffer_bytes,
+        max_open_files=store.rocksdb_options.max_open_files,
+        use_rocksdict=True,
+        ttl=store.rocksdb_options.ttl,
+    )
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,14 @@ def test_consumer_lag_sums_assigned_partitions_per_input_topic() -> None:
     assert lag == {"events": 10 + 5, "requests": 0, "idle": 0}
 
 
+async def _counted(counter: TableCounter) -> int | None:
+    """count() once, then the count it started, once finished."""
+    counter.count()
+    while counter.running is not None:
+        await asyncio.sleep(0.005)
+    return counter.count()
+
+
 def test_table_counter_refreshes_a_slow_count_less_often() -> None:
     now = [0.0]
 
@@ -253,12 +262,59 @@ def test_table_counter_refreshes_a_slow_count_less_often() -> None:
             now[0] += 0.1  # counting takes 100 ms
             return 42
 
-    counter = TableCounter(SlowTable(), time_share=0.02, clock=lambda: now[0])
-    assert counter.count() == 42 and SlowTable.calls == 1
-    now[0] += 2.0
-    assert counter.count() == 42 and SlowTable.calls == 1  # 100 ms at 2 % -> next in 5 s
-    now[0] += 3.0
-    assert counter.count() == 42 and SlowTable.calls == 2
+    async def scenario() -> None:
+        counter = TableCounter(SlowTable(), time_share=0.02, clock=lambda: now[0])
+        assert await _counted(counter) == 42 and SlowTable.calls == 1
+        now[0] += 2.0
+        assert await _counted(counter) == 42 and SlowTable.calls == 1  # 100 ms at 2 % -> next in 5 s
+        now[0] += 3.0
+        assert await _counted(counter) == 42 and SlowTable.calls == 2
+
+    asyncio.run(scenario())
+
+
+def test_counting_a_big_table_never_blocks_the_event_loop() -> None:
+    class BigTable:
+        def __len__(self) -> int:
+            time.sleep(1.0)  # a walk over a million RocksDB keys
+            return 1_000_000
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        counter = TableCounter(BigTable())
+        fired: list[float] = []
+        due = loop.time() + 0.01
+        loop.call_at(due, lambda: fired.append(loop.time()))
+        first = counter.count()
+        await asyncio.sleep(0.05)
+        deadline = loop.time() + 10.0
+        while counter.count() is None and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        assert fired, "the callback never ran"
+        # On the loop the count held the callback for the whole second.
+        assert fired[0] - due < 0.1, f"callback {fired[0] - due:.3f} s late"
+        assert first is None  # the count runs in a thread: nothing is known yet
+        assert counter.count() == 1_000_000
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_count_is_tried_again() -> None:
+    class Unrecovered:
+        calls = 0
+
+        def __len__(self) -> int:
+            Unrecovered.calls += 1
+            if Unrecovered.calls == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return 7
+
+    async def scenario() -> None:
+        counter = TableCounter(Unrecovered())
+        assert await _counted(counter) is None
+        assert await _counted(counter) == 7
+
+    asyncio.run(scenario())
 
 
 def exposition(last_batch: float | None, lag: dict[str, int], started: float = 1000.0) -> str:
