@@ -225,7 +225,8 @@ def observed(
     if binary is None:
         pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
     workdir = tmp_path_factory.mktemp("prometheus")
-    settings = isolated_settings(broker)
+    # The worker loads announced models only from inside its models_dir: the trainer's.
+    settings = isolated_settings(broker, models_dir=str(workdir / "models"))
     if hasattr(settings, "model_updates_topic"):
         # This trainer announces its model; no worker of another module may hear it.
         settings = dataclasses.replace(settings, model_updates_topic=f"model-updates-{settings.app_id}")
@@ -263,8 +264,6 @@ def observed(
                 "train-service",
                 "--topic",
                 settings.events_topic,
-                "--models-dir",
-                str(workdir / "models"),
                 "--every",
                 "3600",
                 "--max-epochs",
