@@ -9,6 +9,7 @@ put keyed messages on other partitions and break the tables silently.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -177,15 +178,47 @@ def snapshot_ends(consumer: Consumer, topic: str, partitions: list[int], ends: d
                 ends[p] = high
 
 
-def read_topic(
+def tail_starts(consumer: Consumer, topic: str, partitions: list[int], tail: int) -> dict[int, tuple[int, int]]:
+    """Where to start reading each partition, and how many of its newest records to keep, to
+    get about the newest ``tail`` records of the topic: each partition gives its share by size.
+    0 reads everything.
+
+    The high watermarks of ListOffsets can fall short of the true end (the embedded broker's
+    do, by up to one record batch), so a start is never later than it should be; the reader
+    drops what lies before ``end - keep`` once it knows the exact end.
+
+    Returns:
+        {partition: (start offset, records to keep; 0 = all)}.
+    """
+    if tail <= 0:
+        return {p: (OFFSET_BEGINNING, 0) for p in partitions}
+    low_high = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0) for p in partitions}
+    sizes = {p: max(0, high - low) for p, (low, high) in low_high.items()}
+    total = sum(sizes.values())
+    if total <= tail:
+        return {p: (OFFSET_BEGINNING, 0) for p in partitions}
+    out = {}
+    for p in partitions:
+        share = max(1, math.ceil(tail * sizes[p] / total))
+        out[p] = (max(low_high[p][0], low_high[p][1] - share), share)
+    return out
+
+
+def scan_topic(
     settings: Settings,
     topic: str,
+    visit: Callable[[int, int, bytes | None], None],
     *,
+    tail: int = 0,
     max_idle: float = 10.0,
     progress: Callable[[int, int | None], None] | None = None,
     progress_every_s: float = PROGRESS_EVERY_S,
-) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
-    """Everything in ``topic`` up to its end at the time reading starts.
+) -> dict[str, int]:
+    """Call ``visit(partition, offset, value)`` for each record of ``topic`` up to its end at
+    the time reading starts, in per-partition order, without keeping any of them.
+
+    With ``tail`` > 0 only the newest ``tail`` records (rounded up per partition) are visited,
+    each partition giving its share by size (`tail_starts`).
 
     The end of each partition is the high watermark carried by fetch responses,
     not a ListOffsets answer: the embedded broker answers ListOffsets(latest)
@@ -196,28 +229,51 @@ def read_topic(
     and the number to read (``None`` until every partition's end is known).
 
     Returns:
-        ((partition, offset, value) in per-partition order, {partition: end offset}).
-        The end offsets are the exact log position the data reaches.
+        {partition: end offset}: the exact log position the records reach.
     """
     consumer = Consumer(consumer_config(settings))
     try:
         partitions = partitions_of(consumer, topic)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        out: list[tuple[int, int, bytes | None]] = []
-        position = {p: 0 for p in partitions}
+        plan = tail_starts(consumer, topic, partitions, tail)
+        consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in plan.items()])
+        position = {p: max(0, start) for p, (start, _) in plan.items()}
+        first: dict[int, int] = {}  # the first offset to visit, once the end is known
         ends: dict[int, int] = {}
+        # Records of a partition whose end no fetch response has reported yet wait here (one
+        # fetch at most), so a record written after the start is never visited.
+        pending: dict[int, list[tuple[int, bytes | None]]] = {}
+        read = 0
         last_progress = time.monotonic()
         next_report = last_progress + progress_every_s
+
+        def wanted(part: int, off: int) -> bool:
+            if part not in first:
+                keep = plan[part][1]
+                first[part] = ends[part] - keep if keep else -1
+            return first[part] <= off < ends[part]
+
+        def flush(part: int) -> None:
+            nonlocal read
+            for off, value in pending.pop(part, []):
+                if wanted(part, off):
+                    read += 1
+                    visit(part, off, value)
+
         while True:
             snapshot_ends(consumer, topic, partitions, ends)  # later writes are not read
+            for ready in [p for p in pending if p in ends]:
+                flush(ready)
             if progress is not None and time.monotonic() >= next_report:
-                progress(len(out), sum(ends.values()) if len(ends) == len(partitions) else None)
+                started = sum(max(0, start) for start, _ in plan.values())
+                total = sum(ends.values()) - started if len(ends) == len(partitions) else None
+                progress(read, total)
                 next_report = time.monotonic() + progress_every_s
             if len(ends) == len(partitions) and all(position[p] >= ends[p] for p in partitions):
                 break
             batch = consumer.consume(10_000, timeout=0.2)
             if batch:
                 last_progress = time.monotonic()
+                snapshot_ends(consumer, topic, partitions, ends)
             elif time.monotonic() - last_progress > max_idle:
                 raise TimeoutError(f"reading {topic}: no progress for {max_idle}s (positions {position}, ends {ends})")
             for msg in batch:
@@ -229,12 +285,40 @@ def read_topic(
                 if part is None or off is None:  # only error events lack a position
                     continue
                 position[part] = off + 1
-                if part not in ends or off < ends[part]:
-                    out.append((part, off, msg.value()))
-        out = [m for m in out if m[1] < ends[m[0]]]
-        return out, {str(p): end for p, end in sorted(ends.items())}
+                if part not in ends:
+                    pending.setdefault(part, []).append((off, msg.value()))
+                elif wanted(part, off):
+                    read += 1
+                    visit(part, off, msg.value())
+        return {str(p): end for p, end in sorted(ends.items())}
     finally:
         consumer.close()
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    max_idle: float = 10.0,
+    progress: Callable[[int, int | None], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
+) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
+    """Everything in ``topic`` up to its end at the time reading starts (`scan_topic`, kept).
+
+    Returns:
+        ((partition, offset, value) in per-partition order, {partition: end offset}).
+        The end offsets are the exact log position the data reaches.
+    """
+    out: list[tuple[int, int, bytes | None]] = []
+    ends = scan_topic(
+        settings,
+        topic,
+        lambda part, off, value: out.append((part, off, value)),
+        max_idle=max_idle,
+        progress=progress,
+        progress_every_s=progress_every_s,
+    )
+    return out, ends
 
 
 class ResultCollector:
