@@ -178,30 +178,41 @@ def snapshot_ends(consumer: Consumer, topic: str, partitions: list[int], ends: d
                 ends[p] = high
 
 
-def tail_starts(consumer: Consumer, topic: str, partitions: list[int], tail: int) -> dict[int, tuple[int, int]]:
-    """Where to start reading each partition, and how many of its newest records to keep, to
-    get about the newest ``tail`` records of the topic: each partition gives its share by size.
-    0 reads everything.
+def tail_shares(lows: dict[int, int], ends: dict[int, int], tail: int) -> dict[int, int]:
+    """Each partition's share of the newest ``tail`` records, by its size (rounded up, so the
+    shares add up to at least ``tail``); an empty dict when the topic holds no more than that."""
+    sizes = {p: max(0, ends[p] - lows.get(p, 0)) for p in ends}
+    total = sum(sizes.values())
+    if tail <= 0 or total <= tail:
+        return {}
+    return {p: max(1, math.ceil(tail * size / total)) for p, size in sizes.items()}
 
-    The high watermarks of ListOffsets can fall short of the true end (the embedded broker's
-    do, by up to one record batch), so a start is never later than it should be; the reader
-    drops what lies before ``end - keep`` once it knows the exact end.
+
+def _learn_ends(settings: Settings, topic: str, partitions: list[int], max_idle: float) -> dict[str, dict[int, int]]:
+    """The low and high watermarks of every partition, the high ones from fetch responses.
+
+    The embedded broker's ListOffsets(latest) can fall far short of the end (the base offset of
+    the last record batch), so it only tells where to fetch from; what that fetch brings back,
+    at most a batch per partition, is dropped with the consumer, so none of it can be mistaken
+    for a record of the read that follows.
 
     Returns:
-        {partition: (start offset, records to keep; 0 = all)}.
+        {"low": {partition: offset}, "high": {partition: offset}}.
     """
-    if tail <= 0:
-        return {p: (OFFSET_BEGINNING, 0) for p in partitions}
-    low_high = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0) for p in partitions}
-    sizes = {p: max(0, high - low) for p, (low, high) in low_high.items()}
-    total = sum(sizes.values())
-    if total <= tail:
-        return {p: (OFFSET_BEGINNING, 0) for p in partitions}
-    out = {}
-    for p in partitions:
-        share = max(1, math.ceil(tail * sizes[p] / total))
-        out[p] = (max(low_high[p][0], low_high[p][1] - share), share)
-    return out
+    consumer = Consumer(consumer_config(settings))
+    try:
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0) for p in partitions}
+        consumer.assign([TopicPartition(topic, p, max(0, high)) for p, (_, high) in marks.items()])
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + max_idle
+        while len(ends) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: no end offsets after {max_idle}s (known {ends})")
+            consumer.consume(10_000, timeout=0.2)
+            snapshot_ends(consumer, topic, partitions, ends)
+        return {"low": {p: low for p, (low, _) in marks.items()}, "high": ends}
+    finally:
+        consumer.close()
 
 
 def scan_topic(
@@ -217,8 +228,8 @@ def scan_topic(
     """Call ``visit(partition, offset, value)`` for each record of ``topic`` up to its end at
     the time reading starts, in per-partition order, without keeping any of them.
 
-    With ``tail`` > 0 only the newest ``tail`` records (rounded up per partition) are visited,
-    each partition giving its share by size (`tail_starts`).
+    With ``tail`` > 0 only the newest ``tail`` records (rounded up per partition) are read,
+    each partition giving its share by size (`tail_shares`).
 
     The end of each partition is the high watermark carried by fetch responses,
     not a ListOffsets answer: the embedded broker answers ListOffsets(latest)
@@ -234,11 +245,17 @@ def scan_topic(
     consumer = Consumer(consumer_config(settings))
     try:
         partitions = partitions_of(consumer, topic)
-        plan = tail_starts(consumer, topic, partitions, tail)
-        consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in plan.items()])
-        position = {p: max(0, start) for p, (start, _) in plan.items()}
-        first: dict[int, int] = {}  # the first offset to visit, once the end is known
         ends: dict[int, int] = {}
+        # The first offset to visit per partition; the ends are known before the window is cut.
+        first = dict.fromkeys(partitions, -1)
+        start = dict.fromkeys(partitions, OFFSET_BEGINNING)
+        if tail > 0:
+            marks = _learn_ends(settings, topic, partitions, max_idle)
+            ends = marks["high"]
+            for p, share in tail_shares(marks["low"], ends, tail).items():
+                first[p] = start[p] = max(marks["low"][p], ends[p] - share)
+        consumer.assign([TopicPartition(topic, p, start[p]) for p in partitions])
+        position = {p: max(0, start[p]) for p in partitions}
         # Records of a partition whose end no fetch response has reported yet wait here (one
         # fetch at most), so a record written after the start is never visited.
         pending: dict[int, list[tuple[int, bytes | None]]] = {}
@@ -247,9 +264,6 @@ def scan_topic(
         next_report = last_progress + progress_every_s
 
         def wanted(part: int, off: int) -> bool:
-            if part not in first:
-                keep = plan[part][1]
-                first[part] = ends[part] - keep if keep else -1
             return first[part] <= off < ends[part]
 
         def flush(part: int) -> None:
@@ -264,8 +278,11 @@ def scan_topic(
             for ready in [p for p in pending if p in ends]:
                 flush(ready)
             if progress is not None and time.monotonic() >= next_report:
-                started = sum(max(0, start) for start, _ in plan.values())
-                total = sum(ends.values()) - started if len(ends) == len(partitions) else None
+                total = (
+                    sum(ends.values()) - sum(max(0, s) for s in start.values())
+                    if len(ends) == len(partitions)
+                    else None
+                )
                 progress(read, total)
                 next_report = time.monotonic() + progress_every_s
             if len(ends) == len(partitions) and all(position[p] >= ends[p] for p in partitions):
