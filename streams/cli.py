@@ -23,6 +23,7 @@ from streams.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from models import ModelBundle
+    from trainer.data import EventColumns
     from trainer.service_metrics import TrainerMetrics
 
 log = logging.getLogger("reranker")
@@ -355,6 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     started = time.monotonic()
+    events: list[dict[str, Any]] | EventColumns
     if args.events:
         events = list(read_jsonl(args.events))
         trained_through = None

@@ -173,7 +173,9 @@ class Settings:
     keep_versions: int = 5
     holdout_share: float = 0.1
     promotion_tolerance: float = 0.01
-    train_window_events: int = 0
+    # The newest events a run reads (0 = the whole log); see reranker.example.toml.
+    train_window_events: int = 2_000_000
+    train_warm_start: bool = True
     eval_max_requests: int = 1000
     # Seconds between the trainer service's runs, and its /metrics port (as metrics_port).
     trainer_every_s: float = 600.0

@@ -1,9 +1,11 @@
 """``reranker trainer``: retrain periodically from the event log, gate, publish, announce.
 
 One run:
-1. Read the event log (all of it, or the newest ``train_window_events``) with Kafka positions.
-2. Hold out the newest ``holdout_share`` of every partition. The candidate trains on the rest;
-   its watermark is the cut, so workers learn the held-out events online after a swap.
+1. Read the newest ``train_window_events`` of the event log (0: all of it) with Kafka positions,
+   parsing each record into compact columns as it arrives.
+2. Hold out the newest ``holdout_share`` of every partition. The candidate trains on the rest,
+   starting from the serving model's weights (``train_warm_start``); its watermark is the cut,
+   so workers learn the held-out events online after a swap.
 3. Score the candidate and the serving model on the same held-out interactions, each ranked
    among 99 sampled unseen items, through the worker's own Processor: events are applied in
    log order with online updates, and every held-out interaction is asked for just before it
@@ -36,12 +38,12 @@ from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.kafka.clients import produce_records
 from streams.kafka.topics import create_topics
 from streams.settings import Settings
+from trainer.data import EventColumns
 from trainer.event_log import log_from_topic
 from trainer.validation import ranking_metrics
 
 log = logging.getLogger(__name__)
 
-Record = tuple[int, int, dict[str, Any]]  # (partition, offset, event)
 DECISIONS_LOG = "decisions.jsonl"
 
 
@@ -57,74 +59,94 @@ class RunResult:
 
 
 def split_holdout(
-    records: Sequence[Record], ends: dict[str, int], share: float
-) -> tuple[list[Record], list[Record], dict[str, int]]:
+    events: EventColumns, ends: dict[str, int], share: float
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Cut each partition at (1 - share) of what the window holds of it.
 
+    Args:
+        events: Each partition's events in offset order (partitions may interleave).
+
     Returns:
-        (training records, held-out records, {partition: first held-out offset}).
+        (rows of the training events, rows of the held-out events, each partition's in offset
+        order, {partition: first held-out offset}).
     """
-    by_partition: dict[int, list[Record]] = {}
-    for record in records:
-        by_partition.setdefault(record[0], []).append(record)
     cut: dict[str, int] = {}
-    train: list[Record] = []
-    held: list[Record] = []
+    train: list[np.ndarray] = []
+    held: list[np.ndarray] = []
     for partition, end in ends.items():
-        part = by_partition.get(int(partition), [])
-        if not part:
-            cut[partition] = end
-            continue
-        keep = math.floor(len(part) * (1.0 - share))
-        cut[partition] = part[keep][1] if keep < len(part) else end
-        train.extend(part[:keep])
-        held.extend(part[keep:])
-    return train, held, cut
+        part = np.flatnonzero(events.partition == int(partition))
+        keep = math.floor(part.size * (1.0 - share))
+        cut[partition] = int(events.offset[part[keep]]) if keep < part.size else end
+        train.append(part[:keep])
+        held.append(part[keep:])
+    empty = np.zeros(0, dtype=np.int64)
+    return np.concatenate([empty, *train]), np.concatenate([empty, *held]), cut
 
 
 def holdout_stream(
     settings: Settings,
     topic: str,
-    train: Sequence[Record],
-    held: Sequence[Record],
+    events: EventColumns,
+    train: np.ndarray,
+    held: np.ndarray,
     *,
     max_requests: int,
     n_negatives: int = 99,
     seed: int = 0,
 ) -> tuple[list[InMessage], dict[str, str]]:
     """Messages to replay (training events, then held-out events with a request before each
-    scored interaction) and the truth {request_id: item_id}."""
-    weights = settings.event_weights
-    all_items = sorted({event["item_id"] for _, _, event in [*train, *held]})
-    seen: dict[str, set[str]] = {}
-    for _, _, event in [*train, *held]:
-        seen.setdefault(event["user_id"], set()).add(event["item_id"])
-    held_sorted = sorted(held, key=lambda r: (r[2]["ts"], r[0], r[1]))
-    has_past = {e["user_id"] for _, _, e in train if weights.get(e["event_type"], 0) > 0}
+    scored interaction) and the truth {request_id: item_id}.
+
+    Only the events of users with a scored interaction are replayed: a user's state depends
+    on that user's events alone, so the others cannot change an answer, and the replay costs
+    the scored users' events, not the whole window's.
+    """
+    weights = np.array([settings.event_weights.get(t, 0.0) for t in events.event_types] or [0.0])
+    positive = weights[events.event_type] > 0
+    held_sorted = held[np.lexsort((events.offset[held], events.partition[held], events.ts[held]))]
+    has_past = set(np.unique(events.user[train[positive[train]]]).tolist())
     eligible = []
-    for index, (_, _, event) in enumerate(held_sorted):
-        if weights.get(event["event_type"], 0) > 0:
-            if event["user_id"] in has_past:
+    for index, (user, is_positive) in enumerate(
+        zip(events.user[held_sorted].tolist(), positive[held_sorted].tolist(), strict=True)
+    ):
+        if is_positive:
+            if user in has_past:
                 eligible.append(index)
-            has_past.add(event["user_id"])
+            has_past.add(user)
     if len(eligible) > max_requests:
         eligible = [eligible[int(i)] for i in np.linspace(0, len(eligible) - 1, max_requests)]
     asked = set(eligible)
+    asked_users = np.unique(events.user[held_sorted[eligible]]) if eligible else np.zeros(0, dtype=np.int32)
+    both = np.concatenate([train, held])
+    all_items = sorted(events.item_ids[c] for c in np.unique(events.item[both]).tolist())
+    seen: dict[int, set[str]] = {}
+    for row in both[np.isin(events.user[both], asked_users)].tolist():
+        seen.setdefault(int(events.user[row]), set()).add(events.item_ids[events.item[row]])
     rng = np.random.default_rng(seed)
-    messages = [InMessage(topic, p, o, None, None, orjson.dumps(e)) for p, o, e in train]
+
+    def message(row: int) -> InMessage:
+        return InMessage(
+            topic, int(events.partition[row]), int(events.offset[row]), None, None, orjson.dumps(events.event(row))
+        )
+
+    messages = [message(row) for row in train[np.isin(events.user[train], asked_users)].tolist()]
     truth: dict[str, str] = {}
-    for index, (partition, offset, event) in enumerate(held_sorted):
+    for index, row in enumerate(held_sorted.tolist()):
+        user = int(events.user[row])
+        if user not in seen:
+            continue
         if index in asked:
-            user_seen = seen[event["user_id"]]
+            user_seen = seen[user]
+            item_id = events.item_ids[events.item[row]]
             negatives: set[str] = set()
             while len(negatives) < min(n_negatives, len(all_items) - len(user_seen)):
                 item = all_items[int(rng.integers(len(all_items)))]
                 if item not in user_seen:
                     negatives.add(item)
-            candidates = [*negatives, event["item_id"]]
+            candidates = [*negatives, item_id]
             rng.shuffle(candidates)
-            request_id = f"holdout-{partition}-{offset}"
-            truth[request_id] = event["item_id"]
+            request_id = f"holdout-{events.partition[row]}-{events.offset[row]}"
+            truth[request_id] = item_id
             messages.append(
                 InMessage(
                     settings.requests_topic,
@@ -135,14 +157,14 @@ def holdout_stream(
                     orjson.dumps(
                         {
                             "request_id": request_id,
-                            "user_id": event["user_id"],
+                            "user_id": events.user_ids[user],
                             "k": 10,
                             "candidates": [{"item_id": c} for c in candidates],
                         }
                     ),
                 )
             )
-        messages.append(InMessage(topic, partition, offset, None, None, orjson.dumps(event)))
+        messages.append(message(row))
     return messages, truth
 
 
@@ -214,11 +236,8 @@ def run_once(
     started = time.monotonic()
     topic = topic or settings.events_topic
     root = Path(settings.models_dir)
-    records, ends, invalid = log_from_topic(settings, topic)
-    if settings.train_window_events and len(records) > settings.train_window_events:
-        records = sorted(records, key=lambda r: (r[2]["ts"], r[0], r[1]))[-settings.train_window_events :]
-        records.sort(key=lambda r: (r[0], r[1]))
-    train, held, cut = split_holdout(records, ends, settings.holdout_share)
+    events, ends, invalid = log_from_topic(settings, topic, window=settings.train_window_events)
+    train, held, cut = split_holdout(events, ends, settings.holdout_share)
     # A version from the future is no serving model: workers refuse it.
     serving_path = store.newest(root, created_not_after=time.time() + settings.max_clock_skew_s)
     serving = load_artifact(serving_path) if serving_path else None
@@ -230,7 +249,7 @@ def run_once(
         return RunResult(
             "skipped", None, None, {}, None, time.monotonic() - started, "no events since the serving model's watermark"
         )
-    if not train:
+    if not train.size:
         return RunResult("skipped", None, None, {}, None, time.monotonic() - started, "no events")
     items = items_from_topic(settings)
     progress(
@@ -241,7 +260,7 @@ def run_once(
     try:
         artifact = Path(
             train_fn(
-                [event for _, _, event in train],
+                events.take(train),
                 staging / "artifact",
                 kind=kind,
                 event_weights=settings.event_weights,
@@ -250,12 +269,13 @@ def run_once(
                 log=progress,
                 items=items or None,
                 model_hparams=settings.model_hparams,
-                trained_through={"topic": topic, "offsets": cut, "max_ts": max(e["ts"] for _, _, e in train)},
+                trained_through={"topic": topic, "offsets": cut, "max_ts": float(events.ts[train].max())},
+                **({"warm_from": serving} if settings.train_warm_start and serving is not None else {}),
             )
         )
         candidate = load_artifact(artifact)
         messages, truth = holdout_stream(
-            settings, topic, train, held, max_requests=settings.eval_max_requests, seed=seed
+            settings, topic, events, train, held, max_requests=settings.eval_max_requests, seed=seed
         )
         candidate_metrics = evaluate_on_stream(candidate, settings, messages, truth)
         serving_metrics = evaluate_on_stream(serving, settings, messages, truth) if serving is not None else None

@@ -9,6 +9,7 @@ put keyed messages on other partitions and break the tables silently.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -177,15 +178,58 @@ def snapshot_ends(consumer: Consumer, topic: str, partitions: list[int], ends: d
                 ends[p] = high
 
 
-def read_topic(
+def tail_shares(lows: dict[int, int], ends: dict[int, int], tail: int) -> dict[int, int]:
+    """Each partition's share of the newest ``tail`` records, by its size (rounded up, so the
+    shares add up to at least ``tail``); an empty dict when the topic holds no more than that."""
+    sizes = {p: max(0, ends[p] - lows.get(p, 0)) for p in ends}
+    total = sum(sizes.values())
+    if tail <= 0 or total <= tail:
+        return {}
+    return {p: max(1, math.ceil(tail * size / total)) for p, size in sizes.items()}
+
+
+def _learn_ends(settings: Settings, topic: str, partitions: list[int], max_idle: float) -> dict[str, dict[int, int]]:
+    """The low and high watermarks of every partition, the high ones from fetch responses.
+
+    The embedded broker's ListOffsets(latest) can fall far short of the end (the base offset of
+    the last record batch), so it only tells where to fetch from; what that fetch brings back,
+    at most a batch per partition, is dropped with the consumer, so none of it can be mistaken
+    for a record of the read that follows.
+
+    Returns:
+        {"low": {partition: offset}, "high": {partition: offset}}.
+    """
+    consumer = Consumer(consumer_config(settings))
+    try:
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0) for p in partitions}
+        consumer.assign([TopicPartition(topic, p, max(0, high)) for p, (_, high) in marks.items()])
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + max_idle
+        while len(ends) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: no end offsets after {max_idle}s (known {ends})")
+            consumer.consume(10_000, timeout=0.2)
+            snapshot_ends(consumer, topic, partitions, ends)
+        return {"low": {p: low for p, (low, _) in marks.items()}, "high": ends}
+    finally:
+        consumer.close()
+
+
+def scan_topic(
     settings: Settings,
     topic: str,
+    visit: Callable[[int, int, bytes | None], None],
     *,
+    tail: int = 0,
     max_idle: float = 10.0,
     progress: Callable[[int, int | None], None] | None = None,
     progress_every_s: float = PROGRESS_EVERY_S,
-) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
-    """Everything in ``topic`` up to its end at the time reading starts.
+) -> dict[str, int]:
+    """Call ``visit(partition, offset, value)`` for each record of ``topic`` up to its end at
+    the time reading starts, in per-partition order, without keeping any of them.
+
+    With ``tail`` > 0 only the newest ``tail`` records (rounded up per partition) are read,
+    each partition giving its share by size (`tail_shares`).
 
     The end of each partition is the high watermark carried by fetch responses,
     not a ListOffsets answer: the embedded broker answers ListOffsets(latest)
@@ -196,28 +240,57 @@ def read_topic(
     and the number to read (``None`` until every partition's end is known).
 
     Returns:
-        ((partition, offset, value) in per-partition order, {partition: end offset}).
-        The end offsets are the exact log position the data reaches.
+        {partition: end offset}: the exact log position the records reach.
     """
     consumer = Consumer(consumer_config(settings))
     try:
         partitions = partitions_of(consumer, topic)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        out: list[tuple[int, int, bytes | None]] = []
-        position = {p: 0 for p in partitions}
         ends: dict[int, int] = {}
+        # The first offset to visit per partition; the ends are known before the window is cut.
+        first = dict.fromkeys(partitions, -1)
+        start = dict.fromkeys(partitions, OFFSET_BEGINNING)
+        if tail > 0:
+            marks = _learn_ends(settings, topic, partitions, max_idle)
+            ends = marks["high"]
+            for p, share in tail_shares(marks["low"], ends, tail).items():
+                first[p] = start[p] = max(marks["low"][p], ends[p] - share)
+        consumer.assign([TopicPartition(topic, p, start[p]) for p in partitions])
+        position = {p: max(0, start[p]) for p in partitions}
+        # Records of a partition whose end no fetch response has reported yet wait here (one
+        # fetch at most), so a record written after the start is never visited.
+        pending: dict[int, list[tuple[int, bytes | None]]] = {}
+        read = 0
         last_progress = time.monotonic()
         next_report = last_progress + progress_every_s
+
+        def wanted(part: int, off: int) -> bool:
+            return first[part] <= off < ends[part]
+
+        def flush(part: int) -> None:
+            nonlocal read
+            for off, value in pending.pop(part, []):
+                if wanted(part, off):
+                    read += 1
+                    visit(part, off, value)
+
         while True:
             snapshot_ends(consumer, topic, partitions, ends)  # later writes are not read
+            for ready in [p for p in pending if p in ends]:
+                flush(ready)
             if progress is not None and time.monotonic() >= next_report:
-                progress(len(out), sum(ends.values()) if len(ends) == len(partitions) else None)
+                total = (
+                    sum(ends.values()) - sum(max(0, s) for s in start.values())
+                    if len(ends) == len(partitions)
+                    else None
+                )
+                progress(read, total)
                 next_report = time.monotonic() + progress_every_s
             if len(ends) == len(partitions) and all(position[p] >= ends[p] for p in partitions):
                 break
             batch = consumer.consume(10_000, timeout=0.2)
             if batch:
                 last_progress = time.monotonic()
+                snapshot_ends(consumer, topic, partitions, ends)
             elif time.monotonic() - last_progress > max_idle:
                 raise TimeoutError(f"reading {topic}: no progress for {max_idle}s (positions {position}, ends {ends})")
             for msg in batch:
@@ -229,12 +302,40 @@ def read_topic(
                 if part is None or off is None:  # only error events lack a position
                     continue
                 position[part] = off + 1
-                if part not in ends or off < ends[part]:
-                    out.append((part, off, msg.value()))
-        out = [m for m in out if m[1] < ends[m[0]]]
-        return out, {str(p): end for p, end in sorted(ends.items())}
+                if part not in ends:
+                    pending.setdefault(part, []).append((off, msg.value()))
+                elif wanted(part, off):
+                    read += 1
+                    visit(part, off, msg.value())
+        return {str(p): end for p, end in sorted(ends.items())}
     finally:
         consumer.close()
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    max_idle: float = 10.0,
+    progress: Callable[[int, int | None], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
+) -> tuple[list[tuple[int, int, bytes | None]], dict[str, int]]:
+    """Everything in ``topic`` up to its end at the time reading starts (`scan_topic`, kept).
+
+    Returns:
+        ((partition, offset, value) in per-partition order, {partition: end offset}).
+        The end offsets are the exact log position the data reaches.
+    """
+    out: list[tuple[int, int, bytes | None]] = []
+    ends = scan_topic(
+        settings,
+        topic,
+        lambda part, off, value: out.append((part, off, value)),
+        max_idle=max_idle,
+        progress=progress,
+        progress_every_s=progress_every_s,
+    )
+    return out, ends
 
 
 class ResultCollector:

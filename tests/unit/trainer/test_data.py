@@ -1,9 +1,13 @@
+import time
+
 import numpy as np
 
 from streams.settings import DEFAULT_EVENT_WEIGHTS
 from trainer.data import (
+    EventColumns,
     build_interactions,
     last_positive_history,
+    sample_unseen,
     split_validation,
     training_examples,
 )
@@ -69,3 +73,48 @@ def test_validation_carves_each_eligible_users_last_positive() -> None:
     assert len(negs) == 10 and len(set(negs.tolist())) == 10
     assert not set(negs.tolist()) & {d.item_index[str(x)] for x in range(1, 6)}
     assert v not in val.users.tolist()
+
+
+def test_columns_build_the_same_interactions_as_dicts() -> None:
+    columns = EventColumns()
+    for e in EVENTS:
+        if isinstance(e.get("ts"), (int, float)) and e["event_type"] in DEFAULT_EVENT_WEIGHTS:
+            columns.append(str(e["user_id"]), str(e["item_id"]), e["event_type"], e["ts"], partition=0, offset=7)
+    a, b = build_interactions(EVENTS, DEFAULT_EVENT_WEIGHTS), build_interactions(columns, DEFAULT_EVENT_WEIGHTS)
+    assert (a.user_ids, a.item_ids, a.sequences, a.n_events) == (b.user_ids, b.item_ids, b.sequences, b.n_events)
+    assert next(iter(columns)) == {"user_id": "b", "item_id": "30", "event_type": "click", "ts": 5.0}
+    assert columns.take(np.array([2, 0])).user.tolist() == [columns.user[2], columns.user[0]]
+
+
+def test_sampled_negatives_are_distinct_unseen_and_cover_the_catalogue() -> None:
+    rng = np.random.default_rng(0)
+    seen = np.arange(1, 501)
+    drawn = np.concatenate([sample_unseen(rng, 1000, seen, 99) for _ in range(200)])
+    assert drawn.size == 200 * 99 and drawn.min() > 500 and drawn.max() <= 1000
+    assert np.unique(sample_unseen(rng, 1000, seen, 99)).size == 99
+    # Uniform over the unseen items: every one drawn, none far more often than the others.
+    counts = np.bincount(drawn, minlength=1001)[501:]
+    assert counts.min() > 0 and counts.max() < 3 * counts.mean()
+    # Fewer unseen items than asked for: all of them.
+    assert sorted(sample_unseen(rng, 10, np.arange(1, 8), 99).tolist()) == [8, 9, 10]
+    assert sample_unseen(rng, 10, np.arange(1, 11), 99).size == 0
+
+
+def test_validation_cost_does_not_grow_with_the_catalogue() -> None:
+    """A listing of every unseen item per user cost users x items: 15 s here on 2 vCPUs."""
+    events = [ev(f"u{u}", f"i{u * 7 + k}", "click", k) for u in range(500) for k in range(4)]
+    d = build_interactions(events, DEFAULT_EVENT_WEIGHTS)
+    d.item_ids.extend(f"j{k}" for k in range(2_000_000))  # a catalogue of 2M items
+    started = time.perf_counter()
+    _, val = split_validation(d, 3, n_negatives=99, min_positives=3, seed=0)
+    assert len(val) == 500 and val.valid.all()
+    assert time.perf_counter() - started < 3.0
+
+
+def test_validation_users_are_capped_and_the_others_keep_their_events() -> None:
+    events = [ev(f"u{u}", f"i{k}", "click", k) for u in range(50) for k in range(5)]
+    d = build_interactions(events, DEFAULT_EVENT_WEIGHTS)
+    train, val = split_validation(d, 3, n_negatives=5, min_positives=3, max_users=10, seed=0)
+    assert len(val) == 10
+    carved = set(val.users.tolist())
+    assert all(len(train[r]) == (4 if r in carved else 5) for r in range(1, d.n_users + 1))

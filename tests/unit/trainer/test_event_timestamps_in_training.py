@@ -41,13 +41,14 @@ def test_events_from_a_topic_with_bad_timestamps_are_skipped(monkeypatch) -> Non
         orjson.dumps({"user_id": "u", "item_id": "a", "event_type": "click", "ts": ts})
         for ts in (now - 60, now * 1000, now + 86400, now)
     ]
-    monkeypatch.setattr(
-        event_log,
-        "read_topic",
-        lambda settings, topic, progress=None: ([(0, n, v) for n, v in enumerate(values)], {"0": 4}),
-    )
+    def scan(settings, topic, keep, tail=0, progress=None):  # type: ignore[no-untyped-def]
+        for n, value in enumerate(values):
+            keep(0, n, value)
+        return {"0": 4}
+
+    monkeypatch.setattr(event_log, "scan_topic", scan)
     settings = dataclasses.replace(Settings.load(env={}), max_clock_skew_s=300.0)
-    records, _, invalid = event_log.log_from_topic(settings, "user-events")
-    assert [offset for _, offset, _ in records] == [0, 3] and invalid == 2
+    events, _, invalid = event_log.log_from_topic(settings, "user-events")
+    assert events.offset.tolist() == [0, 3] and invalid == 2
     _, trained_through = event_log.events_from_topic(settings, "user-events")
     assert trained_through["max_ts"] == now

@@ -10,6 +10,7 @@ import pytest
 from streams.settings import Settings
 from tests.unit.trainer.test_trainer_metrics import values
 from trainer import service
+from trainer.data import EventColumns
 from trainer.service import RunResult, run_and_record, run_forever
 from trainer.service_metrics import TrainerMetrics
 
@@ -111,9 +112,11 @@ def gated_run(monkeypatch: pytest.MonkeyPatch, trained_world: Any, root: Any, *,
     import json
     import shutil
 
-    train = [(0, n, e) for n, e in enumerate(trained_world.events[:900])]
-    firsts = [(0, 900 + n, {**trained_world.events[n], "user_id": f"newcomer-{n}"}) for n in range(100)]
-    monkeypatch.setattr(service, "log_from_topic", lambda settings, topic: ([*train, *firsts], {"0": 1000}, 0))
+    log = EventColumns()
+    newcomers = [{**trained_world.events[n], "user_id": f"newcomer-{n}"} for n in range(100)]
+    for offset, e in enumerate([*trained_world.events[:900], *newcomers]):
+        log.append(e["user_id"], e["item_id"], e["event_type"], e["ts"], e.get("value"), 0, offset)
+    monkeypatch.setattr(service, "log_from_topic", lambda settings, topic, window=0: (log, {"0": 1000}, 0))
     monkeypatch.setattr(service, "items_from_topic", lambda settings: [])
     if serving:
         shutil.copytree(trained_world.model_dir, root / "serving")

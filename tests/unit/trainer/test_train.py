@@ -10,6 +10,7 @@ from streams.core.offline import score_offline
 from streams.devtools.synthetic import World, generate_events, make_world
 from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from tests.conftest import online_update
+from trainer.data import build_interactions
 from trainer.train import train_model, train_to_artifact
 
 
@@ -187,3 +188,46 @@ def test_validation_metric_ranks_and_ties() -> None:
     # Ranks 1, 3 and 2 (a tie counts against the held-out item).
     assert m["hr@2"] == pytest.approx(2 / 3)
     assert m["ndcg@2"] == pytest.approx((1 + 1 / np.log2(3)) / 3)
+
+
+def test_a_warm_start_begins_from_the_serving_models_rows(artifact: Path, world: World) -> None:
+    serving = load_artifact(artifact)
+    newcomer = [{"user_id": "new-user", "item_id": "new-item", "event_type": "click", "ts": 1.75e9}]
+    events = generate_events(world, 100, seed=9) + newcomer
+    # No epoch: the model is exactly its starting point.
+    model, info = train_model(events, seed=1, max_epochs=0, warm_from=serving, log=lambda line: None)
+    data = build_interactions(events, DEFAULT_EVENT_WEIGHTS)
+    old = dict(serving.model.named_parameters())
+    for user, row in data.user_index.items():
+        if user in serving.user_index:
+            assert torch.equal(model.user_emb.weight[row], old["user_emb.weight"][serving.user_index[user]])
+    for item, row in data.item_index.items():
+        if item in serving.item_index:
+            assert torch.equal(model.item_emb.weight[row], old["item_emb.weight"][serving.item_index[item]])
+    assert torch.equal(model.hist_proj.weight, old["hist_proj.weight"])
+    # Unknown to the serving model: a fresh row, not a copy.
+    new_row = data.item_index["new-item"]
+    assert not any(torch.equal(model.item_emb.weight[new_row], r) for r in old["item_emb.weight"])
+    assert info["training"]["warm_start"] == {
+        "from": serving.version,
+        "users": sum(u in serving.user_index for u in data.user_ids[1:]),
+        "items": sum(i in serving.item_index for i in data.item_ids[1:]),
+        "tensors": len(old),
+    }
+
+
+def test_warm_started_training_converges_on_planted_data(artifact: Path, world: World) -> None:
+    serving = load_artifact(artifact)
+    events = generate_events(world, 400, seed=10)
+    _, cold_info = train_model(events, seed=2, log=lambda line: None)
+    _, warm_info = train_model(events, seed=2, warm_from=serving, log=lambda line: None)
+    assert warm_info["metrics"]["ndcg@10"] >= cold_info["metrics"]["ndcg@10"] - 0.02
+    assert warm_info["metrics"]["ndcg@10"] > 0.5
+    # It starts near the end: early stopping needs fewer epochs.
+    assert warm_info["training"]["epochs"] <= cold_info["training"]["epochs"]
+
+
+def test_no_warm_start_from_a_model_without_common_items(artifact: Path) -> None:
+    events = [{"user_id": f"x{k}", "item_id": f"other{k % 5}", "event_type": "click", "ts": k} for k in range(30)]
+    _, info = train_model(events, seed=0, max_epochs=1, warm_from=load_artifact(artifact), log=lambda line: None)
+    assert "warm_start" not in info["training"]
