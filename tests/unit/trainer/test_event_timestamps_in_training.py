@@ -41,6 +41,7 @@ def test_events_from_a_topic_with_bad_timestamps_are_skipped(monkeypatch) -> Non
         orjson.dumps({"user_id": "u", "item_id": "a", "event_type": "click", "ts": ts})
         for ts in (now - 60, now * 1000, now + 86400, now)
     ]
+
     def scan(settings, topic, keep, tail=0, progress=None):  # type: ignore[no-untyped-def]
         for n, value in enumerate(values):
             keep(0, n, value)
