@@ -59,7 +59,12 @@ def create_topics(
     # Model announcements need one total order that every worker reads whole.
     partitions = {settings.model_updates_topic: 1}
     # Item metadata keeps the latest record per item.
-    configs = {settings.items_topic: {"cleanup.policy": "compact"}}
+    configs = {
+        settings.items_topic: {"cleanup.policy": "compact"},
+        # The broker must take the largest result the worker may send (Kafka's default limit is
+        # about 1 MB), or an accepted request near max_message_bytes would go unanswered.
+        settings.results_topic: {"max.message.bytes": str(settings.largest_result_bytes())},
+    }
     futures = admin.create_topics(
         [
             NewTopic(n, partitions.get(n, settings.partitions), settings.replication_factor, config=configs.get(n, {}))

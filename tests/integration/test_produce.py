@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streams.core.jsonl import write_jsonl
 from streams.kafka.clients import consumer_config
+from streams.kafka.topics import create_topics
 from streams.settings import Settings
 from tests.conftest import isolated_settings, run_cli, wait_until
 
@@ -81,3 +82,13 @@ def test_an_unknown_topic_is_refused_unless_created_on_purpose(broker, tmp_path:
     done = run_cli(settings, "produce", "--topic", typo, "--file", str(tmp_path / "events.jsonl"))
     assert done.returncode == 0, done.stderr
     assert [key for key, _ in keyed_messages(settings, typo, 2)] == [b"u1", b"u1"]
+
+
+def test_the_results_topic_takes_the_largest_result_the_worker_may_send(broker) -> None:  # type: ignore[no-untyped-def]
+    settings = isolated_settings(broker)
+    create_topics(settings)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, settings.results_topic)
+    config = admin.describe_configs([resource])[resource].result(timeout=10)
+    # Kafka's default (1,048,588 bytes) is below a result of a request at max_message_bytes.
+    assert int(config["max.message.bytes"].value) == settings.largest_result_bytes() > 1_048_588

@@ -235,6 +235,13 @@ def test_the_topics_step_creates_every_topic_the_services_use(services: dict[str
     assert used <= set(created), used - set(created)
     assert created[DEFAULTS.items_topic].split() == ['"$PARTITIONS"', "--config", "cleanup.policy=compact"]
     assert created[DEFAULTS.model_updates_topic] == "1"
+    # The broker takes the largest result the worker's settings allow (Kafka's default is ~1 MB).
+    worker_settings = Settings.load(env=environment(services["worker"]))
+    assert created[DEFAULTS.results_topic].split() == [
+        '"$PARTITIONS"',
+        "--config",
+        f"max.message.bytes={worker_settings.largest_result_bytes()}",
+    ]
 
 
 def test_the_image_is_defined_once(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
