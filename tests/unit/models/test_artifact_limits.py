@@ -49,10 +49,8 @@ def test_a_small_manifest_asking_for_a_huge_model_is_refused_before_allocating(
     for dim in (8192, 262_144):
         edit_manifest(out, dim=dim)
         built_on.clear()
-        started = time.perf_counter()
         with pytest.raises(ValueError, match="has shape"):
             load_artifact(out)
-        assert time.perf_counter() - started < 5
         assert built_on == []  # sized from the manifest alone: nothing was allocated
 
 

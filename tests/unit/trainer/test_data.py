@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 
 from streams.settings import DEFAULT_EVENT_WEIGHTS
@@ -100,15 +98,21 @@ def test_sampled_negatives_are_distinct_unseen_and_cover_the_catalogue() -> None
     assert sample_unseen(rng, 10, np.arange(1, 11), 99).size == 0
 
 
+class HugeCatalogue(list):  # type: ignore[type-arg]
+    """Item ids whose length says 10^12 items: anything that lists every item cannot allocate it."""
+
+    def __len__(self) -> int:
+        return 10**12 + 1
+
+
 def test_validation_cost_does_not_grow_with_the_catalogue() -> None:
-    """A listing of every unseen item per user cost users x items: 15 s here on 2 vCPUs."""
+    """Listing every unseen item per user costs users x items (np.arange over the catalogue); with
+    10^12 items that cannot even be allocated, while sampling follows each user's history."""
     events = [ev(f"u{u}", f"i{u * 7 + k}", "click", k) for u in range(500) for k in range(4)]
     d = build_interactions(events, DEFAULT_EVENT_WEIGHTS)
-    d.item_ids.extend(f"j{k}" for k in range(2_000_000))  # a catalogue of 2M items
-    started = time.perf_counter()
+    d.item_ids = HugeCatalogue(d.item_ids)
     _, val = split_validation(d, 3, n_negatives=99, min_positives=3, seed=0)
     assert len(val) == 500 and val.valid.all()
-    assert time.perf_counter() - started < 3.0
 
 
 def test_validation_users_are_capped_and_the_others_keep_their_events() -> None:
