@@ -102,9 +102,23 @@ class Reranker(nn.Module):
         """
         raise NotImplementedError
 
-    def forward(self, user_vec: Tensor, history: Tensor, items: Tensor) -> Tensor:
-        """Score `items` [B, N] for users given by `user_vec` [B, D] and `history` [B, H]; returns [B, N]."""
+    def forward(self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None) -> Tensor:
+        """Score `items` [B, N] for users given by `user_vec` [B, D] and `history` [B, H]; returns [B, N].
+
+        `upstream` carries the candidates' upstream scores for kinds that take them as inputs;
+        this one does not.
+        """
         return self.score(self.user_repr(user_vec, history), items)
+
+    def score_parts(
+        self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The score of `forward` as named [B, N] components that sum to it (for explanations).
+
+        This default has one component, "model"; a kind whose score has separable parts (e.g. an
+        upstream term) overrides it.
+        """
+        return {"model": self.forward(user_vec, history, items, upstream)}
 
     def embed_users(self, users: Tensor) -> Tensor:
         """Differentiable lookup of free user vectors, for training: [B] int64 rows -> [B, D]."""

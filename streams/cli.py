@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", required=True, help="JSON-lines file of re-rank requests")
     p.add_argument("--out", required=True, help="results JSON-lines file to write")
     p.add_argument("--events", help="events that build user state before scoring")
+    p.add_argument("--items", help="JSON-lines item records, as on the items topic (diversity, max_per rules)")
     p.add_argument("--no-online-updates", action="store_true", help="score with the model frozen")
 
     p = command("evaluate", "compare results with random, popularity and upstream order")
@@ -570,7 +571,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     bundle = _load_model(lambda: load_artifact(args.model, max_bytes=settings.max_model_bytes))
     events = list(read_jsonl(args.events)) if args.events else []
     started = time.monotonic()
-    results = score_offline(bundle, settings, read_jsonl(args.requests), events)
+    items = list(read_jsonl(args.items)) if args.items else []
+    results = score_offline(bundle, settings, read_jsonl(args.requests), events, items)
     write_jsonl(args.out, results)
     print(f"scored {len(results)} requests offline in {time.monotonic() - started:.1f}s", flush=True)
     return 0

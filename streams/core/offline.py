@@ -14,14 +14,24 @@ import orjson
 
 from models import ModelBundle
 from streams.core.processing import DictStateStore, InMessage, Processor
+from streams.core.records import parse_item
 from streams.settings import Settings
 
 
 def score_offline(
-    bundle: ModelBundle, settings: Settings, requests: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]] = ()
+    bundle: ModelBundle,
+    settings: Settings,
+    requests: Iterable[dict[str, Any]],
+    events: Iterable[dict[str, Any]] = (),
+    items: Iterable[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """Results (dicts of the results contract) for ``requests``, in request order."""
-    processor = Processor(bundle, settings, DictStateStore())
+    """Results (dicts of the results contract) for ``requests``, in request order.
+
+    Args:
+        items: item records, as the worker reads them from the items topic (the diversity stage
+            and the ``max_per`` rule use them; a model trained with item features gets them too).
+    """
+    processor = Processor(bundle, settings, DictStateStore(), items=item_catalog(bundle, items))
     event_messages = [InMessage(settings.events_topic, None, None, None, None, orjson.dumps(e)) for e in events]
     processor.process(event_messages)
     request_list = list(requests)
@@ -36,6 +46,18 @@ def score_offline(
             if out.topic == settings.results_topic:
                 results.append(orjson.loads(out.value))
     return results
+
+
+def item_catalog(bundle: ModelBundle, records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Item records by id, registered with the model as the worker's catalogue does."""
+    catalog: dict[str, dict[str, Any]] = {}
+    for raw in records:
+        record = parse_item(orjson.dumps(raw))
+        if record is not None:
+            catalog[record["item_id"]] = record
+    if catalog:
+        bundle.register_items(list(catalog.values()))
+    return catalog
 
 
 def score_stream_offline(

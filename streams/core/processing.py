@@ -9,19 +9,23 @@ offline results comparable.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
 from models import ModelBundle
+from streams.core.diversity import similarity_of
+from streams.core.explain import explain_request, state_summary
 from streams.core.records import (
     ContractError,
+    DiversitySpec,
     ParsedRequest,
     UserEvent,
     encode_error_result,
@@ -29,6 +33,7 @@ from streams.core.records import (
     parse_event,
     parse_request,
 )
+from streams.core.rules import Arrangement
 from streams.core.scoring import ScoringInput, rerank_batch
 from streams.core.state import (
     Interaction,
@@ -162,11 +167,18 @@ class Processor:
         store: StateStore,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        items: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
         self.store = store
         self.metrics = metrics or WorkerMetrics()
+        # Item records by id (the items topic): the worker's catalogue fills this same dict.
+        self.items: dict[str, dict[str, Any]] = {} if items is None else items
+        self.default_diversity = (
+            DiversitySpec(settings.diversity_method, settings.diversity_weight) if settings.diversity_method else None
+        )
+        self.diversity_fields = [f.strip() for f in settings.diversity_fields.split(",") if f.strip()]
         # Event types are settings: their counters can only start at 0 once these are known.
         self.metrics.add_event_types(settings.event_weights)
         self.clock = clock
@@ -430,6 +442,22 @@ class Processor:
             )
         return state
 
+    def _arrangement(self, request: ParsedRequest) -> Arrangement | None:
+        """The stages after scoring of a request (None when it has no rules and no diversity)."""
+        diversity = request.diversity or self.default_diversity
+        if diversity is not None:
+            weight = self.settings.diversity_weight if diversity.weight is None else diversity.weight
+            diversity = dataclasses.replace(diversity, weight=weight) if weight > 0 else None
+        if request.rules is None and diversity is None:
+            return None
+        similarity = None
+        if diversity is not None:
+            kind = diversity.similarity or self.settings.diversity_similarity
+            similarity = similarity_of(kind, self.bundle, self.items, self.diversity_fields, request.item_ids)
+        return Arrangement(
+            k=request.k, rules=request.rules, diversity=diversity, similarity=similarity, items=self.items
+        )
+
     def _answer(self, pending: list[tuple[ParsedRequest, InMessage]], outputs: list[OutMessage]) -> None:
         if not pending:
             return
@@ -437,8 +465,10 @@ class Processor:
         started = time.perf_counter()
         try:
             inputs = []
+            states = []
             for request, message in pending:
                 state = self.state_of(request.user_id, message)
+                states.append(state)
                 inputs.append(
                     ScoringInput(
                         user_vector=state.vector,
@@ -446,6 +476,7 @@ class Processor:
                         candidates=request.item_ids,
                         upstream=np.array(request.scores, dtype=np.float64),
                         k=request.k,
+                        arrange=self._arrangement(request),
                     )
                 )
             ranked = rerank_batch(self.bundle, inputs)
@@ -468,13 +499,42 @@ class Processor:
         metrics.score_duration.observe(time.perf_counter() - started)
         metrics.batch_size.observe(len(pending))
         now = self.clock()
-        for (request, message), items in zip(pending, ranked):
+        for (request, message), items, scored, state in zip(pending, ranked, inputs, states):
+            explains, summary = None, None
+            if request.explain:
+                try:
+                    position = {item: i for i, item in enumerate(request.item_ids)}
+                    returned = [position[item] for item, _ in items]
+                    explains = explain_request(self.bundle, scored, returned, [score for _, score in items])
+                    summary = state_summary(state)
+                except Exception as exc:  # one request's explanation must not fail the others
+                    log.exception("explaining request %s failed", request.request_id)
+                    metrics.requests.labels("internal_error").inc()
+                    metrics.dead_letters.labels("internal_error").inc()
+                    outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
+                    outputs.append(
+                        self.error_result(
+                            request.request_id,
+                            request.user_id,
+                            request.user_id.encode(),
+                            "internal_error",
+                            "the worker failed to explain this request",
+                        )
+                    )
+                    continue
             outputs.append(
                 OutMessage(
                     self.settings.results_topic,
                     request.user_id.encode(),
                     encode_result(
-                        request.request_id, request.user_id, items, self.bundle.name, self.bundle.version, now
+                        request.request_id,
+                        request.user_id,
+                        items,
+                        self.bundle.name,
+                        self.bundle.version,
+                        now,
+                        explains,
+                        summary,
                     ),
                     request.request_id,
                     request.user_id,

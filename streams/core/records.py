@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, overload
 
 import orjson
 
+from streams.settings import DIVERSITY_METHODS, DIVERSITY_SIMILARITIES
+
 __all__ = [
     "ContractError",
+    "DiversitySpec",
     "ParsedRequest",
+    "RankingRules",
     "UserEvent",
     "check_event_ts",
     "encode_error_result",
@@ -46,7 +50,14 @@ class UserEvent:
 # reads 0 rather than "no data" before the first bad message. tests/unit/streams/test_metrics.py
 # checks that every code raised in this module is listed.
 COMMON_ERROR_CODES = ("empty", "too_large", "invalid_json", "invalid_type", "missing_field", "invalid_field")
-REQUEST_ERROR_CODES = (*COMMON_ERROR_CODES, "no_candidates", "too_many_candidates", "duplicate_candidates")
+REQUEST_ERROR_CODES = (
+    *COMMON_ERROR_CODES,
+    "no_candidates",
+    "too_many_candidates",
+    "duplicate_candidates",
+    "invalid_rules",
+    "invalid_diversity",
+)
 EVENT_ERROR_CODES = (*COMMON_ERROR_CODES, "unknown_event_type", "bad_timestamp")
 
 # No event time in seconds reaches this before the year 5138, while every millisecond time since
@@ -202,6 +213,150 @@ def recover_request_id(raw: bytes | str | None) -> tuple[str | None, str | None]
     return out[0], out[1]
 
 
+RULE_KEYS = ("exclude", "pin", "boost", "max_per")
+
+
+@dataclass(slots=True, frozen=True)
+class DiversitySpec:
+    """How to diversify a request's list (streams/core/diversity.py).
+
+    Attributes:
+        method: "mmr" (maximal marginal relevance) or "dpp" (greedy DPP MAP).
+        weight: 0 = relevance only (the stage is off), 1 = diversity only; None for the
+            ``diversity_weight`` setting.
+        similarity: "features" (item records' attributes), "embedding" (the model's item
+            vectors), or None for the ``diversity_similarity`` setting.
+    """
+
+    method: str
+    weight: float | None = None
+    similarity: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RankingRules:
+    """Business rules of a request, validated against its candidates (streams/core/rules.py).
+
+    Attributes:
+        exclude: item ids that must not be returned (ids that are not candidates are ignored).
+        pin: candidate id -> the 1-based rank it must have in the result.
+        boost: item id -> factor > 0 by which its exp(score) is multiplied (score + ln factor).
+        max_per: item attribute -> most items returned that share any one of its values.
+    """
+
+    exclude: frozenset[str] = frozenset()
+    pin: Mapping[str, int] = field(default_factory=dict)
+    boost: Mapping[str, float] = field(default_factory=dict)
+    max_per: Mapping[str, int] = field(default_factory=dict)
+
+
+def _rule_id(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not 0 < len(str(value)) <= 256:
+        raise ContractError("invalid_rules", f"{what}: {value!r} is not an item id (string or integer, 1-256 chars)")
+    return str(value)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def parse_rules(obj: Any, item_ids: list[str], k: int | None) -> RankingRules | None:
+    """Validate the ``rules`` field of a request against its candidates and ``k``.
+
+    Raises:
+        ContractError: ``invalid_rules``: an unknown key, a wrong type, a pinned item that is not
+            a candidate or is excluded, two items pinned to one rank, a rank beyond ``k`` or
+            beyond the candidates left after the exclusions, a factor that is not > 0, a
+            ``max_per`` limit that is not a positive integer.
+    """
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise ContractError("invalid_rules", "field 'rules' must be an object")
+    unknown = sorted(set(obj) - set(RULE_KEYS))
+    if unknown:
+        raise ContractError("invalid_rules", f"rules: unknown keys {unknown}; known: {list(RULE_KEYS)}")
+    exclude_raw = obj.get("exclude", [])
+    if not isinstance(exclude_raw, list):
+        raise ContractError("invalid_rules", "rules.exclude must be a list of item ids")
+    exclude = frozenset(_rule_id(x, "rules.exclude") for x in exclude_raw)
+    candidates = set(item_ids)
+    pin_raw = obj.get("pin", {})
+    if not isinstance(pin_raw, dict):
+        raise ContractError("invalid_rules", "rules.pin must be an object {item_id: rank}")
+    left = len(candidates - exclude)
+    pin: dict[str, int] = {}
+    ranks: dict[int, str] = {}
+    for item, rank in pin_raw.items():
+        if not _positive_int(rank):
+            raise ContractError("invalid_rules", f"rules.pin[{item!r}]: rank must be an integer >= 1, got {rank!r}")
+        if item not in candidates:
+            raise ContractError("invalid_rules", f"rules.pin: {item!r} is not a candidate")
+        if item in exclude:
+            raise ContractError("invalid_rules", f"rules.pin: {item!r} is also excluded")
+        if rank in ranks:
+            raise ContractError(
+                "invalid_rules", f"rules.pin: {ranks[rank]!r} and {item!r} are both pinned to rank {rank}"
+            )
+        if k is not None and rank > k:
+            raise ContractError("invalid_rules", f"rules.pin[{item!r}]: rank {rank} is beyond k = {k}")
+        if rank > left:
+            raise ContractError(
+                "invalid_rules", f"rules.pin[{item!r}]: rank {rank} is beyond the {left} candidates not excluded"
+            )
+        ranks[rank] = item
+        pin[item] = rank
+    boost_raw = obj.get("boost", {})
+    if not isinstance(boost_raw, dict):
+        raise ContractError("invalid_rules", "rules.boost must be an object {item_id: factor}")
+    boost: dict[str, float] = {}
+    for item, factor in boost_raw.items():
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise ContractError(
+                "invalid_rules", f"rules.boost[{item!r}]: factor must be a finite number > 0, got {factor!r}"
+            )
+        boost[item] = float(factor)
+    max_per_raw = obj.get("max_per", {})
+    if not isinstance(max_per_raw, dict):
+        raise ContractError("invalid_rules", "rules.max_per must be an object {attribute: n}")
+    max_per: dict[str, int] = {}
+    for attribute, n in max_per_raw.items():
+        if not attribute or attribute == "item_id":
+            raise ContractError("invalid_rules", f"rules.max_per: {attribute!r} is not an item attribute")
+        if not _positive_int(n):
+            raise ContractError("invalid_rules", f"rules.max_per[{attribute!r}] must be an integer >= 1, got {n!r}")
+        max_per[attribute] = n
+    return RankingRules(exclude=exclude, pin=pin, boost=boost, max_per=max_per)
+
+
+def parse_diversity(obj: Any) -> DiversitySpec | None:
+    """Validate the ``diversity`` field of a request; None when absent (the settings decide).
+
+    Raises:
+        ContractError: ``invalid_diversity``: not an object, an unknown key or method, a weight
+            outside 0..1, an unknown similarity.
+    """
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise ContractError("invalid_diversity", "field 'diversity' must be an object {method, weight}")
+    unknown = sorted(set(obj) - {"method", "weight", "similarity"})
+    if unknown:
+        raise ContractError("invalid_diversity", f"diversity: unknown keys {unknown}")
+    method = obj.get("method")
+    if method not in DIVERSITY_METHODS:
+        raise ContractError("invalid_diversity", f"diversity.method must be one of {list(DIVERSITY_METHODS)}")
+    weight = obj.get("weight")
+    if weight is not None and (
+        isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0
+    ):
+        raise ContractError("invalid_diversity", f"diversity.weight must be a number in 0..1, got {weight!r}")
+    similarity = obj.get("similarity")
+    if similarity is not None and similarity not in DIVERSITY_SIMILARITIES:
+        raise ContractError("invalid_diversity", f"diversity.similarity must be one of {list(DIVERSITY_SIMILARITIES)}")
+    return DiversitySpec(method=method, weight=None if weight is None else float(weight), similarity=similarity)
+
+
 class ParsedCandidate(NamedTuple):
     item_id: str
     score: float | None
@@ -226,6 +381,9 @@ class ParsedRequest:
     k: int | None = None
     ts: float | None = None
     context: dict | None = None
+    diversity: DiversitySpec | None = None
+    rules: RankingRules | None = None
+    explain: bool = False
 
     @property
     def candidates(self) -> list[ParsedCandidate]:
@@ -281,29 +439,58 @@ def parse_request(raw: bytes | str | None, *, max_candidates: int, max_bytes: in
         if context is not None and not isinstance(context, dict):
             raise ContractError("invalid_field", "field 'context' must be an object")
         ts = _number(obj, "ts", required=False)
+        diversity = parse_diversity(obj.get("diversity"))
+        rules = parse_rules(obj.get("rules"), item_ids, k)
+        explain = obj.get("explain", False)
+        if not isinstance(explain, bool):
+            raise ContractError("invalid_field", "field 'explain' must be true or false")
     except ContractError as exc:
         exc.request_id, exc.user_id = recover_request_id(raw)
         raise
     return ParsedRequest(
-        request_id=request_id, user_id=user_id, item_ids=item_ids, scores=scores, k=k, ts=ts, context=context
+        request_id=request_id,
+        user_id=user_id,
+        item_ids=item_ids,
+        scores=scores,
+        k=k,
+        ts=ts,
+        context=context,
+        diversity=diversity,
+        rules=rules,
+        explain=explain,
     )
 
 
 def encode_result(
-    request_id: str, user_id: str, ranked: list[tuple[str, float]], model_name: str, model_version: str, ts: float
+    request_id: str,
+    user_id: str,
+    ranked: list[tuple[str, float]],
+    model_name: str,
+    model_version: str,
+    ts: float,
+    explains: list[dict[str, Any]] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> bytes:
-    """JSON of a successful result; ``ranked`` is best first."""
-    return orjson.dumps(
-        {
-            "request_id": request_id,
-            "user_id": user_id,
-            "items": [
-                {"item_id": item, "score": score, "rank": rank} for rank, (item, score) in enumerate(ranked, start=1)
-            ],
-            "model": {"name": model_name, "version": model_version},
-            "ts": ts,
-        }
-    )
+    """JSON of a successful result; ``ranked`` is best first.
+
+    Args:
+        explains: for an ``explain`` request, one object per ranked item (its "explain" field).
+        state: for an ``explain`` request, the user-state summary (the result's "state" field).
+    """
+    items = [{"item_id": item, "score": score, "rank": rank} for rank, (item, score) in enumerate(ranked, start=1)]
+    if explains is not None:
+        for entry, explain in zip(items, explains):
+            entry["explain"] = explain
+    result: dict[str, Any] = {
+        "request_id": request_id,
+        "user_id": user_id,
+        "items": items,
+        "model": {"name": model_name, "version": model_version},
+        "ts": ts,
+    }
+    if state is not None:
+        result["state"] = state
+    return orjson.dumps(result)
 
 
 def encode_error_result(

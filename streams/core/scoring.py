@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,9 @@ class ScoringInput:
         candidates: candidate item ids in request order.
         upstream: upstream retrieval scores (NaN where absent), same order; only break ties.
         k: how many to return; ``None`` returns all.
+        arrange: the stages after scoring (``streams.core.rules.Arrangement``): (order by model
+            score, scores, candidates) -> the indexes to return, cut to k; None = the model's
+            order cut to k.
     """
 
     user_vector: np.ndarray
@@ -37,6 +40,7 @@ class ScoringInput:
     candidates: list[str]
     upstream: np.ndarray
     k: int | None
+    arrange: Callable[[np.ndarray, np.ndarray, Sequence[str]], np.ndarray] | None = None
 
 
 def size_groups(
@@ -113,7 +117,9 @@ def rerank_batch(
         upstream = np.where(np.isnan(upstream), -np.inf, upstream)
         # lexsort sorts by the last key first.
         order = np.lexsort((np.arange(n), -upstream, -model_scores))
-        if request.k is not None:
+        if request.arrange is not None:
+            order = request.arrange(order, model_scores, request.candidates)
+        elif request.k is not None:
             order = order[: request.k]
         # tolist() converts in one call; indexing numpy scalars one by one costs ~1 us each.
         candidates = request.candidates

@@ -26,7 +26,8 @@ class ItemCatalog:
     def __init__(self, settings: Settings, processor: Processor) -> None:
         self.settings = settings
         self.processor = processor
-        self.items: dict[str, dict[str, Any]] = {}
+        # The Processor's own dict: the diversity stage and the max_per rule read the records.
+        self.items: dict[str, dict[str, Any]] = processor.items
         self.invalid = 0
 
     def apply(self, raws: list[bytes | None]) -> int:
