@@ -215,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="training events, for the popularity baseline (skipped without)")
     p.add_argument("-k", type=int, default=10, help="cut-off of HR and NDCG")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.add_argument(
+        "--diversity-curve",
+        metavar="OUT.svg",
+        help="also score the requests with --model at each --diversity-weights and chart NDCG@k against ild@k",
+    )
+    p.add_argument("--model", help="model artifact directory (for --diversity-curve)")
+    p.add_argument("--items", help="JSON-lines item records with genres (for --diversity-curve)")
+    p.add_argument("--diversity-method", default="mmr", choices=("mmr", "dpp"), help="method of the curve")
+    p.add_argument(
+        "--diversity-weights",
+        default="0,0.05,0.1,0.15,0.2,0.3,0.5,0.7,1",
+        help="comma-separated weights of the curve",
+    )
 
     p = command("loadgen", "demo-like traffic against a running stack")
     _common(p)
@@ -583,8 +596,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "INFO", stream=sys.stderr)
 
+    if args.diversity_curve and not (args.model and args.items):
+        raise CliError("evaluate: --diversity-curve needs --model and --items")
+    try:
+        weights = [float(w) for w in args.diversity_weights.split(",") if w.strip()]
+    except ValueError:
+        raise CliError(f"evaluate: --diversity-weights {args.diversity_weights!r} is not a list of numbers") from None
+    if not weights or not all(0.0 <= w <= 1.0 for w in weights):
+        raise CliError("evaluate: --diversity-weights must be numbers in 0..1")
     report = write_report(args.out, args.requests, args.truth, args.results, args.events, k=args.k, seed=args.seed)
     print(format_table(report), flush=True)
+    if args.diversity_curve:
+        import orjson
+
+        from models import load_artifact
+        from streams.settings import Settings
+        from trainer.diversity_curve import diversity_curve, format_curve, write_curve_svg
+
+        settings = Settings.load()
+        bundle = _load_model(lambda: load_artifact(args.model, max_bytes=settings.max_model_bytes))
+        truth = {str(t["request_id"]): str(t["item_id"]) for t in read_jsonl(args.truth)}
+        points = diversity_curve(
+            bundle,
+            settings,
+            list(read_jsonl(args.requests)),
+            truth,
+            list(read_jsonl(args.items)),
+            method=args.diversity_method,
+            weights=weights,
+            k=args.k,
+        )
+        title = f"{args.diversity_method}: NDCG@{args.k} vs ild@{args.k}, {len(truth)} requests"
+        write_curve_svg(points, args.diversity_curve, k=args.k, title=title)
+        report["diversity_curve"] = {
+            "method": args.diversity_method,
+            "chart": str(args.diversity_curve),
+            "points": points,
+        }
+        (Path(args.out) / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        print(format_curve(points, args.k), flush=True)
+        print(f"diversity curve written to {args.diversity_curve}", flush=True)
     print(f"report written to {Path(args.out) / 'report.json'}", flush=True)
     return 0
 
