@@ -50,16 +50,17 @@ def mmr_order(relevance: np.ndarray, similarity: np.ndarray, weight: float) -> I
     base = (1.0 - weight) * relevance.astype(np.float64)
     # Before the first pick nothing is near anything: the first pick is the most relevant item.
     closest = np.zeros(n)
+    blocked = np.zeros(n)  # -inf once picked
     objective = base.copy()
-    taken = np.zeros(n, dtype=bool)
     for _ in range(n):
         j = int(objective.argmax())
         yield j
-        taken[j] = True
+        blocked[j] = -np.inf
         if weight:
             np.maximum(closest, similarity[j], out=closest)
-            np.subtract(base, weight * closest, out=objective)
-            objective[taken] = -np.inf
+            np.multiply(closest, -weight, out=objective)
+            objective += base
+            objective += blocked
         else:
             objective[j] = -np.inf
 
@@ -92,20 +93,25 @@ def dpp_order(relevance: np.ndarray, similarity: np.ndarray, weight: float) -> I
     gain = ((1.0 - weight) / weight) * relevance.astype(np.float64)
     kernel = similarity.astype(np.float64, copy=False)
     d2 = np.diagonal(kernel).astype(np.float64) + DPP_JITTER
-    rows = np.zeros((n, n))
-    taken = np.zeros(n, dtype=bool)
+    # Row i holds item i's Cholesky coordinates along the picks so far.
+    coords = np.zeros((n, n))
+    blocked = np.zeros(n)  # -inf once picked
+    objective = np.empty(n)
     for t in range(n):
-        objective = gain + np.log(np.maximum(d2, 1e-300))
-        objective[taken] = -np.inf
+        np.maximum(d2, 1e-300, out=objective)
+        np.log(objective, out=objective)
+        objective += gain
+        objective += blocked
         j = int(objective.argmax())
         yield j
-        taken[j] = True
+        blocked[j] = -np.inf
         dj = math.sqrt(max(float(d2[j]), 0.0))
-        if dj <= 1e-12:
+        if dj <= 1e-12 or t == n - 1:
             continue
-        e = (kernel[j] - rows[:t].T @ rows[:t, j]) / dj
+        e = kernel[j] - coords[:, :t] @ coords[j, :t]
+        e /= dj
         e[j] = 0.0
-        rows[t] = e
+        coords[:, t] = e
         d2 -= e * e
 
 
@@ -117,19 +123,6 @@ def diversify(method: str, scores: np.ndarray, similarity: np.ndarray, weight: f
     return METHODS[method](normalised(scores), similarity, weight)
 
 
-def _values(record: Mapping[str, Any] | None, fields: Sequence[str]) -> set[Any]:
-    """The hashable values of ``fields`` in an item record (each element of a list-valued field)."""
-    out: set[Any] = set()
-    if record is None:
-        return out
-    for name in fields:
-        value = record.get(name)
-        for v in value if isinstance(value, list) else [value]:
-            if v is not None and isinstance(v, (str, int, float, bool)):
-                out.add((name, v))
-    return out
-
-
 def feature_similarity(
     item_ids: Sequence[str], items: Mapping[str, Mapping[str, Any]], fields: Sequence[str]
 ) -> np.ndarray:
@@ -137,16 +130,21 @@ def feature_similarity(
 
     An item without a record, or without a value in ``fields``, is similar to no other item.
     """
-    sets = [_values(items.get(i), fields) for i in item_ids]
     vocab: dict[Any, int] = {}
-    for s in sets:
-        for v in s:
-            vocab.setdefault(v, len(vocab))
-    n = len(item_ids)
-    hot = np.zeros((n, max(1, len(vocab))))
-    for row, s in enumerate(sets):
-        for v in s:
-            hot[row, vocab[v]] = 1.0
+    rows: list[int] = []
+    cols: list[int] = []
+    for row, item in enumerate(item_ids):
+        record = items.get(item)
+        if record is None:
+            continue
+        for name in fields:
+            value = record.get(name)
+            for v in value if isinstance(value, list) else (value,):
+                if v is not None and isinstance(v, (str, int, float, bool)):
+                    rows.append(row)
+                    cols.append(vocab.setdefault((name, v), len(vocab)))
+    hot = np.zeros((len(item_ids), max(1, len(vocab))))
+    hot[rows, cols] = 1.0
     inter = hot @ hot.T
     sizes = hot.sum(axis=1)
     union = sizes[:, None] + sizes[None, :] - inter
