@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ import pytest
 from streams.devtools.synthetic import World, generate_events, make_world
 from streams.kafka.clients import KafkaSender, ResultCollector, produce_records
 from streams.settings import Settings
-from tests.conftest import WorkerProcess, isolated_settings, start_worker, wait_until
+from tests.conftest import SCORE_ATOL, WorkerProcess, isolated_settings, start_worker, wait_until
 from tests.integration.test_end_to_end import ask
 from trainer.train import train_to_artifact
 
@@ -30,6 +31,8 @@ class Live:
     settings: Settings
     world: World
     worker: WorkerProcess
+    model: Path
+    items: list[dict[str, Any]]
     user: str
     candidates: list[dict[str, Any]]
     plain: list[str]  # the model's order of `candidates`, without any field
@@ -44,11 +47,8 @@ def live(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:  #
     settings = isolated_settings(broker)
     worker = start_worker(settings, model, workdir)
     try:
-        produce_records(
-            settings,
-            settings.items_topic,
-            [{"item_id": i, "genres": [world.cluster_name(c)]} for i, c in world.item_cluster.items()],
-        )
+        items = [{"item_id": i, "genres": [world.cluster_name(c)]} for i, c in world.item_cluster.items()]
+        produce_records(settings, settings.items_topic, items)
         user = next(u for u in world.users if sum(e["user_id"] == u for e in events) >= 10)
         candidates = [{"item_id": i, "score": round(1 - n / 100, 3)} for n, i in enumerate(world.items[:30])]
         got = ask(settings, [{"request_id": "plain", "user_id": user, "candidates": candidates}], 120)
@@ -69,7 +69,7 @@ def live(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:  #
             return len(ask(settings, [request], 60)[rid]["items"]) == 4  # one per cluster
 
         wait_until(catalogue_loaded, timeout=60, what="the worker's item catalogue")
-        yield Live(settings, world, worker, user, candidates, plain)
+        yield Live(settings, world, worker, Path(model), items, user, candidates, plain)
     finally:
         worker.stop()
 
@@ -164,3 +164,37 @@ def test_invalid_rules_get_an_error_result_and_a_dead_letter_and_the_worker_goes
     assert sorted(d["reason"] for d in letters) == ["invalid_rules"] * len(bad)
     assert {orjson.loads(d["raw"])["request_id"] for d in letters} == set(bad)
     assert live.worker.process.poll() is None
+
+
+def test_live_and_offline_scoring_agree_with_every_field(live: Live) -> None:
+    """`reranker score` (offline, the yardstick's path) gives the live worker's answers."""
+    from models import load_artifact
+    from streams.core.offline import score_offline
+
+    fields = {
+        "k": 8,
+        "rules": {"exclude": live.plain[:2], "pin": {live.plain[-1]: 3}, "boost": {live.plain[-3]: 50.0}},
+        "diversity": {"method": "dpp", "weight": 0.3},
+        "explain": True,
+    }
+    requests = [
+        {"request_id": "same-1", "user_id": live.user, "candidates": live.candidates, **fields},
+        {
+            "request_id": "same-2",
+            "user_id": live.user,
+            "candidates": live.candidates,
+            "rules": {"max_per": {"genres": 2}},
+            "diversity": {"method": "mmr", "weight": 0.5, "similarity": "embedding"},
+        },
+    ]
+    got = ask(live.settings, requests, 60)
+    offline = score_offline(load_artifact(live.model), live.settings, requests, (), live.items)
+    for expected in offline:
+        result = got[expected["request_id"]]
+        assert ids(result) == ids(expected), expected["request_id"]
+        for a, b in zip(result["items"], expected["items"]):
+            assert abs(a["score"] - b["score"]) <= SCORE_ATOL
+            if "explain" in b:
+                assert a["explain"]["because"] == b["explain"]["because"]
+                assert a["explain"]["parts"].keys() == b["explain"]["parts"].keys()
+        assert result.get("state") == expected.get("state")
