@@ -29,13 +29,17 @@ BECAUSE_ITEMS = 3
 PARTS_ATOL = 1e-4
 
 
-def _tensors(bundle: ModelBundle, request: ScoringInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # The same rows and vectors that `scoring._model_scores` gives the model for this request.
+def _tensors(
+    bundle: ModelBundle, request: ScoringInput
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """[1, D] user, [1, H] history, [1, N] item rows and the upstream input of one request: what
+    `scoring._model_scores` gives the model for it, so that the parts sum to the returned score
+    (no upstream input while the model's forward pass takes none)."""
     index = bundle.item_index
     items = torch.tensor([[index.get(c, 0) for c in request.candidates]], dtype=torch.int64)
     user = torch.from_numpy(np.asarray(request.user_vector, dtype=np.float32)[None])
     history = torch.from_numpy(np.asarray(request.history, dtype=np.int64)[None])
-    return user, history, items
+    return user, history, items, None
 
 
 def explain_request(
@@ -55,11 +59,12 @@ def explain_request(
         ids whose presence raised the score the most.
     """
     model = bundle.model
-    user, history, items = _tensors(bundle, request)
+    user, history, items, upstream_input = _tensors(bundle, request)
     cols = np.asarray(returned, dtype=np.int64)
     with torch.inference_mode():
         parts = {
-            name: part[0].numpy().astype(np.float64) for name, part in model.score_parts(user, history, items).items()
+            name: part[0].numpy().astype(np.float64)
+            for name, part in model.score_parts(user, history, items, upstream_input).items()
         }
         base = sum(parts.values())
         rows = np.unique(history[0].numpy())
@@ -68,7 +73,8 @@ def explain_request(
         if rows.size and cols.size:
             without = history.repeat(rows.size, 1)
             without[torch.from_numpy(rows)[:, None] == without] = 0
-            loo = model(user.expand(rows.size, -1), without, items.expand(rows.size, -1)).numpy()
+            repeated = None if upstream_input is None else upstream_input.expand(rows.size, *upstream_input.shape[1:])
+            loo = model(user.expand(rows.size, -1), without, items.expand(rows.size, -1), repeated).numpy()
             # drop[r, c]: how much history item r raised the score of returned item c.
             drop = np.asarray(base)[cols][None, :] - loo[:, cols].astype(np.float64)
             top = np.argsort(-drop, axis=0, kind="stable")[:BECAUSE_ITEMS]

@@ -160,3 +160,51 @@ def test_a_bad_field_is_refused_and_the_request_id_recovered(extra: dict[str, An
     with pytest.raises(ContractError) as caught:
         parse_request(request(**extra), max_candidates=100)
     assert (caught.value.code, caught.value.request_id, caught.value.user_id) == (code, "r1", "u1")
+
+
+def request_schema() -> Any:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    path = Path(__file__).resolve().parents[3] / "docs" / "schemas" / "rerank-request.schema.json"
+    return jsonschema.Draft202012Validator(json.loads(path.read_text()))
+
+
+def test_the_request_schema_takes_the_new_fields() -> None:
+    full = orjson.loads(
+        request(
+            k=3,
+            rules={"exclude": ["a", 7], "pin": {"b": 2}, "boost": {"c": 2.5}, "max_per": {"genres": 2}},
+            diversity={"method": "mmr", "weight": 0.2, "similarity": "features"},
+            explain=True,
+        )
+    )
+    request_schema().validate(full)
+    parse_request(orjson.dumps(full), max_candidates=100)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"rules": {"boost": {"a": -1}}},
+        {"rules": {"boost": {"a": 0}}},
+        {"rules": {"pin": {"a": 0}}},
+        {"rules": {"max_per": {"genres": 0}}},
+        {"rules": {"exclude": "a"}},
+        {"rules": {"pinned": {}}},
+        {"diversity": {"method": "mmr", "weight": 2}},
+        {"diversity": {"weight": 0.2}},
+        {"diversity": {"method": "mmr", "extra": 1}},
+        {"explain": "yes"},
+    ],
+)
+def test_what_the_schema_rejects_the_parser_rejects(extra: dict[str, Any]) -> None:
+    import jsonschema
+
+    body = orjson.loads(request(**extra))
+    with pytest.raises(jsonschema.ValidationError):
+        request_schema().validate(body)
+    with pytest.raises(ContractError):
+        parse_request(orjson.dumps(body), max_candidates=100)
