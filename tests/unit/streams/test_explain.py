@@ -192,3 +192,24 @@ def test_diversity_from_the_request_or_the_settings(bundle, trained_world, setti
     assert default["items"] == explicit["items"]
     [off], _ = ask(on, {**request, "diversity": {"method": "mmr", "weight": 0}})
     assert off["items"] == plain["items"]
+
+
+def test_the_state_summary_follows_online_events(bundle, trained_world, settings) -> None:  # type: ignore[no-untyped-def]
+    processor = Processor(bundle, settings, DictStateStore())
+    [request] = generate_requests(trained_world.world, 1, n_candidates=10, users=["newcomer"], k=3)
+    [cold], _ = ask(processor, {**request, "request_id": "cold", "explain": True})
+    assert all(item["explain"]["because"] == [] for item in cold["items"])  # no history yet
+    assert cold["state"]["events_applied"] == 0 and cold["state"]["history_items"] == 0
+    clicked = [c["item_id"] for c in request["candidates"][:2]]
+    # Later than anything the model was trained on, so the events are learned online.
+    ts = max(e["ts"] for e in trained_world.events) + 60
+    events = [
+        {"user_id": "newcomer", "item_id": item, "event_type": "click", "ts": ts + n} for n, item in enumerate(clicked)
+    ]
+    processor.process(
+        [InMessage(settings.events_topic, 0, n, None, b"k", orjson.dumps(e)) for n, e in enumerate(events)]
+    )
+    [warm], _ = ask(processor, {**request, "request_id": "warm", "explain": True})
+    assert warm["state"]["events_applied"] == 2 and warm["state"]["event_counts"] == {"click": 2}
+    assert warm["state"]["last_event_ts"] == ts + 1 and warm["state"]["history_items"] == 2
+    assert {i for item in warm["items"] for i in item["explain"]["because"]} <= set(clicked)
