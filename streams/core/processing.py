@@ -458,14 +458,46 @@ class Processor:
             k=request.k, rules=request.rules, diversity=diversity, similarity=similarity, items=self.items
         )
 
+    @staticmethod
+    def _guarded(
+        arrangement: Arrangement | None, n: int, failed: dict[int, Exception]
+    ) -> Callable[[np.ndarray, np.ndarray, Sequence[str]], np.ndarray] | None:
+        """The request's stages after scoring, recording a failure under ``n`` instead of raising,
+        so that a bug there fails that request, not the batch scored with it."""
+        if arrangement is None:
+            return None
+
+        def arrange(order: np.ndarray, scores: np.ndarray, candidates: Sequence[str]) -> np.ndarray:
+            try:
+                return arrangement(order, scores, candidates)
+            except Exception as exc:
+                log.exception("the stages after scoring failed for one request")
+                failed[n] = exc
+                return order[:0]
+
+        return arrange
+
+    def _internal_error(
+        self, request: ParsedRequest, message: InMessage, exc: Exception, text: str, outputs: list[OutMessage]
+    ) -> None:
+        """An error result and a dead letter for one request the worker failed to answer."""
+        self.metrics.requests.labels("internal_error").inc()
+        self.metrics.dead_letters.labels("internal_error").inc()
+        outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
+        outputs.append(
+            self.error_result(request.request_id, request.user_id, request.user_id.encode(), "internal_error", text)
+        )
+
     def _answer(self, pending: list[tuple[ParsedRequest, InMessage]], outputs: list[OutMessage]) -> None:
         if not pending:
             return
         metrics = self.metrics
         started = time.perf_counter()
+        # Requests whose stages after scoring failed: they alone get an error result.
+        failed: dict[int, Exception] = {}
         try:
-            inputs = []
-            states = []
+            inputs: list[ScoringInput] = []
+            states: list[UserState] = []
             for request, message in pending:
                 state = self.state_of(request.user_id, message)
                 states.append(state)
@@ -476,31 +508,25 @@ class Processor:
                         candidates=request.item_ids,
                         upstream=np.array(request.scores, dtype=np.float64),
                         k=request.k,
-                        arrange=self._arrangement(request),
+                        arrange=self._guarded(self._arrangement(request), len(inputs), failed),
                     )
                 )
             ranked = rerank_batch(self.bundle, inputs)
         except Exception as exc:  # answer every waiting client rather than drop the batch
             log.exception("scoring a batch of %d requests failed", len(pending))
             for request, message in pending:
-                metrics.requests.labels("internal_error").inc()
-                metrics.dead_letters.labels("internal_error").inc()
-                outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
-                outputs.append(
-                    self.error_result(
-                        request.request_id,
-                        request.user_id,
-                        request.user_id.encode(),
-                        "internal_error",
-                        "the worker failed to score this request",
-                    )
-                )
+                self._internal_error(request, message, exc, "the worker failed to score this request", outputs)
             return
         metrics.score_duration.observe(time.perf_counter() - started)
         metrics.batch_size.observe(len(pending))
         now = self.clock()
-        for (request, message), items, scored, state in zip(pending, ranked, inputs, states):
+        for n, ((request, message), items, scored, state) in enumerate(zip(pending, ranked, inputs, states)):
             explains, summary = None, None
+            if n in failed:
+                self._internal_error(
+                    request, message, failed[n], "the worker failed to apply this request's rules", outputs
+                )
+                continue
             if request.explain:
                 try:
                     position = {item: i for i, item in enumerate(request.item_ids)}
@@ -509,18 +535,7 @@ class Processor:
                     summary = state_summary(state)
                 except Exception as exc:  # one request's explanation must not fail the others
                     log.exception("explaining request %s failed", request.request_id)
-                    metrics.requests.labels("internal_error").inc()
-                    metrics.dead_letters.labels("internal_error").inc()
-                    outputs.append(dead_letter(self.settings, message, "internal_error", repr(exc)))
-                    outputs.append(
-                        self.error_result(
-                            request.request_id,
-                            request.user_id,
-                            request.user_id.encode(),
-                            "internal_error",
-                            "the worker failed to explain this request",
-                        )
-                    )
+                    self._internal_error(request, message, exc, "the worker failed to explain this request", outputs)
                     continue
             outputs.append(
                 OutMessage(

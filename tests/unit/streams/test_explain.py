@@ -213,3 +213,24 @@ def test_the_state_summary_follows_online_events(bundle, trained_world, settings
     assert warm["state"]["events_applied"] == 2 and warm["state"]["event_counts"] == {"click": 2}
     assert warm["state"]["last_event_ts"] == ts + 1 and warm["state"]["history_items"] == 2
     assert {i for item in warm["items"] for i in item["explain"]["because"]} <= set(clicked)
+
+
+def test_a_failing_rules_stage_fails_only_its_request(bundle, trained_world, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from streams.core import rules
+
+    real = rules.arrange
+
+    def broken_for_k2(order, scores, candidates, spec):  # type: ignore[no-untyped-def]
+        if spec.k == 2:
+            raise RuntimeError("rules exploded")
+        return real(order, scores, candidates, spec)
+
+    monkeypatch.setattr(rules, "arrange", broken_for_k2)
+    first, second = generate_requests(trained_world.world, 2, n_candidates=10)
+    exclude = {"exclude": [first["candidates"][0]["item_id"]]}
+    processor = Processor(bundle, settings, DictStateStore())
+    results, letters = ask(processor, {**first, "k": 2, "rules": exclude}, {**second, "k": 3, "rules": exclude})
+    by_id = {r["request_id"]: r for r in results}
+    assert by_id[first["request_id"]]["error"]["code"] == "internal_error"
+    assert len(by_id[second["request_id"]]["items"]) == 3 and "error" not in by_id[second["request_id"]]
+    assert [d["reason"] for d in letters] == ["internal_error"]
