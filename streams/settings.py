@@ -78,7 +78,7 @@ class Settings:
     # Kafka
     broker: str = "localhost:9092"
     app_id: str = "stream-reranker"
-    partitions: int = 4
+    partitions: int = 12
     replication_factor: int = 1
     events_topic: str = "user-events"
     requests_topic: str = "rerank-requests"
