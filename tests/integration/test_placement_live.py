@@ -117,6 +117,7 @@ def test_events_from_librdkafkas_default_partitioner_reach_their_users_state(bro
         rerouted = metric(worker.metrics_port, 'reranker_wrong_partition_total{topic="' + settings.events_topic + '"}')
     finally:
         worker.stop()
+    print(f"placement: {len(misplaced)} of {len(users)} users off their partition, {rerouted:.0f} events re-routed")
     assert_same_results([live[r["request_id"]] for r in requests], reference, ignore=("ts",))
     assert rerouted == 8 * len(misplaced)
     # The producer's fix is logged once for the topic, not once per message.
