@@ -497,6 +497,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streams.kafka.topics import create_topics, existing_topics, project_topics
 
     settings = load_settings(args)
+    if args.key not in (None, "user_id") and args.topic in (settings.events_topic, settings.requests_topic):
+        # The worker would dead-letter every one of them (README, "Producing to the service").
+        raise CliError(f"{args.topic} must be keyed by user_id (any other key is a key_mismatch): drop --key")
     known = project_topics(settings)
     # A misspelt topic must not quietly become a new one that nothing reads.
     if args.topic not in known and not args.create and args.topic not in existing_topics(settings):

@@ -171,3 +171,14 @@ def test_the_worker_sends_a_re_routed_input_to_its_partition_with_its_timestamp(
     )
     assert inputs.sent == [{"key": b"u", "value": b"{}", "partition": 5, "timestamp": 1.75e9}]
     assert results.sent == [{"key": b"u", "value": b"{}"}]
+
+
+def test_produce_refuses_to_key_events_or_requests_by_another_field(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from streams.cli import main
+
+    (tmp_path / "e.jsonl").write_text('{"user_id": "u", "session": "s"}\n')
+    for topic in ("user-events", "rerank-requests"):
+        with pytest.raises(SystemExit) as exited:
+            main(["produce", "--topic", topic, "--file", str(tmp_path / "e.jsonl"), "--key", "session"])
+        assert exited.value.code == 2
+        assert "must be keyed by user_id" in capsys.readouterr().err
