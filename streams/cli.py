@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", required=True, help="JSON-lines file, one message per line")
     p.add_argument(
         "--key",
-        help="record field to key messages by (default: item_id for the items topic, user_id otherwise)",
+        help="record field to key messages by (default: item_id for the items topic, user_id otherwise; "
+        "events and requests are always keyed by user_id)",
     )
     p.add_argument(
         "--create",
