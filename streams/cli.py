@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", required=True, help="JSON-lines file, one message per line")
     p.add_argument(
         "--key",
-        help="record field to key messages by (default: item_id for the items topic, user_id otherwise)",
+        help="record field to key messages by (default: item_id for the items topic, user_id otherwise; "
+        "events and requests are always keyed by user_id)",
     )
     p.add_argument(
         "--create",
@@ -197,12 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for all results (--requests) or for each one (--stream)",
     )
 
-    p = command("score", "score requests offline, without Kafka")
+    p = command("score", "score requests or a stream offline, without Kafka, as a worker would")
     _common(p, broker=False)
     p.add_argument("--model", required=True, help="model artifact directory")
-    p.add_argument("--requests", required=True, help="JSON-lines file of re-rank requests")
-    p.add_argument("--out", required=True, help="results JSON-lines file to write")
-    p.add_argument("--events", help="events that build user state before scoring")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--requests", help="JSON-lines file of re-rank requests, answered after --events")
+    mode.add_argument(
+        "--stream",
+        help='JSON-lines file of {"kind": "event"|"request", ...} (make_split.py --protocol temporal '
+        "stream.jsonl), handled one message at a time in file order: the reference of replay --stream",
+    )
+    p.add_argument("--out", required=True, help="results JSON-lines file to write, one per request")
+    p.add_argument("--events", help="events that build user state first (e.g. train.jsonl), in file order")
     p.add_argument("--items", help="JSON-lines item records, as on the items topic (diversity, max_per rules)")
     p.add_argument("--no-online-updates", action="store_true", help="score with the model frozen")
 
@@ -313,6 +320,33 @@ def _limit_blas_threads(threads: int) -> None:
             os.environ.setdefault(name, str(threads))
 
 
+def input_partitions(settings: Settings, counts: dict[str, int]) -> dict[str, int]:
+    """The input topics' partition counts, checked for co-partitioning.
+
+    A user's events and requests meet on one worker only when both topics have the same number
+    of partitions (the key picks the same partition number on both).
+
+    Raises:
+        CliError: the two counts differ.
+    """
+    events, requests = counts.get(settings.events_topic), counts.get(settings.requests_topic)
+    if events is not None and requests is not None and events != requests:
+        raise CliError(
+            f"{settings.events_topic} has {events} partitions and {settings.requests_topic} {requests}: a user's "
+            "events and requests must share a partition number, so both topics need the same count"
+        )
+    for topic, count in counts.items():
+        if count != settings.partitions:
+            log.warning(
+                "%s has %d partitions, the partitions setting says %d: the topic's count is used; set "
+                "partitions to it, since the user-state changelog must match it",
+                topic,
+                count,
+                settings.partitions,
+            )
+    return counts
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(
         args,
@@ -324,7 +358,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _limit_blas_threads(settings.torch_threads)
     from models import load_artifact
     from streams.core.worker_metrics import WorkerMetrics
-    from streams.kafka.topics import create_topics
+    from streams.kafka.topics import create_topics, partition_counts
     from streams.ports import free_port
     from streams.settings import default_data_dir
     from streams.worker.app import build_worker, run_worker
@@ -348,9 +382,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
     create_topics(settings)
+    inputs = [settings.events_topic, settings.requests_topic]
+    partitions = input_partitions(settings, partition_counts(settings, inputs))
     metrics = WorkerMetrics()
     metrics_port = serve_metrics(metrics.serve, _given(args.metrics_port, settings.metrics_port), settings)
-    worker = build_worker(settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics)
+    worker = build_worker(
+        settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics, partitions=partitions
+    )
     log.info(
         "worker: model %s %s, web port %d, metrics port %s, data dir %s, online updates %s, %s profile",
         bundle.name,
@@ -474,6 +512,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streams.kafka.topics import create_topics, existing_topics, project_topics
 
     settings = load_settings(args)
+    if args.key not in (None, "user_id") and args.topic in (settings.events_topic, settings.requests_topic):
+        # The worker would dead-letter every one of them (README, "Producing to the service").
+        raise CliError(f"{args.topic} must be keyed by user_id (any other key is a key_mismatch): drop --key")
     known = project_topics(settings)
     # A misspelt topic must not quietly become a new one that nothing reads.
     if args.topic not in known and not args.create and args.topic not in existing_topics(settings):
@@ -578,14 +619,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from models import load_artifact
-    from streams.core.offline import score_offline
+    from streams.core.offline import score_offline, score_stream_offline
 
     settings = load_settings(args, online_updates=False if args.no_online_updates else None)
     bundle = _load_model(lambda: load_artifact(args.model, max_bytes=settings.max_model_bytes))
-    events = list(read_jsonl(args.events)) if args.events else []
+    events = read_jsonl(args.events) if args.events else ()
     started = time.monotonic()
     items = list(read_jsonl(args.items)) if args.items else []
-    results = score_offline(bundle, settings, read_jsonl(args.requests), events, items)
+    if args.stream:
+        try:
+            results = score_stream_offline(bundle, settings, read_jsonl(args.stream), events, items)
+        except ValueError as exc:
+            # read_jsonl names the file of a line that is not JSON; stream_line says "line N".
+            text = str(exc)
+            raise CliError(f"{args.stream}:{text[5:]}" if text.startswith("line ") else text) from None
+    else:
+        results = score_offline(bundle, settings, read_jsonl(args.requests), list(events), items)
     write_jsonl(args.out, results)
     print(f"scored {len(results)} requests offline in {time.monotonic() - started:.1f}s", flush=True)
     return 0

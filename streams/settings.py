@@ -84,7 +84,9 @@ class Settings:
     # Kafka
     broker: str = "localhost:9092"
     app_id: str = "stream-reranker"
-    partitions: int = 4
+    # Of every topic the service creates: the most workers that can share the work. Events and
+    # requests must have the same count (README, "Producing to the service").
+    partitions: int = 12
     replication_factor: int = 1
     events_topic: str = "user-events"
     requests_topic: str = "rerank-requests"

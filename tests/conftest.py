@@ -119,11 +119,14 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300.0) -> subproces
 SCORE_ATOL = 1e-4
 
 
-def assert_same_results(a: list[dict[str, Any]], b: list[dict[str, Any]], atol: float = SCORE_ATOL) -> None:
-    """Results equal up to float noise: the same fields and item order, scores within ``atol``."""
+def assert_same_results(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], atol: float = SCORE_ATOL, ignore: tuple[str, ...] = ()
+) -> None:
+    """Results equal up to float noise: the same fields and item order, scores within ``atol``;
+    ``ignore`` names fields left out (``("ts",)``: the publish time of two runs never agrees)."""
     assert len(a) == len(b), (len(a), len(b))
     for x, y in zip(a, b):
-        strip = lambda r: {k: v for k, v in r.items() if k != "items"}
+        strip = lambda r: {k: v for k, v in r.items() if k != "items" and k not in ignore}
         assert strip(x) == strip(y), (x, y)
         assert [i["item_id"] for i in x["items"]] == [i["item_id"] for i in y["items"]], x["request_id"]
         assert [i["rank"] for i in x["items"]] == [i["rank"] for i in y["items"]], x["request_id"]

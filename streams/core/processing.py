@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,11 +23,13 @@ import orjson
 from models import ModelBundle
 from streams.core.diversity import similarity_of
 from streams.core.explain import explain_request, state_summary
+from streams.core.partitioning import partition_for
 from streams.core.records import (
     ContractError,
     DiversitySpec,
     ParsedRequest,
     UserEvent,
+    check_key,
     encode_error_result,
     encode_result,
     parse_event,
@@ -75,13 +77,20 @@ Outcome = tuple[UserEvent, InMessage, str]
 @dataclass
 class OutMessage:
     """A message to produce; a result also names its request, so that an error result can take
-    its place when it cannot be sent."""
+    its place when it cannot be sent.
+
+    Attributes:
+        partition: where it must go; None lets the producer's partitioner choose (by key).
+        timestamp: its Kafka timestamp in seconds; None = when it is sent.
+    """
 
     topic: str
     key: bytes | None
     value: bytes
     request_id: str | None = None
     user_id: str | None = None
+    partition: int | None = None
+    timestamp: float | None = None
 
 
 class StateStore(Protocol):
@@ -158,6 +167,10 @@ class Processor:
     too and applied as a group (one batched online update per round, one state
     write per user) right before any flush, so every request still sees every
     event of its user that came before it.
+
+    A consumed message must sit where its user's state is: keyed by its ``user_id`` (else it
+    is dead-lettered as ``key_mismatch``) and, when the topic's partition count is known, on
+    the partition murmur2 gives that key (else it is re-routed there, see `_misplaced`).
     """
 
     def __init__(
@@ -168,7 +181,17 @@ class Processor:
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.time,
         items: dict[str, dict[str, Any]] | None = None,
+        partitions: Mapping[str, int] | None = None,
+        check_keys: bool = False,
     ) -> None:
+        """
+        Args:
+            partitions: the partition count of each input topic, as the broker reports it; a
+                topic not in it (offline scoring: none) has its partitions left unchecked.
+            check_keys: refuse a message whose key is not its user_id. The worker's messages
+                come from Kafka with their keys; those of offline scoring and of the trainer's
+                validation are read from files and have none.
+        """
         self.bundle = bundle
         self.settings = settings
         self.store = store
@@ -182,6 +205,11 @@ class Processor:
         # Event types are settings: their counters can only start at 0 once these are known.
         self.metrics.add_event_types(settings.event_weights)
         self.clock = clock
+        self.partitions = dict(partitions or {})
+        self.check_keys = check_keys
+        self.metrics.add_input_topics(self.partitions)
+        # Topics whose producer was already told (in the log) to fix its partitioner.
+        self._warned_topics: set[str] = set()
 
     def process(self, messages: Sequence[InMessage]) -> list[OutMessage]:
         outputs: list[OutMessage] = []
@@ -193,7 +221,7 @@ class Processor:
         for message in messages:
             if message.topic == self.settings.requests_topic:
                 request = self._parse_request(message, outputs)
-                if request is not None:
+                if request is not None and not self._misplaced(message, request.user_id, request.request_id, outputs):
                     # The group may hold events of this user: they came before the request and
                     # are applied before it is answered, since every answer applies the group
                     # first. No event after it can join the group while it waits (see below).
@@ -208,9 +236,9 @@ class Processor:
                         not_after=not_after,
                     )
                 except ContractError as exc:
-                    self.metrics.events.labels(INVALID_EVENT_TYPE, exc.code).inc()
-                    self.metrics.dead_letters.labels(exc.code).inc()
-                    outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
+                    self._reject_event(message, exc, outputs)
+                    continue
+                if self._misplaced(message, event.user_id, None, outputs):
                     continue
                 if event.user_id in pending_users:
                     self._apply_group(group, outputs)
@@ -228,14 +256,67 @@ class Processor:
                 message.value, max_candidates=self.settings.max_candidates, max_bytes=self.settings.max_message_bytes
             )
         except ContractError as exc:
-            self.metrics.requests.labels(exc.code).inc()
-            self.metrics.dead_letters.labels(exc.code).inc()
-            outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
-            # Answer whenever the request can be identified, so the client stops waiting.
-            if exc.request_id is not None:
-                key = exc.user_id.encode() if exc.user_id is not None else message.key
-                outputs.append(self.error_result(exc.request_id, exc.user_id, key, exc.code, exc.message))
+            self._reject_request(message, exc, outputs)
             return None
+
+    def _reject_request(self, message: InMessage, exc: ContractError, outputs: list[OutMessage]) -> None:
+        self.metrics.requests.labels(exc.code).inc()
+        self.metrics.dead_letters.labels(exc.code).inc()
+        outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
+        # Answer whenever the request can be identified, so the client stops waiting.
+        if exc.request_id is not None:
+            key = exc.user_id.encode() if exc.user_id is not None else message.key
+            outputs.append(self.error_result(exc.request_id, exc.user_id, key, exc.code, exc.message))
+
+    def _reject_event(self, message: InMessage, exc: ContractError, outputs: list[OutMessage]) -> None:
+        self.metrics.events.labels(INVALID_EVENT_TYPE, exc.code).inc()
+        self.metrics.dead_letters.labels(exc.code).inc()
+        outputs.append(dead_letter(self.settings, message, exc.code, exc.message))
+
+    def _misplaced(self, message: InMessage, user_id: str, request_id: str | None, outputs: list[OutMessage]) -> bool:
+        """Whether the message is not where its user's state is; if so, it is handled here.
+
+        A key other than the user_id is dead-lettered (``key_mismatch``), with an error result
+        for a request: the key is the producer's statement of where the message belongs, and
+        guessing past it would hide a producer bug. A message under the right key but on another
+        partition than murmur2(key) mod N (a producer on librdkafka's default partitioner) is
+        re-routed: produced again, unchanged and with its timestamp, to its own partition, where
+        the worker that owns the user's state handles it in turn. Its content is valid, so
+        nothing is lost and the producer's mistake costs only a hop; the first one per topic is
+        logged with the fix.
+        """
+        try:
+            if self.check_keys:
+                check_key(message.key, user_id, request_id=request_id)
+        except ContractError as exc:
+            if message.topic == self.settings.requests_topic:
+                self._reject_request(message, exc, outputs)
+            else:
+                self._reject_event(message, exc, outputs)
+            return True
+        count = self.partitions.get(message.topic)
+        if count is None or message.partition is None or message.key is None:
+            return False
+        home = partition_for(message.key, count)
+        if home == message.partition:
+            return False
+        self.metrics.wrong_partition.labels(message.topic).inc()
+        if message.topic not in self._warned_topics:
+            self._warned_topics.add(message.topic)
+            log.warning(
+                "a message on %s[%d] belongs on partition %d (murmur2 of its key mod %d): its producer does "
+                "not partition as the Java client and faust do. Re-routing such messages (counted in "
+                "reranker_wrong_partition_total); fix the producer: librdkafka clients (confluent-kafka, "
+                "kcat, node-rdkafka, Go) need partitioner=murmur2_random. Logged once per topic.",
+                message.topic,
+                message.partition,
+                home,
+                count,
+            )
+        outputs.append(
+            OutMessage(message.topic, message.key, message.value or b"", partition=home, timestamp=message.timestamp)
+        )
+        return True
 
     def error_result(
         self, request_id: str | None, user_id: str | None, key: bytes | None, code: str, message: str

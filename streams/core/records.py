@@ -24,6 +24,7 @@ __all__ = [
     "RankingRules",
     "UserEvent",
     "check_event_ts",
+    "check_key",
     "encode_error_result",
     "encode_result",
     "parse_event",
@@ -49,7 +50,15 @@ class UserEvent:
 # starts its counters at 0 for each (streams/core/worker_metrics.py), so a dead-letter rate
 # reads 0 rather than "no data" before the first bad message. tests/unit/streams/test_metrics.py
 # checks that every code raised in this module is listed.
-COMMON_ERROR_CODES = ("empty", "too_large", "invalid_json", "invalid_type", "missing_field", "invalid_field")
+COMMON_ERROR_CODES = (
+    "empty",
+    "too_large",
+    "invalid_json",
+    "invalid_type",
+    "missing_field",
+    "invalid_field",
+    "key_mismatch",
+)
 REQUEST_ERROR_CODES = (
     *COMMON_ERROR_CODES,
     "no_candidates",
@@ -192,6 +201,28 @@ def parse_event(
     value = _number(obj, "value", required=False)
     request_id = _id(obj, "request_id", required=False)
     return UserEvent(user_id=user_id, item_id=item_id, event_type=event_type, ts=ts, value=value, request_id=request_id)
+
+
+def check_key(key: bytes | None, user_id: str, *, request_id: str | None = None) -> None:
+    """Refuse a message whose Kafka key is not its ``user_id`` in UTF-8.
+
+    The key decides the partition, and the partition decides which worker holds the user's
+    state and where it is read from and written to: a message under another key (or none)
+    would be applied to, or answered from, a state that is not the user's, or dropped as a
+    duplicate of another partition's offsets.
+
+    Raises:
+        ContractError: ``key_mismatch``.
+    """
+    expected = user_id.encode()
+    if key != expected:
+        shown = "no key" if key is None else f"key {key[:300]!r}"
+        raise ContractError(
+            "key_mismatch",
+            f"{shown} is not the user_id {expected[:300]!r}: key messages by their user_id (UTF-8)",
+            request_id=request_id,
+            user_id=user_id,
+        )
 
 
 def recover_request_id(raw: bytes | str | None) -> tuple[str | None, str | None]:

@@ -197,6 +197,13 @@ class WorkerMetrics:
             "so that their changelog records are sent.",
             registry=r,
         )
+        self.wrong_partition = Counter(
+            "reranker_wrong_partition_total",
+            "Events and requests found on another partition than murmur2(key) mod the partition count "
+            "(a producer not on the murmur2 partitioner), re-routed to their own partition, by topic.",
+            ["topic"],
+            registry=r,
+        )
         self.users_in_state = Gauge(
             "reranker_users_in_state", "Users in this worker's partitions of the user-state table.", registry=r
         )
@@ -218,6 +225,11 @@ class WorkerMetrics:
         for event_type in event_types:
             for outcome in EVENT_OUTCOMES:
                 self.events.labels(event_type, outcome)
+
+    def add_input_topics(self, topics: Iterable[str]) -> None:
+        """Start the wrong-partition counters of ``topics`` (the input topics) at 0."""
+        for topic in topics:
+            self.wrong_partition.labels(topic)
 
     def add_output_topics(self, topics: Iterable[str]) -> None:
         """Start the send-failure counters of ``topics`` (the configured ones) at 0 for every reason."""

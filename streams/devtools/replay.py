@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from streams.core.offline import stream_line
 from streams.kafka.clients import KafkaSender, ResultCollector, message_key
 from streams.settings import Settings
 
@@ -57,11 +58,10 @@ def replay_stream(
     started = time.monotonic()
     try:
         for number, line in enumerate(lines, start=1):
-            kind = line.get("kind")
-            record = {k: v for k, v in line.items() if k != "kind"}
+            kind, record = stream_line(line, number)
             if kind == "event":
                 sender.send(settings.events_topic, message_key(record), orjson.dumps(record))
-            elif kind == "request":
+            else:
                 sender.flush()
                 request_id = str(record.get("request_id"))
                 sender.send(settings.requests_topic, message_key(record), orjson.dumps(record))
@@ -77,8 +77,6 @@ def replay_stream(
                         f"replay: {done} requests answered ({done / (time.monotonic() - started):.0f}/s), "
                         f"{len(missing)} missing"
                     )
-            else:
-                raise ValueError(f"line {number}: 'kind' must be 'event' or 'request', got {kind!r}")
         sender.flush()
     finally:
         collector.close()

@@ -36,6 +36,12 @@ def existing_topics(settings: Settings, *, timeout: float = 30.0) -> set[str]:
     return set(AdminClient(admin_config(settings)).list_topics(timeout=timeout).topics)
 
 
+def partition_counts(settings: Settings, names: Iterable[str], *, timeout: float = 30.0) -> dict[str, int]:
+    """The partition count the broker reports for each of ``names`` (a missing topic is left out)."""
+    topics = AdminClient(admin_config(settings)).list_topics(timeout=timeout).topics
+    return {name: len(topics[name].partitions) for name in names if name in topics and topics[name].partitions}
+
+
 def create_topics(
     settings: Settings,
     names: Iterable[str] | None = None,

@@ -67,7 +67,9 @@ class Sink(Protocol):
     """Where outputs of one topic go: a faust topic, whose ``send`` hands a message to the
     producer's buffer and returns the future of its delivery."""
 
-    async def send(self, *, key: bytes | None, value: bytes) -> Any: ...
+    async def send(
+        self, *, key: bytes | None, value: bytes, partition: int | None = None, timestamp: float | None = None
+    ) -> Any: ...
 
 
 def too_large(exc: BaseException) -> bool:
@@ -129,7 +131,14 @@ class OutputSender:
         """Send with retries; None when the producer took it, else the failure reason (counted)."""
         for attempt in range(self.attempts):
             try:
-                delivery = await self.sinks[out.topic].send(key=out.key, value=out.value)
+                # Only a re-routed input names its partition and keeps its timestamp.
+                sink = self.sinks[out.topic]
+                if out.partition is None:
+                    delivery = await sink.send(key=out.key, value=out.value)
+                else:
+                    delivery = await sink.send(
+                        key=out.key, value=out.value, partition=out.partition, timestamp=out.timestamp
+                    )
             except Exception as exc:  # noqa: BLE001  whatever the producer raises, the stream goes on
                 reason = "too_large" if too_large(exc) else "error"
                 if reason == "error" and attempt + 1 < self.attempts:
@@ -154,7 +163,13 @@ class OutputSender:
 
 def register_agents(app: faust.App, settings: Settings, topics: Topics, processor: Processor) -> None:
     sender = OutputSender(
-        {settings.results_topic: topics.results, settings.dead_letter_topic: topics.dead_letters},
+        {
+            settings.results_topic: topics.results,
+            settings.dead_letter_topic: topics.dead_letters,
+            # Inputs found on the wrong partition go back to their own (Processor._misplaced).
+            settings.events_topic: topics.events,
+            settings.requests_topic: topics.requests,
+        },
         processor.metrics,
         processor.error_result,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,13 @@ class Worker:
 
 
 def build_worker(
-    settings: Settings, bundle: ModelBundle, *, web_port: int, data_dir: Path, metrics: WorkerMetrics | None = None
+    settings: Settings,
+    bundle: ModelBundle,
+    *,
+    web_port: int,
+    data_dir: Path,
+    metrics: WorkerMetrics | None = None,
+    partitions: Mapping[str, int] | None = None,
 ) -> Worker:
     """A configured App with its topics, table and agent, serving ``bundle``.
 
@@ -101,6 +107,8 @@ def build_worker(
         bundle: the model to serve.
         web_port: faust's web server port; also names the default data directory.
         data_dir: this worker's own directory (table stores); never shared by two workers.
+        partitions: the broker's partition count of each input topic, against which the
+            Processor checks that every message is on its key's partition (None: unchecked).
     """
     extra, left_out = faust_client_settings(settings)
     if left_out:
@@ -145,7 +153,7 @@ def build_worker(
     )
     metrics = metrics or WorkerMetrics()
     metrics.set_serving_model(bundle.name, bundle.version)
-    processor = Processor(bundle, settings, TableStateStore(table), metrics)
+    processor = Processor(bundle, settings, TableStateStore(table), metrics, partitions=partitions, check_keys=True)
     register_agents(app, settings, topics, processor)
     register_monitor(app, table, [settings.events_topic, settings.requests_topic], metrics)
     catalog = ItemCatalog(settings, processor)

@@ -15,6 +15,8 @@ class Topics:
     inputs: TopicT  # events and requests, consumed by one agent so they are handled in order
     results: TopicT
     dead_letters: TopicT
+    events: TopicT  # to re-route an input to its partition
+    requests: TopicT
 
 
 def define_topics(app: faust.App, settings: Settings) -> Topics:
@@ -32,4 +34,6 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         inputs=raw(settings.events_topic, settings.requests_topic),
         results=raw(settings.results_topic),
         dead_letters=raw(settings.dead_letter_topic),
+        events=raw(settings.events_topic),
+        requests=raw(settings.requests_topic),
     )

@@ -44,7 +44,7 @@ def test_broker_command_serves_and_creates_topics() -> None:
         assert "RERANKER_PROFILE=embedded" in lines[-1], lines
         topics = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10).topics
         for name in ("user-events", "rerank-requests", "reranked-results", "dead-letters"):
-            assert len(topics[name].partitions) == 4
+            assert len(topics[name].partitions) == Settings().partitions
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0

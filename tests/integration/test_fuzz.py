@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from streams.core.records import recover_request_id
 from streams.kafka.clients import KafkaSender, ResultCollector
 from tests.conftest import isolated_settings, start_worker
 
@@ -188,7 +189,9 @@ def test_every_message_is_answered_or_dead_lettered(live, batch) -> None:  # typ
         rid = f"fz-{next(_ids)}"
         value = value.replace(RID.encode(), rid.encode())
         topic = settings.requests_topic if kind == "request" else settings.events_topic
-        sender.send(topic, b"fuzz-key", value)
+        # Keyed by the user, as producers must be (a message keyed otherwise is a key_mismatch).
+        user = recover_request_id(value)[1]
+        sender.send(topic, user.encode() if user is not None else b"fuzz-key", value)
         if kind == "request" and valid:
             expect_results[rid] = {**request, "request_id": rid}
         elif kind == "request" and request is not None:

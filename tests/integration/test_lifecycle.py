@@ -17,6 +17,7 @@ from models import load_artifact, store
 from streams.core.jsonl import read_jsonl
 from streams.devtools.synthetic import generate_events, generate_requests, make_world
 from streams.kafka.clients import KafkaSender, ResultCollector, message_key, produce_records
+from streams.kafka.topics import create_topics
 from tests.conftest import REPO, isolated_settings, run_cli, settings_env, start_worker
 from trainer.service import run_once
 
@@ -26,6 +27,9 @@ pytestmark = pytest.mark.integration
 def test_publish_announce_and_swap_while_requests_flow(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings = isolated_settings(broker, models_dir=str(tmp_path / "models"), promotion_tolerance=1.0)
     world = make_world(n_users=100, n_items=60, n_clusters=3, seed=31)
+    # Before the first produce, which would create the events topic with the broker's partition
+    # count: the worker refuses events and requests topics of different counts.
+    create_topics(settings)
     produce_records(settings, settings.events_topic, generate_events(world, 2000, seed=32))
     first = run_cli(settings, "train-service", "--once", "--max-epochs", "5")
     assert first.returncode == 0, first.stdout + first.stderr

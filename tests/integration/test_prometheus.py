@@ -28,6 +28,7 @@ import yaml
 from streams.devtools.processes import stop_process
 from streams.devtools.synthetic import events_for_cluster, generate_events, generate_requests
 from streams.kafka.clients import KafkaSender, message_key, produce_records
+from streams.kafka.topics import create_topics
 from streams.ports import free_port
 from streams.settings import Settings
 from tests.conftest import (
@@ -230,6 +231,9 @@ def observed(
     if hasattr(settings, "model_updates_topic"):
         # This trainer announces its model; no worker of another module may hear it.
         settings = dataclasses.replace(settings, model_updates_topic=f"model-updates-{settings.app_id}")
+    # Created first: a topic the broker creates on the first produce gets the broker's partition
+    # count, and a worker refuses events and requests topics of different counts.
+    create_topics(settings)
     produce_records(settings, settings.events_topic, trained_world.events)
     worker = start_worker(settings, trained_world.model_dir, workdir)
     trainer_port, trainer_log = free_port(), workdir / "trainer.log"

@@ -40,6 +40,7 @@ EXPECTED = {
     "reranker_worker_last_batch_timestamp_seconds": ("gauge", set()),
     "reranker_users_in_state": ("gauge", set()),
     "reranker_send_failures_total": ("counter", {"topic", "reason"}),
+    "reranker_wrong_partition_total": ("counter", {"topic"}),
 }
 
 
@@ -72,6 +73,7 @@ def test_every_metric_has_its_name_type_and_labels() -> None:
     metrics.set_serving_model("dnn", "v1")
     metrics.consumer_lag.labels("user-events").set(3)
     metrics.add_output_topics(["reranked-results"])
+    metrics.add_input_topics(["user-events"])
     assert exported(metrics) == EXPECTED
 
 

@@ -57,3 +57,10 @@ def test_schemas_reject_what_the_parser_rejects() -> None:
         validator("rerank-request").validate({"request_id": "r", "user_id": "u", "candidates": []})
     with pytest.raises(jsonschema.ValidationError):
         validator("user-event").validate({"user_id": "u", "item_id": "i", "event_type": "click"})
+
+
+def test_the_dead_letter_schema_lists_every_reason_the_worker_uses() -> None:
+    from streams.core.worker_metrics import DEAD_LETTER_REASONS
+
+    schema = json.loads((SCHEMAS / "dead-letter.schema.json").read_text())
+    assert schema["properties"]["reason"]["enum"] == list(DEAD_LETTER_REASONS)
