@@ -290,20 +290,30 @@ def parse_request(raw: bytes | str | None, *, max_candidates: int, max_bytes: in
 
 
 def encode_result(
-    request_id: str, user_id: str, ranked: list[tuple[str, float]], model_name: str, model_version: str, ts: float
+    request_id: str,
+    user_id: str,
+    ranked: list[tuple[str, float]],
+    model_name: str,
+    model_version: str,
+    ts: float,
+    *,
+    stale: bool = False,
 ) -> bytes:
-    """JSON of a successful result; ``ranked`` is best first."""
-    return orjson.dumps(
-        {
-            "request_id": request_id,
-            "user_id": user_id,
-            "items": [
-                {"item_id": item, "score": score, "rank": rank} for rank, (item, score) in enumerate(ranked, start=1)
-            ],
-            "model": {"name": model_name, "version": model_version},
-            "ts": ts,
-        }
-    )
+    """JSON of a successful result; ``ranked`` is best first. ``stale``: answered before the
+    worker had applied every event of the user that preceded the request (the read barrier's
+    wait ran out); the key is absent otherwise."""
+    result: dict[str, object] = {
+        "request_id": request_id,
+        "user_id": user_id,
+        "items": [
+            {"item_id": item, "score": score, "rank": rank} for rank, (item, score) in enumerate(ranked, start=1)
+        ],
+        "model": {"name": model_name, "version": model_version},
+        "ts": ts,
+    }
+    if stale:
+        result["stale"] = True
+    return orjson.dumps(result)
 
 
 def encode_error_result(

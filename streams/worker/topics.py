@@ -12,7 +12,8 @@ from streams.settings import Settings
 
 @dataclass
 class Topics:
-    inputs: TopicT  # events and requests, consumed by one agent so they are handled in order
+    events: TopicT  # consumed in bulk (streams/worker/consuming.py), outside faust's streams
+    requests: TopicT  # consumed by the agent, answered behind the read barrier
     results: TopicT
     dead_letters: TopicT
 
@@ -29,7 +30,8 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         )
 
     return Topics(
-        inputs=raw(settings.events_topic, settings.requests_topic),
+        events=raw(settings.events_topic),
+        requests=raw(settings.requests_topic),
         results=raw(settings.results_topic),
         dead_letters=raw(settings.dead_letter_topic),
     )
