@@ -194,7 +194,7 @@ class EventsPath:
         self.has_events.set()
         if len(self.buffer) >= self.settings.events_buffer_max:
             consumer = self.app.consumer
-            for tp in {m.tp for m in messages} - self.paused:
+            for tp in {TP(m.topic, m.partition) for m in messages} - self.paused:
                 consumer.pause_fetching(tp)  # type: ignore[attr-defined]  # on faust_hooks._Consumer
                 self.paused.add(tp)
 
@@ -265,7 +265,15 @@ class EventsPath:
             await asyncio.sleep(0 if chunk else BARRIER_POLL_S)
 
     async def _apply(self, chunk: list[Message]) -> None:
-        outputs = self.processor.process([in_message(m) for m in chunk])
+        # The Processor (shared with the requests, and swapped to new models in place) works on
+        # the chunk's store for this call; nothing else runs on the loop until it returns.
+        processor = self.processor
+        table_store = processor.store
+        processor.store = self.store
+        try:
+            outputs = processor.process([in_message(m) for m in chunk])
+        finally:
+            processor.store = table_store
         await self.store.flush()
         for message in chunk:
             self.applied_next[message.partition] = message.offset + 1
