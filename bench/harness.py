@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -605,6 +606,19 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                     ),
                 )
                 producer_process.start()
+            lag_samples: list[tuple[float, float]] = []
+            sampling = threading.Event()
+
+            def sample_lag() -> None:
+                # The monitor timer sets the lag gauge: if the events path held the loop, it would freeze.
+                while not sampling.wait(0.5):
+                    with contextlib.suppress(Exception):
+                        lag = sum(v for k, v in services[0].metrics().items() if k.startswith("reranker_consumer_lag"))
+                        lag_samples.append((time.monotonic(), lag))
+
+            sampler = threading.Thread(target=sample_lag, daemon=True)
+            if cfg.event_rate > 0:
+                sampler.start()
             t0 = time.monotonic()
             result = asyncio.run(
                 run_open_loop(
@@ -621,6 +635,18 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                 )
             )
             elapsed = time.monotonic() - t0
+            sampling.set()
+            if lag_samples:
+                changes = [t for (t, v), (_, w) in itertools.pairwise(lag_samples) if v != w]
+                record["lag_samples"] = len(lag_samples)
+                record["lag_max"] = max(v for _, v in lag_samples)
+                record["lag_longest_unchanged_s"] = round(
+                    max(
+                        (b - a for a, b in itertools.pairwise([lag_samples[0][0], *changes, lag_samples[-1][0]])),
+                        default=0.0,
+                    ),
+                    2,
+                )
             if producer_process is not None and produced_queue is not None:
                 produced, positions = produced_queue.get(timeout=300)
                 producer_process.join(30)

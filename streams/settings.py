@@ -150,9 +150,9 @@ class Settings:
     # events are applied up to an end offset taken after it arrived, at most this long; then it is
     # answered anyway, marked "stale". 0 turns the barrier off (answers at once, never stale).
     read_barrier_max_ms: int = 1000
-    # Events are consumed apart from requests, in chunks of at most this many: each chunk is one
-    # call of the Processor and one write per user, and the event loop is free between chunks
-    # (requests, timers), so this also bounds how long a request can wait behind the events path.
+    # Events are consumed apart from requests, in chunks of at most this many (fewer when a chunk
+    # would take over ~25 ms): each chunk is one call of the Processor and one write per user, and
+    # the event loop is free between chunks (requests, timers).
     events_batch_max: int = 500
     # Fetched events waiting to be applied, above which fetching events pauses (resumed at half).
     events_buffer_max: int = 20_000

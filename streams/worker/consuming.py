@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 BARRIER_POLL_S = 0.002
 # Wait before a chunk whose store write or send failed is tried again.
 RETRY_S = 1.0
+# Time one chunk should take on the event loop: a request or a timer waits at most about this
+# long behind the events path. The chunk size follows the measured cost per event.
+CHUNK_TARGET_S = 0.025
+MIN_CHUNK = 32
 # Most buffered events looked at to fill one chunk when some partitions wait for a request.
 SCAN_FACTOR = 4
 
@@ -187,6 +192,7 @@ class EventsPath:
         self.applied_next: dict[int, int] = {}
         self.paused: set[TP] = set()
         self.gate: RequestGate | None = None
+        self.chunk_size = settings.events_batch_max
 
     def deliver(self, messages: list[Message]) -> None:
         """The consumer's hand-over of one fetch's events (runs on the event loop)."""
@@ -220,7 +226,7 @@ class EventsPath:
 
     def _take(self) -> list[Message]:
         limits = self.gate.limits() if self.gate is not None else {}
-        size = self.settings.events_batch_max
+        size = self.chunk_size
         chunk: list[Message] = []
         if not limits:
             while self.buffer and len(chunk) < size:
@@ -246,6 +252,7 @@ class EventsPath:
                 continue
             chunk = self._take()
             if chunk:
+                started = time.perf_counter()
                 try:
                     await self._apply(chunk)
                 except Exception:  # the Processor isolates bad events: this is the store or the producer
@@ -255,6 +262,9 @@ class EventsPath:
                     self.buffer.extendleft(reversed(chunk))
                     await asyncio.sleep(RETRY_S)
                     continue
+                per_event = (time.perf_counter() - started) / len(chunk)
+                fitting = int(CHUNK_TARGET_S / max(per_event, 1e-6))
+                self.chunk_size = max(MIN_CHUNK, min(self.settings.events_batch_max, fitting))
                 metrics.batch_messages.observe(len(chunk))
                 metrics.last_batch.set_to_current_time()
             self._maybe_resume()
