@@ -31,11 +31,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import orjson  # noqa: E402
+
 from bench.harness import load1, wait_committed  # noqa: E402
 from bench.ml100k_live import parse_movielens_args, run, train_from_topic  # noqa: E402
 from models import load_artifact  # noqa: E402
 from streams.core.jsonl import read_jsonl  # noqa: E402
 from streams.core.offline import score_stream_offline  # noqa: E402
+from streams.core.processing import DictStateStore, InMessage, Processor  # noqa: E402
 from streams.devtools.broker import embedded_env, start_embedded_broker  # noqa: E402
 from streams.devtools.processes import launch_worker, stop_process  # noqa: E402
 from streams.kafka.topics import create_topics  # noqa: E402
@@ -50,6 +53,36 @@ def same_ranking(live: dict[str, Any], offline: dict[str, Any]) -> bool:
     if [i["item_id"] for i in a] != [i["item_id"] for i in b]:
         return False
     return all(abs(x["score"] - y["score"]) <= SCORE_ATOL for x, y in zip(a, b))
+
+
+def score_in_order_at_offsets(
+    bundle: Any, settings: Settings, lines: list[dict[str, Any]], ends: dict[int, int]
+) -> list[dict[str, Any]]:
+    """The Processor, one message at a time in file order, each event at the partition and offset
+    it gets on user-events after the training log (``ends``): the model's training watermark is
+    then judged by offsets, as the worker judges it, not by timestamps (``score_stream_offline``
+    has no offsets, and an event stamped in the watermark's own second counts there as trained)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    every = list(range(settings.partitions))
+    partitioner = DefaultPartitioner()
+    next_offset = dict(ends)
+    processor = Processor(bundle, settings, DictStateStore())
+    results: list[dict[str, Any]] = []
+    for line in lines:
+        record = {k: v for k, v in line.items() if k != "kind"}
+        key = str(record["user_id"]).encode()
+        partition = int(partitioner(key, every, every))
+        if line["kind"] == "event":
+            offset = next_offset.get(partition, 0)
+            next_offset[partition] = offset + 1
+            message = InMessage(settings.events_topic, partition, offset, None, key, orjson.dumps(record))
+        else:
+            message = InMessage(settings.requests_topic, partition, None, None, key, orjson.dumps(record))
+        for out in processor.process([message]):
+            if out.topic == settings.results_topic:
+                results.append(orjson.loads(out.value))
+    return results
 
 
 def compare(live: list[dict[str, Any]], offline: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,21 +125,33 @@ def main() -> None:
     lines = list(read_jsonl(stream))
     report: dict[str, Any] = {"stream_lines": len(lines), "load1_start": load1()}
     cli = [py, "-m", "streams"]
-    broker = start_embedded_broker(port=free_port(), log_file=work / "broker.log")
-    workers: list[Any] = []
-    try:
-        env = embedded_env(broker.bootstrap)
-        settings = Settings.load(env=env)
-        create_topics(settings)
-        run(cli + ["produce", "--topic", "user-events", "--file", str(split / "train.jsonl")], env, timings, "produce")
-        if not (work / "model" / "manifest.json").exists():
-            train_from_topic(cli, work / "model", "dnn", env, timings)
-        offline = score_stream_offline(load_artifact(work / "model"), settings, lines)
-        n_train = sum(1 for _ in open(split / "train.jsonl"))
-        cases: list[tuple[str, dict[str, str]]] = [("caught_up", {})]
-        cases += [(f"backlog_barrier_{ms}ms", {"RERANKER_READ_BARRIER_MAX_MS": ms}) for ms in a.barrier_ms.split(",")]
-        for name, extra in cases:
-            case_env = {**env, "RERANKER_APP_ID": f"parity-{name}", **extra}
+    n_train = sum(1 for _ in open(split / "train.jsonl"))
+    cases: list[tuple[str, dict[str, str]]] = [("caught_up", {})]
+    cases += [(f"backlog_barrier_{ms}ms", {"RERANKER_READ_BARRIER_MAX_MS": ms}) for ms in a.barrier_ms.split(",")]
+    offline: list[dict[str, Any]] | None = None
+    by_timestamp: list[dict[str, Any]] | None = None
+    for name, extra in cases:
+        # A fresh broker per case: user-events holds the training log alone (at the offsets the
+        # model was trained from), never an earlier case's replayed events.
+        broker = start_embedded_broker(port=free_port(), log_file=work / f"broker-{name}.log")
+        worker = None
+        try:
+            env = embedded_env(broker.bootstrap)
+            settings = Settings.load(env=env)
+            create_topics(settings)
+            run(
+                cli + ["produce", "--topic", "user-events", "--file", str(split / "train.jsonl")],
+                env,
+                timings,
+                f"produce_{name}",
+            )
+            if not (work / "model" / "manifest.json").exists():
+                train_from_topic(cli, work / "model", "dnn", env, timings)
+            if offline is None or by_timestamp is None:
+                bundle = load_artifact(work / "model")
+                offline = score_in_order_at_offsets(bundle, settings, lines, _ends(settings, split / "train.jsonl"))
+                by_timestamp = score_stream_offline(bundle, settings, lines)
+            case_env = {**env, **extra}
             worker = launch_worker(
                 work / "model",
                 web_port=free_port(),
@@ -116,11 +161,10 @@ def main() -> None:
                 env=case_env,
                 cwd=REPO,
             )
-            workers.append(worker)
             if name == "caught_up":
                 # Everything on user-events is the training log: wait until the group is past it.
                 ends = _ends(settings, split / "train.jsonl")
-                wait_committed(broker.bootstrap, f"parity-{name}", settings.events_topic, ends, timeout=600)
+                wait_committed(broker.bootstrap, settings.app_id, settings.events_topic, ends, timeout=600)
             out = work / f"live-{name}.jsonl"
             started = time.monotonic()
             run(
@@ -129,19 +173,19 @@ def main() -> None:
                 timings,
                 f"replay_{name}",
             )
+            live = list(read_jsonl(out))
             report[name] = {
-                **compare(list(read_jsonl(out)), offline),
+                **compare(live, offline),
+                "parity_vs_score_stream_offline": compare(live, by_timestamp)["parity"],
                 "replay_s": round(time.monotonic() - started, 1),
                 "backlog_events": 0 if name == "caught_up" else n_train,
                 "load1": load1(),
             }
             print(name, json.dumps(report[name]), flush=True)
-            stop_process(worker, 30)
-            workers.remove(worker)
-    finally:
-        for worker in workers:
-            stop_process(worker, 30)
-        broker.stop()
+        finally:
+            if worker is not None:
+                stop_process(worker, 30)
+            broker.stop()
     report["seconds"] = timings
     report["work"] = str(work)
     print(json.dumps(report, indent=1))
