@@ -13,7 +13,8 @@ in a response numbered ``seq`` or later was read by the broker after the request
 (one fetch to a broker at a time; see docs/RELIABILITY.md for when the two partitions have
 different leaders). The first such end offset seen becomes the request's target.
 
-After ``max_wait_s`` a request is answered anyway and flagged stale. This module holds no clock
+``max_wait_s`` after it was produced (or after it arrived, when its age is not known) a request
+is answered anyway and flagged stale. This module holds no clock
 and no client: the worker passes the time and what it knows of fetches and applied offsets.
 """
 
@@ -50,9 +51,14 @@ class ReadBarrier(Generic[T]):
     max_wait_s: float
     held: list[Held[T]] = field(default_factory=list)
 
-    def hold(self, item: T, partition: int, seq: int, now: float) -> None:
-        """Hold ``item`` (a request of ``partition``) that came in fetch response ``seq`` or before."""
-        self.held.append(Held(item, partition, seq, now, now + self.max_wait_s))
+    def hold(self, item: T, partition: int, seq: int, now: float, age: float = 0.0) -> None:
+        """Hold ``item`` (a request of ``partition``) that came in fetch response ``seq`` or before.
+
+        Args:
+            age: how long ago the request was produced, as far as known: the wait is counted from
+                then, so a request that reached the worker late is not held for the full bound.
+        """
+        self.held.append(Held(item, partition, seq, now, now + self.max_wait_s - max(0.0, age)))
 
     def fix_targets(self, fetched: Callable[[int], Fetched | None]) -> None:
         """Give each held request without a target the end offset of the first events fetch

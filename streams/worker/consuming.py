@@ -37,7 +37,7 @@ BARRIER_POLL_S = 0.002
 RETRY_S = 1.0
 # Time one chunk should take on the event loop: a request or a timer waits at most about this
 # long behind the events path. The chunk size follows the measured cost per event.
-CHUNK_TARGET_S = 0.025
+CHUNK_TARGET_S = 0.01
 MIN_CHUNK = 32
 # Most buffered events looked at to fill one chunk when some partitions wait for a request.
 SCAN_FACTOR = 4
@@ -120,14 +120,19 @@ class RequestGate:
             await self._answer([(event, False, None) for event in batch])
             return
         now = asyncio.get_running_loop().time()
+        wall = time.time()
         topic = self.settings.requests_topic
         for event in batch:
             partition = event.message.partition
+            # The bound counts from the request's Kafka timestamp (the producer's clock), never
+            # from later than its arrival: time spent reaching the worker is part of the wait.
+            produced = event.message.timestamp
+            age = wall - produced if produced else 0.0
             # The newest response of the request's partition came at or after the request itself;
             # without one (not recorded), every response so far counts as possibly before it.
             seen = self.fetch_log.latest.get((topic, partition))
             seq = seen[0] if seen is not None else self.fetch_log.seq
-            self.barrier.hold(event, partition, seq, now)
+            self.barrier.hold(event, partition, seq, now, age)
         await self.answer_ready()
         self.wake.set()
 

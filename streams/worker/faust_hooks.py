@@ -176,8 +176,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         )
 
 
-# Most messages of the bulk topic handed to the sink in one list.
-BULK_HANDOVER_MAX = 2000
+# Most messages of the bulk topic handed to the sink in one list; the loop is given back after
+# each hand-over, so requests and timers never wait behind a whole fetch.
+BULK_HANDOVER_MAX = 500
 
 
 class _Consumer(faust_aiokafka.Consumer):

@@ -52,3 +52,13 @@ def test_an_unknown_applied_position_keeps_the_request_waiting() -> None:
     assert ready == [] and stale == []
     ready, _ = barrier.release({0: (0, 0)}.get, {0: 0}.get, now=0.0)
     assert [h.item for h in ready] == ["r"]
+
+
+def test_the_bound_counts_from_when_the_request_was_produced() -> None:
+    barrier: ReadBarrier[str] = ReadBarrier(max_wait_s=1.0)
+    barrier.hold("late", partition=0, seq=1, now=5.0, age=0.8)
+    fetched = {0: (1, 900)}
+    applied = {0: 100}
+    assert barrier.release(fetched.get, applied.get, now=5.19) == ([], [])
+    _, stale = barrier.release(fetched.get, applied.get, now=5.2)
+    assert [h.item for h in stale] == ["late"]
