@@ -1189,6 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("backlog", help="requests while events arrive faster than the worker applies them")
     p.add_argument("--rate", type=float, default=200.0, help="requests per second")
     p.add_argument("--event-rate", type=float, required=True, help="events produced per second")
+    p.add_argument("--profile", choices=("", "py-spy"), default="")
     p.add_argument("--window", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=0.0)
     p.add_argument("--candidates", type=int, default=100)
@@ -1282,6 +1283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store=a.store,
             overrides=_overrides(a.set),
             event_rate=a.event_rate,
+            profile=a.profile,
         )
         rec = measure(bw, cfg, a.rate, work)
         emit(rec)
