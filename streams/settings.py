@@ -152,7 +152,7 @@ class Settings:
     # anyway, marked "stale". 0 turns the barrier off (answers at once, never stale).
     read_barrier_max_ms: int = 1000
     # Events are consumed apart from requests, in chunks of at most this many (fewer when a chunk
-    # would take over ~10 ms): each chunk is one call of the Processor and one write per user, and
+    # would take over ~20 ms): each chunk is one call of the Processor and one write per user, and
     # the event loop is free between chunks (requests, timers).
     events_batch_max: int = 500
     # Fetched events waiting to be applied, above which fetching events pauses (resumed at half).

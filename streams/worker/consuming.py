@@ -37,7 +37,7 @@ BARRIER_POLL_S = 0.002
 RETRY_S = 1.0
 # Time one chunk should take on the event loop: a request or a timer waits at most about this
 # long behind the events path. The chunk size follows the measured cost per event.
-CHUNK_TARGET_S = 0.01
+CHUNK_TARGET_S = 0.02
 MIN_CHUNK = 32
 # Most buffered events looked at to fill one chunk when some partitions wait for a request.
 SCAN_FACTOR = 4

@@ -178,7 +178,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 # Most messages of the bulk topic handed to the sink in one list; the loop is given back after
 # each hand-over, so requests and timers never wait behind a whole fetch.
-BULK_HANDOVER_MAX = 500
+BULK_HANDOVER_MAX = 1000
 
 
 class _Consumer(faust_aiokafka.Consumer):
