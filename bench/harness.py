@@ -679,6 +679,10 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                         m[key] = m.get(key, 0.0) + value - before.get(key, 0.0)
                 record["worker_batch_mean"] = _hist_mean(m, "reranker_batch_requests")
                 record["worker_stale_answers"] = m.get("reranker_stale_answers_total", 0.0)
+                record["worker_barrier_wait_ms_mean"] = _hist_mean(m, "reranker_read_barrier_wait_seconds", 1000.0)
+                record["worker_barrier_wait_ms_p99"] = _hist_quantile(
+                    m, "reranker_read_barrier_wait_seconds", 0.99, 1000.0
+                )
                 record["worker_events_applied"] = sum(v for k, v in m.items() if k.startswith("reranker_events_total"))
                 record["worker_score_ms_mean"] = _hist_mean(m, "reranker_score_duration_seconds", 1000.0)
                 # Request ts (set by the client at send) to the worker's publish; the rest of the
