@@ -647,6 +647,11 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                     ),
                     2,
                 )
+            if spy is not None:
+                spy.wait(60)
+            cpu_after = {k: _cpu_seconds(p) for k, p in pids.items()}
+            record["cpu_share"] = {k: round((cpu_after[k] - cpu_before[k]) / elapsed, 3) for k in pids}
+            record["cpu_share"]["client"] = round((time.process_time() - client_before) / elapsed, 3)
             if producer_process is not None and produced_queue is not None:
                 produced, positions = produced_queue.get(timeout=300)
                 producer_process.join(30)
@@ -657,11 +662,6 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                 ended = time.monotonic()
                 done = wait_committed(broker.bootstrap, settings.app_id, settings.events_topic, positions, timeout=600)
                 record["catch_up_after_window_s"] = round(done - ended, 2)
-            if spy is not None:
-                spy.wait(60)
-            cpu_after = {k: _cpu_seconds(p) for k, p in pids.items()}
-            record["cpu_share"] = {k: round((cpu_after[k] - cpu_before[k]) / elapsed, 3) for k in pids}
-            record["cpu_share"]["client"] = round((time.process_time() - client_before) / elapsed, 3)
             # CPU per request offered: less sensitive to other load on the machine than wall times.
             n_offered = max(1, round(rate * (cfg.warmup_s + cfg.window_s)))
             record["cpu_us_per_request"] = {
