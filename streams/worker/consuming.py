@@ -116,7 +116,7 @@ class RequestGate:
         return self.fetch_log.latest.get((self.settings.events_topic, partition))
 
     async def submit(self, batch: list[EventT]) -> None:
-        if self.settings.read_barrier_max_ms <= 0:
+        if self.settings.read_barrier_max_ms <= 0 or not self.fetch_log.active:
             await self._answer([(event, False, None) for event in batch])
             return
         now = asyncio.get_running_loop().time()

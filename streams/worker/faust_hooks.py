@@ -100,6 +100,8 @@ class FetchLog:
     delivered to this worker. Written by the consumer's thread, read by the event loop."""
 
     def __init__(self) -> None:
+        # False until the fetcher is watched: without it no end offset can be trusted.
+        self.active = False
         self.seq = 0
         self.latest: dict[tuple[str, int], tuple[int, int]] = {}
         self.first_position: dict[tuple[str, int], int] = {}
@@ -141,6 +143,7 @@ def watch_fetches(fetcher: Any, log_: FetchLog) -> None:
         return result
 
     fetcher._proc_fetch_request = proc_fetch_request
+    log_.active = True
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
