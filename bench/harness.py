@@ -12,6 +12,7 @@ runs a fixed window of open-loop load (bench/open_loop.py). BENCHMARKS.md
     python -m bench.harness latency --target echo --rates 100,200,300,400,600,800
     python -m bench.harness ingest --users 10000 --events 50000
     python -m bench.harness ingest --users 10000,100000,1000000 --store rocksdb://
+    python -m bench.harness backlog --rate 200 --event-rate 30000 --window 20
     python -m bench.harness smoke
 
 Results are appended as JSON lines to ``--out`` (default var/bench/results.jsonl),
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -420,6 +422,64 @@ class RunConfig:
     # Worker settings (RERANKER_*); the echo takes consumer_fetch_wait_ms and producer_linger_ms.
     overrides: dict[str, str] = dataclasses.field(default_factory=dict)
     profile: str = ""  # "py-spy" to sample the worker during the window
+    # Events produced per second during the warm-up and the window (0: none), from another process.
+    event_rate: float = 0.0
+
+
+def _produce_at_rate(
+    settings: Settings,
+    users: Sequence[str],
+    items: Sequence[str],
+    rate: float,
+    seconds: float,
+    start_ts: float,
+    out: Any,
+) -> None:
+    """Produce events at ``rate`` per second for ``seconds`` (its own process: the client's event
+    loop keeps the GIL of the harness); puts (events produced, end offset per partition) on ``out``."""
+    from confluent_kafka import Producer
+
+    from streams.kafka.clients import producer_config
+
+    kinds = ("view", "click", "add_to_cart", "purchase")
+    positions: dict[int, int] = {}
+
+    def delivered(err, msg):  # type: ignore[no-untyped-def]
+        if err is None:
+            positions[msg.partition()] = max(positions.get(msg.partition(), 0), msg.offset() + 1)
+
+    producer = Producer(
+        {
+            **producer_config(settings),
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 2_000_000,
+        }
+    )
+    started = time.monotonic()
+    n = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = int(rate * elapsed)
+        while n < due:
+            user = users[(n * 7919) % len(users)]
+            record = {
+                "user_id": user,
+                "item_id": items[(n * 104729) % len(items)],
+                "event_type": kinds[n % 4],
+                "ts": start_ts + n * 1e-3,
+            }
+            try:
+                producer.produce(
+                    settings.events_topic, key=user.encode(), value=orjson.dumps(record), on_delivery=delivered
+                )
+            except BufferError:
+                producer.poll(0.01)
+                continue
+            n += 1
+        producer.poll(0)
+        time.sleep(0.005)
+    producer.flush(120)
+    out.put((n, positions))
 
 
 def _settings(bootstrap: str, overrides: dict[str, str]) -> Settings:
@@ -528,6 +588,37 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                     cfg.warmup_s + cfg.window_s,
                     work / f"profile-{cfg.target}-{int(rate)}-c{cfg.candidates}.txt",
                 )
+            producer_process, produced_queue = None, None
+            if cfg.event_rate > 0:
+                import multiprocessing
+
+                produced_queue = multiprocessing.Queue()
+                producer_process = multiprocessing.Process(
+                    target=_produce_at_rate,
+                    args=(
+                        settings,
+                        bw.users,
+                        bw.items,
+                        cfg.event_rate,
+                        cfg.warmup_s + cfg.window_s,
+                        bw.max_ts + 10_000.0,
+                        produced_queue,
+                    ),
+                )
+                producer_process.start()
+            lag_samples: list[tuple[float, float]] = []
+            sampling = threading.Event()
+
+            def sample_lag() -> None:
+                # The monitor timer sets the lag gauge: if the events path held the loop, it would freeze.
+                while not sampling.wait(0.5):
+                    with contextlib.suppress(Exception):
+                        lag = sum(v for k, v in services[0].metrics().items() if k.startswith("reranker_consumer_lag"))
+                        lag_samples.append((time.monotonic(), lag))
+
+            sampler = threading.Thread(target=sample_lag, daemon=True)
+            if cfg.event_rate > 0:
+                sampler.start()
             t0 = time.monotonic()
             result = asyncio.run(
                 run_open_loop(
@@ -544,11 +635,33 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                 )
             )
             elapsed = time.monotonic() - t0
+            sampling.set()
+            if lag_samples:
+                changes = [t for (t, v), (_, w) in itertools.pairwise(lag_samples) if v != w]
+                record["lag_samples"] = len(lag_samples)
+                record["lag_max"] = max(v for _, v in lag_samples)
+                record["lag_longest_unchanged_s"] = round(
+                    max(
+                        (b - a for a, b in itertools.pairwise([lag_samples[0][0], *changes, lag_samples[-1][0]])),
+                        default=0.0,
+                    ),
+                    2,
+                )
             if spy is not None:
                 spy.wait(60)
             cpu_after = {k: _cpu_seconds(p) for k, p in pids.items()}
             record["cpu_share"] = {k: round((cpu_after[k] - cpu_before[k]) / elapsed, 3) for k in pids}
             record["cpu_share"]["client"] = round((time.process_time() - client_before) / elapsed, 3)
+            if producer_process is not None and produced_queue is not None:
+                produced, positions = produced_queue.get(timeout=300)
+                producer_process.join(30)
+                record["event_rate"] = cfg.event_rate
+                record["events_produced"] = produced
+                record["events_produced_per_s"] = round(produced / (cfg.warmup_s + cfg.window_s), 1)
+                # Back to steady state: the worker has applied (committed) every produced event.
+                ended = time.monotonic()
+                done = wait_committed(broker.bootstrap, settings.app_id, settings.events_topic, positions, timeout=600)
+                record["catch_up_after_window_s"] = round(done - ended, 2)
             # CPU per request offered: less sensitive to other load on the machine than wall times.
             n_offered = max(1, round(rate * (cfg.warmup_s + cfg.window_s)))
             record["cpu_us_per_request"] = {
@@ -565,6 +678,12 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                     for key, value in s.metrics().items():
                         m[key] = m.get(key, 0.0) + value - before.get(key, 0.0)
                 record["worker_batch_mean"] = _hist_mean(m, "reranker_batch_requests")
+                record["worker_stale_answers"] = m.get("reranker_stale_answers_total", 0.0)
+                record["worker_barrier_wait_ms_mean"] = _hist_mean(m, "reranker_read_barrier_wait_seconds", 1000.0)
+                record["worker_barrier_wait_ms_p99"] = _hist_quantile(
+                    m, "reranker_read_barrier_wait_seconds", 0.99, 1000.0
+                )
+                record["worker_events_applied"] = sum(v for k, v in m.items() if k.startswith("reranker_events_total"))
                 record["worker_score_ms_mean"] = _hist_mean(m, "reranker_score_duration_seconds", 1000.0)
                 # Request ts (set by the client at send) to the worker's publish; the rest of the
                 # client's figure is the way back (producer linger, broker, client fetch).
@@ -1071,6 +1190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "is a plain environment variable of the worker, e.g. OMP_NUM_THREADS=1",
     )
 
+    p = sub.add_parser("backlog", help="requests while events arrive faster than the worker applies them")
+    p.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    p.add_argument("--event-rate", type=float, required=True, help="events produced per second")
+    p.add_argument("--profile", choices=("", "py-spy"), default="")
+    p.add_argument("--window", type=float, default=20.0)
+    p.add_argument("--warmup", type=float, default=0.0)
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--store", default="memory://")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
     p = sub.add_parser("ingest", help="events/s through online updates, then RSS and disk")
     p.add_argument("--users", default="10000", help="comma-separated user counts")
     p.add_argument("--events", type=int, default=0, help="events per run (default: one per user)")
@@ -1147,6 +1276,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(
             f"max sustainable rate ({a.target}, {a.candidates} candidates, {a.workers} worker(s)): "
             f"{summary['max_sustainable']}"
+        )
+    elif a.command == "backlog":
+        cfg = RunConfig(
+            target="worker",
+            candidates=a.candidates,
+            window_s=a.window,
+            warmup_s=a.warmup,
+            drain_s=10.0,
+            store=a.store,
+            overrides=_overrides(a.set),
+            event_rate=a.event_rate,
+            profile=a.profile,
+        )
+        rec = measure(bw, cfg, a.rate, work)
+        emit(rec)
+        say(describe(rec))
+        say(
+            f"  events: {rec.get('events_produced')} produced ({rec.get('events_produced_per_s')}/s), "
+            f"caught up {rec.get('catch_up_after_window_s')} s after the window; answers: "
+            f"{rec['answered']}/{rec['sent']}, missing {rec['missing']}, max {rec['max_ms']} ms, "
+            f"stale {rec['stale']} (worker counted {rec.get('worker_stale_answers')})"
         )
     elif a.command == "ingest":
         for users in [int(u) for u in a.users.split(",")]:

@@ -40,6 +40,8 @@ class LoadResult:
     answered: int = 0
     missing: int = 0
     errors: int = 0
+    # Answers marked "stale" (the worker's read barrier gave up waiting for the user's events).
+    stale: int = 0
     achieved_rate: float = 0.0
     p50_ms: float | None = None
     p95_ms: float | None = None
@@ -174,6 +176,7 @@ async def run_open_loop(
     result = LoadResult(offered_rate=rate, window_s=window_s, candidates=factory.n_candidates)
     index: dict[str, int] = {}
     errors = 0
+    stale = 0
     result_bytes: list[int] = []
     request_bytes: list[int] = []
     sending_done = asyncio.Event()
@@ -199,7 +202,7 @@ async def run_open_loop(
             sending_done.set()
 
     async def receive_all() -> None:
-        nonlocal errors
+        nonlocal errors, stale
         outstanding = total
         deadline = None
         while outstanding > 0:
@@ -223,6 +226,8 @@ async def run_open_loop(
                     outstanding -= 1
                     if "error" in obj:
                         errors += 1
+                    if obj.get("stale"):
+                        stale += 1
                     if len(result_bytes) < 64:
                         result_bytes.append(len(value))
 
@@ -245,6 +250,7 @@ async def run_open_loop(
     result.answered = int(got.size)
     result.missing = result.sent - result.answered
     result.errors = errors
+    result.stale = stale
     if got.size:
         window_start = scheduled[first_measured]
         last = np.nanmax(arrived[window])

@@ -154,6 +154,17 @@ class Settings:
     # for at most batch_window_ms; nothing waits for the window when no more is queued.
     batch_max: int = 64
     batch_window_ms: float = 5.0
+    # Read-your-writes (streams/worker/consuming.py): a request is held until its partition's
+    # events are applied up to an end offset taken after it arrived, at most this long after it
+    # was produced (its Kafka timestamp; its arrival if that is later); then it is answered
+    # anyway, marked "stale". 0 turns the barrier off (answers at once, never stale).
+    read_barrier_max_ms: int = 1000
+    # Events are consumed apart from requests, in chunks of at most this many (fewer when a chunk
+    # would take over ~20 ms): each chunk is one call of the Processor and one write per user, and
+    # the event loop is free between chunks (requests, timers).
+    events_batch_max: int = 500
+    # Fetched events waiting to be applied, above which fetching events pauses (resumed at half).
+    events_buffer_max: int = 10_000
     # Intra-op threads of torch in a worker (0 = torch's default, one per core). One forward
     # pass is far too small to gain from a second thread, and on a busy machine the threads wait
     # for each other: on 2 cores the default made p50 at 200 req/s ~300 ms instead of ~20 ms.
@@ -263,6 +274,10 @@ class Settings:
             raise SettingsError("torch_threads must be >= 0 (0 = torch's default)")
         if self.batch_max < 1 or self.max_candidates < 1:
             raise SettingsError("batch_max and max_candidates must be >= 1")
+        if self.read_barrier_max_ms < 0:
+            raise SettingsError("read_barrier_max_ms must be >= 0 (0 = no barrier)")
+        if self.events_batch_max < 1 or self.events_buffer_max < self.events_batch_max:
+            raise SettingsError("events_batch_max must be >= 1 and events_buffer_max >= events_batch_max")
         if not 0.0 < self.holdout_share < 0.5:
             raise SettingsError("holdout_share must be in (0, 0.5)")
         if self.keep_versions < 1:

@@ -59,6 +59,8 @@ class InMessage:
     Attributes:
         timestamp: the Kafka timestamp in seconds, if known.
         handle: the transport's own event object (the faust event), opaque here.
+        stale: for a request, answered before the worker had applied every event of its user
+            that preceded it (the read barrier's wait ran out): the result says so.
     """
 
     topic: str
@@ -68,6 +70,7 @@ class InMessage:
     key: bytes | None
     value: bytes | None
     handle: object = None
+    stale: bool = False
 
 
 # An event, its message and what became of it ("ok", "duplicate"), as `_apply_rounds` reports it.
@@ -631,12 +634,15 @@ class Processor:
                         now,
                         explains,
                         summary,
+                        stale=message.stale,
                     ),
                     request.request_id,
                     request.user_id,
                 )
             )
             metrics.requests.labels("ok").inc()
+            if message.stale:
+                metrics.stale_answers.inc()
             metrics.candidates.observe(len(request.item_ids))
             start = request_start(request.ts, message.timestamp, now)
             if start is not None:

@@ -501,12 +501,16 @@ def encode_result(
     ts: float,
     explains: list[dict[str, Any]] | None = None,
     state: dict[str, Any] | None = None,
+    *,
+    stale: bool = False,
 ) -> bytes:
     """JSON of a successful result; ``ranked`` is best first.
 
     Args:
         explains: for an ``explain`` request, one object per ranked item (its "explain" field).
         state: for an ``explain`` request, the user-state summary (the result's "state" field).
+        stale: answered before the worker had applied every event of the user that preceded the
+            request (the read barrier's wait ran out); the key is absent otherwise.
     """
     items = [{"item_id": item, "score": score, "rank": rank} for rank, (item, score) in enumerate(ranked, start=1)]
     if explains is not None:
@@ -521,6 +525,8 @@ def encode_result(
     }
     if state is not None:
         result["state"] = state
+    if stale:
+        result["stale"] = True
     return orjson.dumps(result)
 
 

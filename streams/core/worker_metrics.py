@@ -191,6 +191,18 @@ class WorkerMetrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.stale_answers = Counter(
+            "reranker_stale_answers_total",
+            "Requests answered before their partition's events were applied up to the end offset "
+            'taken after they arrived (read_barrier_max_ms ran out); the result says "stale": true.',
+            registry=r,
+        )
+        self.read_barrier_wait = Histogram(
+            "reranker_read_barrier_wait_seconds",
+            "Time a request was held for the events of its partition before it was answered.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.state_rewrites = Counter(
             "reranker_state_rewrites_total",
             "User states written again because redelivered events were duplicates (after a crash), "

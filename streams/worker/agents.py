@@ -1,23 +1,23 @@
-"""The worker's agent: consume events and requests, hand them to the Processor, send what it returns."""
+"""The worker's agent and tasks: requests through a faust agent, events through the bulk path
+(streams/worker/consuming.py); both hand their messages to the Processor and send what it returns."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from itertools import groupby
 from typing import Any, Protocol
 
-import faust
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
-from faust.types import EventT, StreamT
+from faust.types import StreamT, TableT
 
-from streams.core.processing import InMessage, OutMessage, Processor
+from streams.core.processing import OutMessage, Processor
 from streams.core.worker_metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.worker.batching import take_available
+from streams.worker.consuming import EventsPath, RequestGate
+from streams.worker.faust_hooks import RerankerApp
 from streams.worker.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -26,41 +26,6 @@ log = logging.getLogger(__name__)
 # broker that is briefly away (a leader election) is ridden out, a batch never waits for long.
 SEND_ATTEMPTS = 4
 SEND_BACKOFF_S = 0.5
-
-
-def in_order(events: Sequence[EventT], events_topic: str) -> list[InMessage]:
-    """The batch as InMessages, in produce-time order across partitions and topics.
-
-    A user's events and requests arrive on two topics. Merging by Kafka
-    timestamp restores the order in which they were produced (what a client
-    that sends an event and then a request means), while each partition keeps
-    its own offset order even where timestamps go backwards. Timestamps have
-    millisecond resolution and an event acknowledged just before a request is
-    often stamped with the same millisecond: on a tie the event goes first.
-    """
-    messages = [
-        InMessage(
-            e.message.topic,
-            e.message.partition,
-            e.message.offset,
-            e.message.timestamp,
-            e.message.key,
-            e.message.value,
-            e,
-        )
-        for e in events
-    ]
-    by_source = [
-        list(group)
-        for _, group in groupby(
-            sorted(messages, key=lambda m: (m.topic, m.partition)), key=lambda m: (m.topic, m.partition)
-        )
-    ]
-    if len(by_source) == 1:
-        return by_source[0]
-    for group in by_source:
-        group.sort(key=lambda m: m.offset or 0)
-    return list(heapq.merge(*by_source, key=lambda m: (m.timestamp or 0.0, m.topic != events_topic)))
 
 
 class Sink(Protocol):
@@ -161,7 +126,7 @@ class OutputSender:
             self.metrics.send_failures.labels(topic, "delivery").inc()
 
 
-def register_agents(app: faust.App, settings: Settings, topics: Topics, processor: Processor) -> None:
+def register_agents(app: RerankerApp, settings: Settings, topics: Topics, processor: Processor, table: TableT) -> None:
     sender = OutputSender(
         {
             settings.results_topic: topics.results,
@@ -173,13 +138,43 @@ def register_agents(app: faust.App, settings: Settings, topics: Topics, processo
         processor.metrics,
         processor.error_result,
     )
+    events = EventsPath(app, settings, processor, table, sender, app.fetch_log)
+    # The events topic is subscribed without a stream: faust's consumer hands its messages over.
+    app.topics.add(topics.events)
+    app.bulk_topic = settings.events_topic
+    app.bulk_sink = events.deliver
+    holder: dict[str, StreamT] = {}
 
-    @app.agent(topics.inputs, name="rerank")
+    async def ack(event: Any) -> None:
+        await holder["stream"].ack(event)
+
+    gate = RequestGate(settings, processor, sender, app.fetch_log, events.applied, ack)
+    events.gate = gate
+
+    @app.agent(topics.requests, name="rerank")
     async def rerank(stream: StreamT) -> None:
-        # One forward pass per batch of whatever has arrived; nothing waits for a timer.
-        async for batch in take_available(stream, settings.batch_max, within=settings.batch_window_ms / 1000.0):
+        holder["stream"] = stream
+        # One forward pass per batch of whatever has arrived; nothing waits for a timer. Each
+        # request is acknowledged when it is answered, which the read barrier may defer.
+        async for batch in take_available(
+            stream, settings.batch_max, within=settings.batch_window_ms / 1000.0, ack=False
+        ):
             processor.metrics.batch_messages.observe(len(batch))
-            await sender.send_all(processor.process(in_order(batch, settings.events_topic)))
+            await gate.submit(batch)
             # Liveness: a consumer can stop without an error (faust issue #175), which only
             # shows as this timestamp falling behind while the consumer lag grows.
             processor.metrics.last_batch.set_to_current_time()
+
+    @app.task
+    async def apply_events() -> None:
+        await events.run()
+
+    @app.task
+    async def answer_held_requests() -> None:
+        await gate.run()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's signal accepts coroutines
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        events.forget(revoked)
+        app.fetch_log.forget(revoked)

@@ -154,7 +154,7 @@ def build_worker(
     metrics = metrics or WorkerMetrics()
     metrics.set_serving_model(bundle.name, bundle.version)
     processor = Processor(bundle, settings, TableStateStore(table), metrics, partitions=partitions, check_keys=True)
-    register_agents(app, settings, topics, processor)
+    register_agents(app, settings, topics, processor, table)
     register_monitor(app, table, [settings.events_topic, settings.requests_topic], metrics)
     catalog = ItemCatalog(settings, processor)
     swapper = ModelSwapper(settings, processor, metrics, catalog)

@@ -30,13 +30,15 @@ from streams.worker.faust_hooks import drain_in_background
 QUIET_TURNS = 16
 
 
-async def take_available(stream: StreamT, max_: int, within: float) -> AsyncIterator[list[EventT]]:
+async def take_available(stream: StreamT, max_: int, within: float, *, ack: bool = True) -> AsyncIterator[list[EventT]]:
     """Yield lists of at most ``max_`` events: each one what had arrived when it was handed over.
 
     Args:
         stream: the agent's stream.
         max_: most events in one batch.
         within: longest time, in seconds, spent gathering one batch once its first event is in.
+        ack: acknowledge a batch's events once its consumer is done with it; False: the consumer
+            acknowledges each event itself (``stream.ack``), when it is done with that one.
     """
     loop = asyncio.get_running_loop()
     events: list[EventT] = []
@@ -84,6 +86,7 @@ async def take_available(stream: StreamT, max_: int, within: float) -> AsyncIter
         finally:
             events.clear()
             has_events.clear()
-            for event in batch:
-                await stream.ack(event)
+            if ack:
+                for event in batch:
+                    await stream.ack(event)
             room.set()

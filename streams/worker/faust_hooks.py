@@ -13,6 +13,20 @@ The transport, for the embedded broker's quirks, configured by settings:
   last record batch, so recovery would stop short of the newest records (and
   a RocksDB store that has them fails with ConsistencyError). The end is
   therefore confirmed by the high watermark that a fetch response carries.
+
+The consuming path of the worker (streams/worker/consuming.py):
+
+* faust hands every fetched message to the event loop one at a time (``Consumer._drain_messages``
+  awaits ``wait_first`` on two futures per message), then through a channel and a stream: about
+  170 us per message. The events topic skips all of it: its messages go, one list per fetch, to
+  a sink the worker drains in chunks (``_Consumer.bulk_sink``); other topics go faust's way.
+* Read-your-writes needs, per partition, the high watermark of a fetch response handled after a
+  request arrived. aiokafka keeps only the newest one, without saying which response set it, so
+  the fetcher's response handler is wrapped to number the responses (``FetchLog``).
+* A table write through ``Table.__setitem__`` sends one changelog record through faust's producer
+  buffer and writes the changelog offset to RocksDB in each send's callback (~150 us per write).
+  ``write_table_states`` writes a chunk's states to the store and sends their changelog records
+  as one aiokafka batch per partition, recording the persisted offset once per batch.
 """
 
 from __future__ import annotations
@@ -20,8 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiokafka
@@ -30,9 +47,10 @@ from aiokafka import TopicPartition
 from faust import streams as faust_streams
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.stores import rocksdb as faust_rocksdb
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, Message, StreamT, TableT
 from faust.types.auth import SASLMechanism
 
 from streams.kafka.security import ssl_context
@@ -75,9 +93,72 @@ async def fetched_end_offsets(
         await probe.stop()
 
 
+class FetchLog:
+    """Per partition, the newest fetch response that carried it: its number (responses are
+    numbered in the order the consumer handled them) and the partition's high watermark; and the
+    offset of the first fetch since the partition was (re)assigned, below which nothing is
+    delivered to this worker. Written by the consumer's thread, read by the event loop."""
+
+    def __init__(self) -> None:
+        # False until the fetcher is watched: without it no end offset can be trusted.
+        self.active = False
+        self.seq = 0
+        self.latest: dict[tuple[str, int], tuple[int, int]] = {}
+        self.first_position: dict[tuple[str, int], int] = {}
+
+    def record(self, topic: str, partition: int, highwater: int, position: int) -> None:
+        key = (topic, partition)
+        self.latest[key] = (self.seq, highwater)
+        self.first_position.setdefault(key, position)
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        for tp in tps:
+            self.latest.pop((tp.topic, tp.partition), None)
+            self.first_position.pop((tp.topic, tp.partition), None)
+
+
+def watch_fetches(fetcher: Any, log_: FetchLog) -> None:
+    """Number every fetch response that ``fetcher`` (aiokafka's ``Fetcher``) handles in ``log_``.
+
+    ``Fetcher._proc_fetch_request(assignment, node_id, request)`` sends one fetch, then sets the
+    high watermark (and ``timestamp``, in ms) of each partition of the response it accepts. A
+    partition counts only when its timestamp is not older than the call: one whose part of the
+    response was discarded (an error, a seek) keeps its older watermark and is left out.
+    """
+    original = fetcher._proc_fetch_request
+
+    async def proc_fetch_request(assignment: Any, node_id: Any, request: Any) -> Any:
+        started_ms = int(1000 * time.time())
+        result = await original(assignment, node_id, request)
+        log_.seq += 1
+        for topic, partitions in request.topics:
+            for partition, offset, *_ in partitions:
+                try:
+                    state = assignment.state_value(TopicPartition(topic, partition))
+                except (KeyError, AssertionError):
+                    continue
+                if state is None or state.highwater is None or (state.timestamp or 0) < started_ms:
+                    continue
+                log_.record(topic, partition, state.highwater, offset)
+        return result
+
+    fetcher._proc_fetch_request = proc_fetch_request
+    log_.active = True
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms: ClassVar[int] = 1500
     verify_end_offsets: ClassVar[bool] = True
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # aiokafka builds its Fetcher in AIOKafkaConsumer.start(), which the parent has awaited.
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        fetch_log = getattr(self.app, "fetch_log", None)
+        if fetcher is not None and fetch_log is not None:
+            watch_fetches(fetcher, fetch_log)
+        else:
+            log.warning("aiokafka's fetcher not found: requests are answered without the read barrier")
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -98,11 +179,90 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         )
 
 
+# Most messages of the bulk topic handed to the sink in one list; the loop is given back after
+# each hand-over, so requests and timers never wait behind a whole fetch.
+BULK_HANDOVER_MAX = 1000
+
+
 class _Consumer(faust_aiokafka.Consumer):
     thread_class: ClassVar[type[_ConsumerThread]] = _ConsumerThread
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return self.thread_class(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - faust's loop, see below
+        """faust's ``Consumer._drain_messages`` (faust-streaming 0.11), with the bulk topic's
+        messages collected per fetch and handed to the app's ``bulk_sink`` in one call."""
+        sink: Callable[[list[Message]], None] | None = getattr(self.app, "bulk_sink", None)
+        bulk_topic: str | None = getattr(self.app, "bulk_topic", None)
+        if sink is None or bulk_topic is None:
+            await super()._drain_messages(fetcher)
+            return
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        fetching = faust_consumer.CONSUMER_FETCHING
+        bulk: list[Message] = []
+        num_since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(fetching)
+                ait = getmany(timeout=1.0)
+                await asyncio.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is not None and offset < r_offset:
+                            continue
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        if message.topic == bulk_topic:
+                            bulk.append(message)
+                            set_read_offset(tp, offset)
+                            if len(bulk) >= BULK_HANDOVER_MAX:
+                                sink(bulk)
+                                bulk = []
+                                await asyncio.sleep(0)
+                            continue
+                        num_since_yield += 1
+                        if num_since_yield > 100:
+                            await asyncio.sleep(0)
+                            num_since_yield = 0
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+                    if bulk:
+                        sink(bulk)
+                        bulk = []
+                    unset_flag(fetching)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            unset_flag(fetching)
+
+    def pause_fetching(self, tp: TP) -> None:
+        """Stop fetching ``tp`` (faust's own flow control for a full stream buffer)."""
+        self.on_buffer_full(tp)
+
+    def resume_fetching(self, tp: TP) -> None:
+        self.on_buffer_drop(tp)
 
 
 def configured_transport(fetch_max_wait_ms: int, verify_end_offsets: bool = True) -> type[faust_aiokafka.Transport]:
@@ -121,6 +281,14 @@ class RerankerApp(faust.App):
 
     fetch_wait_ms: int = 1500
     verify_end_offsets: bool = True
+    # Messages of ``bulk_topic`` go to ``bulk_sink`` in lists instead of faust's channels (see
+    # the module's docstring); set before the app starts.
+    bulk_topic: str | None = None
+    bulk_sink: Callable[[list[Message]], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch_log = FetchLog()
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         transport_cls = configured_transport(self.fetch_wait_ms, self.verify_end_offsets)
@@ -231,3 +399,96 @@ def bound_rocksdb_memory(table: Any, *, block_cache_bytes: int, write_buffer_byt
         ttl=store.rocksdb_options.ttl,
     )
     return True
+
+
+class _PartitionSource:
+    """Stands for a consumed event of a partition where faust's store looks for one
+    (``current_event().message.partition``): the events path writes states outside any stream."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = Message(topic, partition, -1, 0.0, 0, None, None, None, None)
+
+
+@contextlib.contextmanager
+def as_partition(topic: str, partition: int) -> Iterator[None]:
+    """Make a stand-in for an event of ``topic``/``partition`` faust's current event."""
+    source = _PartitionSource(topic, partition)
+    token = faust_streams._current_event.set(weakref.ref(source))  # type: ignore[arg-type]  # duck-typed
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+def read_table_value(table: TableT, key: bytes) -> bytes | None:
+    """The table's store value for ``key`` (under the partition set by ``as_partition``), without
+    the table's per-access sensors."""
+    value: bytes | None = table.data.get(key)
+    return value
+
+
+async def write_table_states(
+    app: faust.App,
+    table: TableT,
+    writes: Mapping[int, Sequence[tuple[bytes, bytes]]],
+    *,
+    kill_after_writing: bytes | None = None,
+) -> None:
+    """Write ``writes`` (per partition: key, value) to ``table``'s store, then send their changelog
+    records, one aiokafka batch per partition (several when one is full).
+
+    The changelog partition is the events partition, as faust's own ``Table.__setitem__`` picks
+    it. RocksDB's persisted offset (from where a restart reads the changelog) is set to the last
+    record of each batch once it is delivered. Returns once every record is in the producer's
+    accumulator; faust flushes the producer before it commits offsets.
+
+    Args:
+        kill_after_writing: fault injection (tables.FAULT_KILL_AFTER_STATE_WRITE_ENV): SIGKILL the
+            process right after the store has this key's state, before its changelog is sent.
+    """
+    store = table.data
+    source_topic = table.changelog_topic.get_topic_name()
+    for partition, items in writes.items():
+        with as_partition(source_topic, partition):
+            for key, value in items:
+                store[key] = value
+                if key == kill_after_writing:
+                    os.kill(os.getpid(), signal.SIGKILL)
+    producer: aiokafka.AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]  # aiokafka driver
+    changelog = table.changelog_topic.get_topic_name()
+    for partition, items in writes.items():
+        batch = producer.create_batch()
+        count = 0
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                await _send_changelog_batch(producer, store, changelog, partition, batch, count)
+                batch, count = producer.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a state of {len(value)} bytes does not fit one changelog batch")
+            count += 1
+        if count:
+            await _send_changelog_batch(producer, store, changelog, partition, batch, count)
+
+
+async def _send_changelog_batch(
+    producer: aiokafka.AIOKafkaProducer, store: Any, topic: str, partition: int, batch: Any, count: int
+) -> None:
+    batch.close()
+    delivery = await producer.send_batch(batch, topic, partition=partition)
+
+    def persisted(done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            log.error("a changelog batch of %d states to %s[%d] was not delivered: %r", count, topic, partition, done)
+            return
+        store.set_persisted_offset(TP(topic, partition), done.result().offset + count - 1)
+
+    delivery.add_done_callback(persisted)
+
+
+def ack_messages(consumer: Any, messages: Iterable[Message]) -> None:
+    """Acknowledge messages taken outside faust's streams (their offsets become committable)."""
+    ack = consumer.ack
+    for message in messages:
+        ack(message)

@@ -12,11 +12,11 @@ from streams.settings import Settings
 
 @dataclass
 class Topics:
-    inputs: TopicT  # events and requests, consumed by one agent so they are handled in order
+    # Both inputs are also sinks: a message found off its murmur2 partition is re-routed to it.
+    events: TopicT  # consumed in bulk (streams/worker/consuming.py), outside faust's streams
+    requests: TopicT  # consumed by the agent, answered behind the read barrier
     results: TopicT
     dead_letters: TopicT
-    events: TopicT  # to re-route an input to its partition
-    requests: TopicT
 
 
 def define_topics(app: faust.App, settings: Settings) -> Topics:
@@ -31,9 +31,8 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         )
 
     return Topics(
-        inputs=raw(settings.events_topic, settings.requests_topic),
-        results=raw(settings.results_topic),
-        dead_letters=raw(settings.dead_letter_topic),
         events=raw(settings.events_topic),
         requests=raw(settings.requests_topic),
+        results=raw(settings.results_topic),
+        dead_letters=raw(settings.dead_letter_topic),
     )

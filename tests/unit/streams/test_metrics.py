@@ -33,6 +33,8 @@ EXPECTED = {
     "reranker_dead_letters_total": ("counter", {"reason"}),
     "reranker_state_update_lag_seconds": ("histogram", set()),
     "reranker_state_rewrites_total": ("counter", set()),
+    "reranker_stale_answers_total": ("counter", set()),
+    "reranker_read_barrier_wait_seconds": ("histogram", set()),
     "reranker_model_info": ("gauge", {"name", "version"}),
     "reranker_model_swaps_total": ("counter", set()),
     "reranker_model_load_failures_total": ("counter", {"reason"}),

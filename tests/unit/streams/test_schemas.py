@@ -64,3 +64,19 @@ def test_the_dead_letter_schema_lists_every_reason_the_worker_uses() -> None:
 
     schema = json.loads((SCHEMAS / "dead-letter.schema.json").read_text())
     assert schema["properties"]["reason"]["enum"] == list(DEAD_LETTER_REASONS)
+
+
+def test_a_stale_answer_says_so_and_validates(bundle) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings()
+    request = {"request_id": "r1", "user_id": "u1", "candidates": [{"item_id": bundle.item_ids[1]}]}
+    message = InMessage(settings.requests_topic, 0, 0, None, b"u1", orjson.dumps(request), stale=True)
+    processor = Processor(bundle, settings, DictStateStore())
+    (out,) = processor.process([message])
+    result = orjson.loads(out.value)
+    assert result["stale"] is True
+    validator("reranked-result").validate(result)
+    fresh = orjson.loads(
+        processor.process([InMessage(settings.requests_topic, 0, 1, None, b"u1", message.value)])[0].value
+    )
+    assert "stale" not in fresh
+    assert processor.metrics.stale_answers._value.get() == 1

@@ -1,0 +1,303 @@
+"""The worker's two consuming paths: events in large chunks, requests behind a read barrier.
+
+Events are taken from faust's consumer one list per fetch (faust_hooks, ``bulk_sink``), applied
+by the Processor a chunk at a time (one call, one state write per user, one changelog batch per
+partition) and acknowledged after; the event loop is given back between chunks, so requests,
+the monitor and the other timers keep running during a backlog. Requests come through a faust
+agent and wait in a :class:`~streams.core.read_barrier.ReadBarrier` until the events of their
+own partition are applied up to an end offset taken after they arrived (read-your-writes), at
+most ``read_barrier_max_ms``; a held request is acknowledged only once it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import faust
+from faust.types import TP, EventT, Message, TableT
+
+from streams.core.processing import InMessage, OutMessage, Processor
+from streams.core.read_barrier import Fetched, Held, ReadBarrier
+from streams.core.state import UserState, decode_state, encode_state
+from streams.settings import Settings
+from streams.worker.faust_hooks import FetchLog, ack_messages, as_partition, read_table_value, write_table_states
+from streams.worker.tables import FAULT_KILL_AFTER_STATE_WRITE_ENV
+
+log = logging.getLogger(__name__)
+
+# How often held requests are looked at while any is held (their deadlines, new fetch responses).
+BARRIER_POLL_S = 0.002
+# Wait before a chunk whose store write or send failed is tried again.
+RETRY_S = 1.0
+# Time one chunk should take on the event loop: a request or a timer waits at most about this
+# long behind the events path. The chunk size follows the measured cost per event.
+CHUNK_TARGET_S = 0.02
+MIN_CHUNK = 32
+# Most buffered events looked at to fill one chunk when some partitions wait for a request.
+SCAN_FACTOR = 4
+
+
+class Sender(Protocol):
+    async def send_all(self, outputs: Iterable[OutMessage]) -> None: ...
+
+
+class ChunkStore:
+    """processing.StateStore for one chunk of events: reads the table's store, keeps the chunk's
+    writes and writes them together in :meth:`flush`."""
+
+    def __init__(self, app: faust.App, table: TableT) -> None:
+        self.app = app
+        self.table = table
+        self.pending: dict[str, tuple[int, UserState]] = {}
+        kill = os.environ.get(FAULT_KILL_AFTER_STATE_WRITE_ENV)
+        self.kill_after_writing = kill.encode() if kill else None
+
+    def get(self, user_id: str, source: InMessage) -> UserState | None:
+        hit = self.pending.get(user_id)
+        if hit is not None:
+            return hit[1]
+        with as_partition(source.topic, source.partition or 0):
+            raw = read_table_value(self.table, user_id.encode())
+        return decode_state(raw) if raw is not None else None
+
+    def put(self, user_id: str, state: UserState, source: InMessage) -> None:
+        self.pending[user_id] = (source.partition or 0, state)
+
+    async def flush(self) -> None:
+        writes: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        for user_id, (partition, state) in self.pending.items():
+            writes[partition].append((user_id.encode(), encode_state(state)))
+        self.pending = {}
+        if writes:
+            await write_table_states(self.app, self.table, writes, kill_after_writing=self.kill_after_writing)
+
+
+def in_message(message: Message, handle: object = None, *, stale: bool = False) -> InMessage:
+    return InMessage(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.timestamp,
+        message.key,
+        message.value,
+        handle if handle is not None else message,
+        stale,
+    )
+
+
+class RequestGate:
+    """Holds each request until its partition's events are applied far enough, then answers it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor,
+        sender: Sender,
+        fetch_log: FetchLog,
+        applied: Callable[[int], int | None],
+        ack: Callable[[EventT], Awaitable[Any]],
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.sender = sender
+        self.fetch_log = fetch_log
+        self.applied = applied
+        self.ack = ack
+        self.barrier: ReadBarrier[EventT] = ReadBarrier(settings.read_barrier_max_ms / 1000.0)
+        self.wake = asyncio.Event()
+
+    def fetched(self, partition: int) -> Fetched | None:
+        return self.fetch_log.latest.get((self.settings.events_topic, partition))
+
+    async def submit(self, batch: list[EventT]) -> None:
+        if self.settings.read_barrier_max_ms <= 0 or not self.fetch_log.active:
+            await self._answer([(event, False, None) for event in batch])
+            return
+        now = asyncio.get_running_loop().time()
+        wall = time.time()
+        topic = self.settings.requests_topic
+        for event in batch:
+            partition = event.message.partition
+            # The bound counts from the request's Kafka timestamp (the producer's clock), never
+            # from later than its arrival: time spent reaching the worker is part of the wait.
+            produced = event.message.timestamp
+            age = wall - produced if produced else 0.0
+            # The newest response of the request's partition came at or after the request itself;
+            # without one (not recorded), every response so far counts as possibly before it.
+            seen = self.fetch_log.latest.get((topic, partition))
+            seq = seen[0] if seen is not None else self.fetch_log.seq
+            self.barrier.hold(event, partition, seq, now, age)
+        await self.answer_ready()
+        self.wake.set()
+
+    def limits(self) -> dict[int, int]:
+        self.barrier.fix_targets(self.fetched)
+        return self.barrier.limits()
+
+    async def answer_ready(self) -> None:
+        now = asyncio.get_running_loop().time()
+        ready, stale = self.barrier.release(self.fetched, self.applied, now)
+        if not ready and not stale:
+            return
+        released: list[tuple[Held[EventT], bool]] = [(h, False) for h in ready] + [(h, True) for h in stale]
+        released.sort(key=lambda pair: pair[0].since)
+        await self._answer([(h.item, is_stale, now - h.since) for h, is_stale in released])
+
+    async def _answer(self, items: list[tuple[EventT, bool, float | None]]) -> None:
+        metrics = self.processor.metrics
+        for _, _, waited in items:
+            if waited is not None:
+                metrics.read_barrier_wait.observe(waited)
+        outputs = self.processor.process([in_message(e.message, e, stale=s) for e, s, _ in items])
+        await self.sender.send_all(outputs)
+        for event, _, _ in items:
+            await self.ack(event)
+
+    async def run(self) -> None:
+        """Answers held requests as their wait runs out or their events' fetches come in."""
+        while True:
+            if not self.barrier.held:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            await asyncio.sleep(BARRIER_POLL_S)
+            try:
+                await self.answer_ready()
+            except Exception:  # a failure here must not stop answering the other requests
+                log.exception("answering held requests failed")
+
+
+class EventsPath:
+    """Buffers the events faust's consumer hands over and applies them a chunk at a time."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        processor: Processor,
+        table: TableT,
+        sender: Sender,
+        fetch_log: FetchLog,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.processor = processor
+        self.sender = sender
+        self.fetch_log = fetch_log
+        self.store = ChunkStore(app, table)
+        self.buffer: deque[Message] = deque()
+        self.has_events = asyncio.Event()
+        # Per events partition, the offset below which every delivered event is applied.
+        self.applied_next: dict[int, int] = {}
+        self.paused: set[TP] = set()
+        self.gate: RequestGate | None = None
+        self.chunk_size = settings.events_batch_max
+
+    def deliver(self, messages: list[Message]) -> None:
+        """The consumer's hand-over of one fetch's events (runs on the event loop)."""
+        self.buffer.extend(messages)
+        self.has_events.set()
+        if len(self.buffer) >= self.settings.events_buffer_max:
+            consumer = self.app.consumer
+            for tp in {TP(m.topic, m.partition) for m in messages} - self.paused:
+                consumer.pause_fetching(tp)  # type: ignore[attr-defined]  # on faust_hooks._Consumer
+                self.paused.add(tp)
+
+    def applied(self, partition: int) -> int | None:
+        """Offset below which the partition's events are applied: those delivered and applied
+        since it was assigned, and those before the first fetch (committed, or skipped)."""
+        first = self.fetch_log.first_position.get((self.settings.events_topic, partition))
+        done = self.applied_next.get(partition)
+        if done is None:
+            return first
+        return done if first is None else max(done, first)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Partitions taken away by a rebalance: their buffered events are dropped unacknowledged
+        (the new owner reads them from the committed offset)."""
+        gone = {tp.partition for tp in tps if tp.topic == self.settings.events_topic}
+        if not gone:
+            return
+        self.buffer = deque(m for m in self.buffer if m.partition not in gone)
+        for partition in gone:
+            self.applied_next.pop(partition, None)
+        self.paused = {tp for tp in self.paused if tp.partition not in gone}
+
+    def _take(self) -> list[Message]:
+        limits = self.gate.limits() if self.gate is not None else {}
+        size = self.chunk_size
+        chunk: list[Message] = []
+        if not limits:
+            while self.buffer and len(chunk) < size:
+                chunk.append(self.buffer.popleft())
+            return chunk
+        # Events at or past a held request's target wait for it to be answered.
+        kept: list[Message] = []
+        scanned = 0
+        while self.buffer and len(chunk) < size and scanned < SCAN_FACTOR * size:
+            message = self.buffer.popleft()
+            scanned += 1
+            limit = limits.get(message.partition)
+            (kept if limit is not None and message.offset >= limit else chunk).append(message)
+        self.buffer.extendleft(reversed(kept))
+        return chunk
+
+    async def run(self) -> None:
+        metrics = self.processor.metrics
+        while True:
+            if not self.buffer:
+                self.has_events.clear()
+                await self.has_events.wait()
+                continue
+            chunk = self._take()
+            if chunk:
+                started = time.perf_counter()
+                try:
+                    await self._apply(chunk)
+                except Exception:  # the Processor isolates bad events: this is the store or the producer
+                    # Nothing of the chunk is acknowledged; it is tried again (its events that were
+                    # written are then duplicates, which the Processor recognises by offset).
+                    log.exception("applying a chunk of %d events failed; retrying", len(chunk))
+                    self.buffer.extendleft(reversed(chunk))
+                    await asyncio.sleep(RETRY_S)
+                    continue
+                per_event = (time.perf_counter() - started) / len(chunk)
+                fitting = int(CHUNK_TARGET_S / max(per_event, 1e-6))
+                self.chunk_size = max(MIN_CHUNK, min(self.settings.events_batch_max, fitting))
+                metrics.batch_messages.observe(len(chunk))
+                metrics.last_batch.set_to_current_time()
+            self._maybe_resume()
+            if self.gate is not None:
+                await self.gate.answer_ready()
+            # Give the loop to requests and timers between chunks; when every buffered event
+            # waits for a held request, give it a little longer.
+            await asyncio.sleep(0 if chunk else BARRIER_POLL_S)
+
+    async def _apply(self, chunk: list[Message]) -> None:
+        # The Processor (shared with the requests, and swapped to new models in place) works on
+        # the chunk's store for this call; nothing else runs on the loop until it returns.
+        processor = self.processor
+        table_store = processor.store
+        processor.store = self.store
+        try:
+            outputs = processor.process([in_message(m) for m in chunk])
+        finally:
+            processor.store = table_store
+        await self.store.flush()
+        for message in chunk:
+            self.applied_next[message.partition] = message.offset + 1
+        await self.sender.send_all(outputs)
+        ack_messages(self.app.consumer, chunk)
+
+    def _maybe_resume(self) -> None:
+        if self.paused and len(self.buffer) <= self.settings.events_buffer_max // 2:
+            consumer = self.app.consumer
+            for tp in self.paused:
+                consumer.resume_fetching(tp)  # type: ignore[attr-defined]  # on faust_hooks._Consumer
+            self.paused.clear()
