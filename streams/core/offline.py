@@ -39,11 +39,12 @@ def score_offline(
 
 
 def score_stream_offline(
-    bundle: ModelBundle, settings: Settings, lines: Iterable[dict[str, Any]]
+    bundle: ModelBundle, settings: Settings, lines: Iterable[dict[str, Any]], store: DictStateStore | None = None
 ) -> list[dict[str, Any]]:
     """Results for a mixed stream ({"kind": "event"|"request", ...}) handled strictly in order,
-    as ``reranker replay --stream`` drives a worker."""
-    processor = Processor(bundle, settings, DictStateStore())
+    as ``reranker replay --stream`` drives a worker; ``store`` (default: a new one) keeps the
+    users' states, for comparison with a worker's."""
+    processor = Processor(bundle, settings, store if store is not None else DictStateStore())
     results: list[dict[str, Any]] = []
     topics = {"event": settings.events_topic, "request": settings.requests_topic}
     for line in lines:
