@@ -62,7 +62,7 @@ def partition_of(user_id: str, partitions: int) -> int:
     return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def keyed_records(settings: Settings, topic: str, max_idle: float = 5.0) -> list[tuple[bytes, int, bytes]]:
+def keyed_records(settings: Settings, topic: str, max_idle: float = 2.0) -> list[tuple[bytes, int, bytes]]:
     """(key, offset, value) of every record of ``topic``, each partition in offset order, read
     until ``max_idle`` seconds pass without one (the topic is no longer written to)."""
     from confluent_kafka import Consumer, TopicPartition

@@ -11,6 +11,7 @@ import pytest
 from models import load_artifact
 from streams.devtools.synthetic import generate_events, generate_requests, make_world
 from streams.kafka.clients import produce_records
+from streams.kafka.topics import create_topics
 from streams.settings import Settings
 from tests.conftest import isolated_settings, settings_env, start_worker, wait_until
 from tests.integration.test_end_to_end import ask
@@ -125,6 +126,7 @@ def test_join_kill_and_restart_during_a_replay_keep_answers_and_states_exact(bro
 
     settings = isolated_settings(broker, models_dir=str(tmp_path / "models"), partitions=12)
     world = make_world(n_users=60, n_items=50, n_clusters=3, seed=91)
+    create_topics(settings)  # with the 12 partitions, before the first produce could auto-create one
     produce_records(settings, settings.events_topic, generate_events(world, 1500, seed=92))
     model = train_from_topic(settings, tmp_path / "models" / "v1")
     lines = synthetic_stream(world, 240, 80, seed=93)
