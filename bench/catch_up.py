@@ -154,6 +154,7 @@ def main() -> None:
         "produce_s": round(produced_s, 1),
         "steady_state_after_s": round(steady - t0, 1) if steady is not None else None,
         "lag_metric_after_s": round(lag_seen, 1) if lag_seen is not None else None,
+        "first_answer_after_s": round(min(answered.values()) - t0, 1) if answered else None,
         "answered": len(lat),
         "sent": len(sent),
         "p99_whole_run_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if lat else None,
