@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,9 @@ def partition_of(user_id: str, partitions: int) -> int:
     return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def keyed_records(settings: Settings, topic: str, max_idle: float = 2.0) -> list[tuple[bytes, int, bytes]]:
+def keyed_records(
+    settings: Settings, topic: str, max_idle: float = 2.0
+) -> list[tuple[bytes | None, int, bytes | None]]:
     """(key, offset, value) of every record of ``topic``, each partition in offset order, read
     until ``max_idle`` seconds pass without one (the topic is no longer written to)."""
     from confluent_kafka import Consumer, TopicPartition
@@ -70,14 +72,14 @@ def keyed_records(settings: Settings, topic: str, max_idle: float = 2.0) -> list
     from streams.kafka.clients import consumer_config, partitions_of
 
     consumer = Consumer({**consumer_config(settings), "enable.auto.commit": False})
-    out: list[tuple[bytes, int, bytes]] = []
+    out: list[tuple[bytes | None, int, bytes | None]] = []
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions_of(consumer, topic)])
         last = time.monotonic()
         while time.monotonic() - last < max_idle:
             for message in consumer.consume(1000, timeout=0.5):
                 if message.error() is None:
-                    out.append((message.key(), message.offset(), message.value()))
+                    out.append((message.key(), message.offset() or 0, message.value()))
                     last = time.monotonic()
     finally:
         consumer.close()
@@ -87,13 +89,15 @@ def keyed_records(settings: Settings, topic: str, max_idle: float = 2.0) -> list
 def changelog_states(settings: Settings) -> dict[str, UserState]:
     """Each user's last state in the user-state table's changelog topic."""
     topic = f"{settings.app_id}-{USER_STATE_TABLE}-changelog"
-    return {key.decode(): decode_state(value) for key, _, value in keyed_records(settings, topic) if value}
+    return {key.decode(): decode_state(value) for key, _, value in keyed_records(settings, topic) if key and value}
 
 
 def last_event_offsets(settings: Settings) -> dict[str, int]:
     """Each user's last event's offset on the events topic (its dedupe position in the state)."""
     return {
-        orjson.loads(value)["user_id"]: offset for _, offset, value in keyed_records(settings, settings.events_topic)
+        orjson.loads(value)["user_id"]: offset
+        for _, offset, value in keyed_records(settings, settings.events_topic)
+        if value is not None
     }
 
 
@@ -135,12 +139,21 @@ def run_scenario(
     workdir: Path,
     probe_users: Mapping[int, str],
     *,
+    backlog: Sequence[dict[str, Any]] = (),
     timeout: float = 60.0,
     join_timeout: float = 60.0,
     say: Callable[[str], None] = print,
 ) -> Outcome:
-    """The join/kill/restart scenario (module docstring) against real worker processes."""
+    """The join/kill/restart scenario (module docstring) against real worker processes.
+
+    ``backlog`` events are produced before the first worker starts and applied by it before the
+    replay begins: user state to move between workers (each partition's changelog to recover).
+    """
     create_topics(settings)
+    if backlog:
+        from streams.kafka.clients import produce_records
+
+        produce_records(settings, settings.events_topic, list(backlog))
     requests_at = [n for n, line in enumerate(lines) if line.get("kind") == "request"]
     if len(requests_at) < 8:
         raise ValueError("the stream needs at least 8 requests")
@@ -173,6 +186,11 @@ def run_scenario(
     a, b, c = workers
     try:
         start(a)
+        if backlog:
+            began = time.monotonic()
+            while scrape(a.metrics_port, 'reranker_events_total{event_type="') < len(backlog):
+                time.sleep(0.5)
+            say(f"A applied the backlog of {len(backlog)} events in {time.monotonic() - began:.1f}s")
         replay(segments[0], "A alone")
         start(b)
         start(c)
@@ -305,6 +323,8 @@ def main() -> None:
     ap.add_argument("--standby", type=int, default=0, help="table_standby_replicas")
     ap.add_argument("--partitions", type=int, default=12)
     ap.add_argument("--store", default="memory://")
+    ap.add_argument("--backlog", type=int, default=0, help="events applied before the replay (state to move)")
+    ap.add_argument("--backlog-users", type=int, default=20000)
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="scale-out-"))
     with start_embedded_broker(port=free_port(), log_file=workdir / "broker.log") as broker:
@@ -338,11 +358,21 @@ def main() -> None:
                 ap.error("give --split and --model, or --synthetic")
             model_dir = Path(a.model)
             lines = [line for _, line in zip(range(a.lines), read_jsonl(Path(a.split) / "stream.jsonl"))]
+        backlog: list[dict[str, Any]] = []
+        if a.backlog:
+            from streams.devtools.synthetic import generate_events, make_world
+
+            crowd = make_world(n_users=a.backlog_users, n_items=150, n_clusters=4, seed=83)
+            # Users of their own ("b" prefix): the stream's users and their answers are unchanged.
+            backlog = [
+                {**e, "user_id": f"b{e['user_id']}"}
+                for e in generate_events(crowd, a.backlog, seed=84, start_ts=1.74e9)
+            ]
         started = time.monotonic()
         outcome = run_scenario(
-            settings, env, model_dir, lines, workdir, probe_users_for(lines, a.partitions), say=print
+            settings, env, model_dir, lines, workdir, probe_users_for(lines, a.partitions), backlog=backlog, say=print
         )
-        figures = compare(settings, model_dir, lines, outcome)
+        figures = compare(settings, model_dir, [{"kind": "event", **e} for e in backlog] + lines, outcome)
     print(
         json.dumps(
             {
@@ -350,6 +380,7 @@ def main() -> None:
                 "partitions": a.partitions,
                 "store": a.store,
                 "lines": len(lines),
+                "backlog_events": len(backlog),
                 "seconds": round(time.monotonic() - started, 1),
                 **figures,
                 "load_average": os.getloadavg(),
