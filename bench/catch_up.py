@@ -57,7 +57,8 @@ def steady_from(sent: list[tuple[float, str]], answered: dict[str, float], windo
     t = start
     while t + window <= end:
         chunk = [lat for s, lat in latencies if t <= s < t + window]
-        if chunk and float(np.percentile(chunk, 99)) >= STEADY_P99_S:
+        # An unanswered request (inf) makes the window bad; percentile() over infs gives nan.
+        if chunk and (not all(np.isfinite(chunk)) or float(np.percentile(chunk, 99)) >= STEADY_P99_S):
             bad_after = t + window
         t += window / 4
     first = start if bad_after is None else bad_after

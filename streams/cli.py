@@ -299,6 +299,21 @@ def _limit_blas_threads(threads: int) -> None:
             os.environ.setdefault(name, str(threads))
 
 
+def _topic_ends(settings: Settings, topic: str) -> dict[int, int] | None:
+    """{partition: end offset} of ``topic`` now; None when the broker does not say."""
+    from confluent_kafka import Consumer, KafkaException
+
+    from streams.kafka.clients import consumer_config, end_offsets
+
+    consumer = Consumer(consumer_config(settings))
+    try:
+        return end_offsets(consumer, topic)
+    except KafkaException:
+        return None
+    finally:
+        consumer.close()
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(
         args,
@@ -320,6 +335,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError("worker: give --model DIR or set model_dir")
     from models.store import resolve
 
+    create_topics(settings)
+    # Taken before the model is chosen: the watcher acts on the last announcement made before this
+    # point and on every one after it, so none made while the worker starts is missed.
+    announced_until = _topic_ends(settings, settings.model_updates_topic)
     # A models root serves its newest version; announcements then keep the worker current. A model
     # from the future would outrank every later one: a root's are passed over, a named one refused.
     not_after = time.time() + settings.max_clock_skew_s
@@ -333,10 +352,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     web_port = args.web_port or settings.web_port or free_port(settings.web_host, start=6066)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
-    create_topics(settings)
     metrics = WorkerMetrics()
     metrics_port = serve_metrics(metrics.serve, _given(args.metrics_port, settings.metrics_port), settings)
-    worker = build_worker(settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics)
+    worker = build_worker(
+        settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics, announced_until=announced_until
+    )
     log.info(
         "worker: model %s %s, web port %d, metrics port %s, data dir %s, online updates %s, %s profile",
         bundle.name,

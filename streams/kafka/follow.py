@@ -38,6 +38,7 @@ async def follow_topic(
     *,
     from_beginning: bool,
     backlog: Callable[[list[bytes | None]], Awaitable[None]] | None = None,
+    backlog_until: Mapping[int, int] | None = None,
 ) -> None:
     """Hand every batch of values on ``topic`` to ``handle``, until cancelled.
 
@@ -52,6 +53,8 @@ async def follow_topic(
         backlog: with ``from_beginning``, awaited once with every value the topic held at the
             start (up to the end offsets then, or past them to the end of the fetch that
             reaches them), before ``handle`` sees anything; None hands those to ``handle`` too.
+        backlog_until: {partition: offset} where the backlog ends, when it was taken earlier
+            than this call (missing partitions: 0); None takes the end offsets now.
     """
     consumer = aiokafka.AIOKafkaConsumer(**follower_config(settings))
     await consumer.start()
@@ -64,7 +67,10 @@ async def follow_topic(
         else:
             await consumer.seek_to_end(*tps)
         if from_beginning and backlog is not None:
-            ends = await consumer.end_offsets(tps)
+            if backlog_until is not None:
+                ends = {tp: int(backlog_until.get(tp.partition, 0)) for tp in tps}
+            else:
+                ends = await consumer.end_offsets(tps)
             held: list[bytes | None] = []
             while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 batches = await consumer.getmany(timeout_ms=500, max_records=5000)

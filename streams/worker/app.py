@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,13 @@ def trained_offsets(bundle: ModelBundle, events_topic: str) -> dict[int, int]:
 
 
 def build_worker(
-    settings: Settings, bundle: ModelBundle, *, web_port: int, data_dir: Path, metrics: WorkerMetrics | None = None
+    settings: Settings,
+    bundle: ModelBundle,
+    *,
+    web_port: int,
+    data_dir: Path,
+    metrics: WorkerMetrics | None = None,
+    announced_until: Mapping[int, int] | None = None,
 ) -> Worker:
     """A configured App with its topics, table and agent, serving ``bundle``.
 
@@ -110,6 +116,8 @@ def build_worker(
         bundle: the model to serve.
         web_port: faust's web server port; also names the default data directory.
         data_dir: this worker's own directory (table stores); never shared by two workers.
+        announced_until: end offsets of ``model-updates`` taken before ``bundle`` was chosen
+            (`ModelSwapper`); None: when the watcher starts.
     """
     extra, left_out = faust_client_settings(settings)
     if left_out:
@@ -174,7 +182,7 @@ def build_worker(
         if moved:
             log.info("skipped to the watermark of model %s: %s", bundle.version, moved)
 
-    swapper = ModelSwapper(settings, processor, metrics, catalog, on_swap=skip_trained)
+    swapper = ModelSwapper(settings, processor, metrics, catalog, on_swap=skip_trained, backlog_until=announced_until)
 
     @app.task
     async def follow_model_updates() -> None:

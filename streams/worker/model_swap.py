@@ -15,9 +15,11 @@ naming one artifact elsewhere; the model may not be created further in the futur
 exceed ``max_model_bytes``.
 
 Every worker converges on the newest announced model: the watcher reads ``model-updates`` from
-its start (a worker picks its first model from ``models_dir`` before the watcher runs, so an
-announcement made in between is still seen; of what the topic holds at start only the last
-announcement is acted on, since earlier ones were superseded and may have been pruned). A load
+its start. Of the announcements made before the worker picked its first model from
+``models_dir`` (the topic's end offsets taken just before, ``backlog_until``) only the last is
+acted on: earlier ones were superseded and may have been pruned. Every later one is handled,
+including those made while the worker was starting, which a watcher beginning at the topic's
+end would miss. A load
 that fails in a way a moment can mend (the artifact not there yet, a file still being copied)
 is tried again with backoff until a later announcement swaps in; each failed announcement counts
 once in reranker_model_load_failures_total and each retry in reranker_model_load_retries_total.
@@ -30,7 +32,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,7 @@ class ModelSwapper:
         on_swap: Callable[[ModelBundle], Awaitable[None]] | None = None,
         backoff_s: tuple[float, ...] = RETRY_BACKOFF_S,
         attempts: int = LOAD_ATTEMPTS,
+        backlog_until: Mapping[int, int] | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -121,6 +124,7 @@ class ModelSwapper:
         self.backoff_s = backoff_s
         self.attempts = max(1, attempts)
         self.swaps = 0
+        self.backlog_until = backlog_until
         self._retries: set[asyncio.Task[bool]] = set()
 
     def _reject(self, reason: str, message: str, *args: object, count: bool = True) -> str:
@@ -215,8 +219,8 @@ class ModelSwapper:
         return "swapped"
 
     async def watch(self) -> None:
-        """Follow the announcements topic until cancelled: of what it holds at the start only the
-        last announcement, then every new one."""
+        """Follow the announcements topic until cancelled: of those up to ``backlog_until`` (default:
+        the end when it starts) only the last announcement, then every later one."""
 
         async def handle_all(raws: list[bytes | None]) -> None:
             for raw in raws:
@@ -231,4 +235,5 @@ class ModelSwapper:
             handle_all,
             from_beginning=True,
             backlog=handle_backlog,
+            backlog_until=self.backlog_until,
         )
