@@ -335,10 +335,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError("worker: give --model DIR or set model_dir")
     from models.store import resolve
 
-    create_topics(settings)
-    # Taken before the model is chosen: the watcher acts on the last announcement made before this
-    # point and on every one after it, so none made while the worker starts is missed.
-    announced_until = _topic_ends(settings, settings.model_updates_topic)
     # A models root serves its newest version; announcements then keep the worker current. A model
     # from the future would outrank every later one: a root's are passed over, a named one refused.
     not_after = time.time() + settings.max_clock_skew_s
@@ -352,6 +348,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     web_port = args.web_port or settings.web_port or free_port(settings.web_host, start=6066)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir(settings, web_port)
     data_dir.mkdir(parents=True, exist_ok=True)
+    create_topics(settings)
+    # The watcher acts on the last announcement made before this point (the newest: it outranks
+    # the model just chosen, or is ignored as not newer) and on every one after it, so none made
+    # while the worker starts is missed, and older ones (perhaps pruned) are not retried.
+    announced_until = _topic_ends(settings, settings.model_updates_topic)
     metrics = WorkerMetrics()
     metrics_port = serve_metrics(metrics.serve, _given(args.metrics_port, settings.metrics_port), settings)
     worker = build_worker(

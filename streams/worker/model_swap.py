@@ -15,9 +15,9 @@ naming one artifact elsewhere; the model may not be created further in the futur
 exceed ``max_model_bytes``.
 
 Every worker converges on the newest announced model: the watcher reads ``model-updates`` from
-its start. Of the announcements made before the worker picked its first model from
-``models_dir`` (the topic's end offsets taken just before, ``backlog_until``) only the last is
-acted on: earlier ones were superseded and may have been pruned. Every later one is handled,
+its start. Of the announcements made before the worker started (up to the topic's end offsets
+taken once it has picked its first model from ``models_dir``: ``backlog_until``) only the last
+is acted on: earlier ones were superseded and may have been pruned. Every later one is handled,
 including those made while the worker was starting, which a watcher beginning at the topic's
 end would miss. A load
 that fails in a way a moment can mend (the artifact not there yet, a file still being copied)
