@@ -347,6 +347,21 @@ def input_partitions(settings: Settings, counts: dict[str, int]) -> dict[str, in
     return counts
 
 
+def _topic_ends(settings: Settings, topic: str) -> dict[int, int] | None:
+    """{partition: end offset} of ``topic`` now; None when the broker does not say."""
+    from confluent_kafka import Consumer, KafkaException
+
+    from streams.kafka.clients import consumer_config, end_offsets
+
+    consumer = Consumer(consumer_config(settings))
+    try:
+        return end_offsets(consumer, topic)
+    except KafkaException:
+        return None
+    finally:
+        consumer.close()
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(
         args,
@@ -384,10 +399,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     create_topics(settings)
     inputs = [settings.events_topic, settings.requests_topic]
     partitions = input_partitions(settings, partition_counts(settings, inputs))
+    # The watcher acts on the last announcement made before this point (the newest: it outranks
+    # the model just chosen, or is ignored as not newer) and on every one after it, so none made
+    # while the worker starts is missed, and older ones (perhaps pruned) are not retried.
+    announced_until = _topic_ends(settings, settings.model_updates_topic)
     metrics = WorkerMetrics()
     metrics_port = serve_metrics(metrics.serve, _given(args.metrics_port, settings.metrics_port), settings)
     worker = build_worker(
-        settings, bundle, web_port=web_port, data_dir=data_dir, metrics=metrics, partitions=partitions
+        settings,
+        bundle,
+        web_port=web_port,
+        data_dir=data_dir,
+        metrics=metrics,
+        partitions=partitions,
+        announced_until=announced_until,
     )
     log.info(
         "worker: model %s %s, web port %d, metrics port %s, data dir %s, online updates %s, %s profile",

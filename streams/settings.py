@@ -134,6 +134,10 @@ class Settings:
 
     # Worker
     store: str = "memory://"
+    # Standby copies of each user-state partition kept warm on other workers (faust's
+    # table_standby_replicas): a partition moving off a failed worker is then served without
+    # reading its changelog from the start. Useful only with at least two workers.
+    table_standby_replicas: int = 0
     # RocksDB memory of a worker, shared by all its partitions: the block cache (which also holds
     # index and filter blocks) and the memtables.
     rocksdb_block_cache_mb: int = 128
@@ -268,6 +272,8 @@ class Settings:
             raise SettingsError(f"profile must be one of {', '.join(PROFILES)}")
         if self.partitions < 1:
             raise SettingsError("partitions must be >= 1")
+        if self.table_standby_replicas < 0:
+            raise SettingsError("table_standby_replicas must be >= 0")
         if self.session_timeout_s <= self.heartbeat_interval_s:
             raise SettingsError("session_timeout_s must exceed heartbeat_interval_s")
         if self.torch_threads < 0:

@@ -86,6 +86,7 @@ def score_stream_offline(
     events: Iterable[dict[str, Any]] = (),
     items: Iterable[dict[str, Any]] = (),
     processor: Processor | None = None,
+    store: DictStateStore | None = None,
 ) -> list[dict[str, Any]]:
     """Results (and error results) for a mixed stream handled strictly in order, one message at a
     time, as ``reranker replay --stream`` drives a worker.
@@ -97,8 +98,12 @@ def score_stream_offline(
         items: item records, as in `score_offline` (ignored when ``processor`` is given).
         processor: the Processor to use (default: a new one over an empty DictStateStore), so a
             caller can read the user states it leaves.
+        store: the state store of the default Processor (default: a new one), for comparison
+            with a worker's states.
     """
-    processor = processor or Processor(bundle, settings, DictStateStore(), items=item_catalog(bundle, items))
+    processor = processor or Processor(
+        bundle, settings, store if store is not None else DictStateStore(), items=item_catalog(bundle, items)
+    )
     results: list[dict[str, Any]] = []
     topics = {"event": settings.events_topic, "request": settings.requests_topic}
     history = (("event", event) for event in events)

@@ -512,12 +512,21 @@ class Processor:
             return initial_state(self.bundle, user_id)
         if state.model_version != self.bundle.version:
             # After a swap: the vector lives in the old model's space, so it restarts from the
-            # new model's; the history is item ids, valid in any model and newer than the new
-            # model's copy, so it is kept (as are the counts).
+            # new model's. The history is item ids, valid in any model: kept when it holds events
+            # the new model was not trained on, else the model's copy is the newer one (events
+            # between the state's last one and the model's watermark are skipped as trained, or
+            # never read when the worker skips ahead to the watermark). Counts are kept.
             fresh = initial_state(self.bundle, user_id)
+            covered = state.last_offset is None or already_trained(
+                self.bundle.trained_through,
+                self.settings.events_topic,
+                source.partition,
+                state.last_offset,
+                state.last_ts,
+            )
             return UserState(
                 vector=fresh.vector,
-                history=state.history or fresh.history,
+                history=(fresh.history if covered else state.history) or fresh.history or state.history,
                 counts=state.counts,
                 applied=state.applied,
                 model_version=self.bundle.version,

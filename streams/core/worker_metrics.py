@@ -73,7 +73,13 @@ INVALID_EVENT_TYPE = "invalid"
 SEND_FAILURE_REASONS = ("too_large", "error", "delivery")
 DEAD_LETTER_REASONS = ("internal_error", *dict.fromkeys((*REQUEST_ERROR_CODES, *EVENT_ERROR_CODES)))
 # Why an announced model was not loaded (streams/worker/model_swap.py).
-MODEL_LOAD_FAILURE_REASONS = ("malformed_announcement", "outside_models_dir", "future_version", "invalid_artifact")
+MODEL_LOAD_FAILURE_REASONS = (
+    "malformed_announcement",
+    "outside_models_dir",
+    "missing_artifact",
+    "future_version",
+    "invalid_artifact",
+)
 
 
 def register_runtime_collectors(registry: CollectorRegistry) -> None:
@@ -170,6 +176,12 @@ class WorkerMetrics:
             "reranker_model_load_failures_total",
             "Model versions that failed to load (the previous model keeps serving), by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.model_load_retries = Counter(
+            "reranker_model_load_retries_total",
+            "Further tries to load an announced model whose load failed in a way that waiting can mend "
+            "(missing, unreadable), each after a backoff.",
             registry=r,
         )
         self.consumer_lag = Gauge(

@@ -32,7 +32,13 @@ def follower_config(settings: Settings) -> dict[str, Any]:
 
 
 async def follow_topic(
-    settings: Settings, topic: str, handle: Callable[[list[bytes | None]], Awaitable[None]], *, from_beginning: bool
+    settings: Settings,
+    topic: str,
+    handle: Callable[[list[bytes | None]], Awaitable[None]],
+    *,
+    from_beginning: bool,
+    backlog: Callable[[list[bytes | None]], Awaitable[None]] | None = None,
+    backlog_until: Mapping[int, int] | None = None,
 ) -> None:
     """Hand every batch of values on ``topic`` to ``handle``, until cancelled.
 
@@ -44,6 +50,11 @@ async def follow_topic(
         topic: the topic to follow.
         handle: awaited with the values of each non-empty fetch, in partition order.
         from_beginning: read what is already there first; otherwise only what comes next.
+        backlog: with ``from_beginning``, awaited once with every value the topic held at the
+            start (up to the end offsets then, or past them to the end of the fetch that
+            reaches them), before ``handle`` sees anything; None hands those to ``handle`` too.
+        backlog_until: {partition: offset} where the backlog ends, when it was taken earlier
+            than this call (missing partitions: 0); None takes the end offsets now.
     """
     consumer = aiokafka.AIOKafkaConsumer(**follower_config(settings))
     await consumer.start()
@@ -55,6 +66,16 @@ async def follow_topic(
             await consumer.seek_to_beginning(*tps)
         else:
             await consumer.seek_to_end(*tps)
+        if from_beginning and backlog is not None:
+            if backlog_until is not None:
+                ends = {tp: int(backlog_until.get(tp.partition, 0)) for tp in tps}
+            else:
+                ends = await consumer.end_offsets(tps)
+            held: list[bytes | None] = []
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                held.extend(record.value for tp in tps for record in batches.get(tp, []))
+            await backlog(held)
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             values = [record.value for tp in tps for record in batches.get(tp, [])]

@@ -126,7 +126,10 @@ class OutputSender:
             self.metrics.send_failures.labels(topic, "delivery").inc()
 
 
-def register_agents(app: RerankerApp, settings: Settings, topics: Topics, processor: Processor, table: TableT) -> None:
+def register_agents(
+    app: RerankerApp, settings: Settings, topics: Topics, processor: Processor, table: TableT
+) -> EventsPath:
+    """The request agent and the events path's tasks on ``app``; returns the events path."""
     sender = OutputSender(
         {
             settings.results_topic: topics.results,
@@ -178,3 +181,5 @@ def register_agents(app: RerankerApp, settings: Settings, topics: Topics, proces
         revoked = args[0] if args else kwargs.get("revoked", ())
         events.forget(revoked)
         app.fetch_log.forget(revoked)
+
+    return events

@@ -16,7 +16,7 @@ from streams.core.processing import Processor
 from streams.core.worker_metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.worker.agents import register_agents
-from streams.worker.faust_hooks import RerankerApp, bound_rocksdb_memory, faust_credentials
+from streams.worker.faust_hooks import RerankerApp, bound_rocksdb_memory, faust_credentials, skip_to
 from streams.worker.items import ItemCatalog
 from streams.worker.model_swap import ModelSwapper
 from streams.worker.monitoring import register_monitor
@@ -91,6 +91,15 @@ class Worker:
     metrics: WorkerMetrics
 
 
+def trained_offsets(bundle: ModelBundle, events_topic: str) -> dict[int, int]:
+    """{partition: offset} of ``events_topic`` below which ``bundle`` was trained on every event
+    (its ``trained_through`` watermark); {} for a model trained on another topic or a file."""
+    through = bundle.trained_through
+    if through.get("topic") != events_topic:
+        return {}
+    return {int(p): int(o) for p, o in (through.get("offsets") or {}).items()}
+
+
 def build_worker(
     settings: Settings,
     bundle: ModelBundle,
@@ -99,6 +108,7 @@ def build_worker(
     data_dir: Path,
     metrics: WorkerMetrics | None = None,
     partitions: Mapping[str, int] | None = None,
+    announced_until: Mapping[int, int] | None = None,
 ) -> Worker:
     """A configured App with its topics, table and agent, serving ``bundle``.
 
@@ -109,6 +119,8 @@ def build_worker(
         data_dir: this worker's own directory (table stores); never shared by two workers.
         partitions: the broker's partition count of each input topic, against which the
             Processor checks that every message is on its key's partition (None: unchecked).
+        announced_until: end offsets of ``model-updates`` taken before ``bundle`` was chosen
+            (`ModelSwapper`); None: when the watcher starts.
     """
     extra, left_out = faust_client_settings(settings)
     if left_out:
@@ -134,8 +146,7 @@ def build_worker(
         # faust's default (1,000,000) is below max_message_bytes: a result of a large request, or
         # a dead letter of one, was refused and the agent stopped answering.
         producer_max_request_size=settings.worker_max_request_bytes(),
-        # Standbys only pay off with several workers; the changelog restores state either way.
-        table_standby_replicas=0,
+        table_standby_replicas=settings.table_standby_replicas,
     )
     app = RerankerApp(settings.app_id, **{**conf, **extra})
     if settings.torch_threads:
@@ -154,10 +165,28 @@ def build_worker(
     metrics = metrics or WorkerMetrics()
     metrics.set_serving_model(bundle.name, bundle.version)
     processor = Processor(bundle, settings, TableStateStore(table), metrics, partitions=partitions, check_keys=True)
-    register_agents(app, settings, topics, processor, table)
+    events = register_agents(app, settings, topics, processor, table)
     register_monitor(app, table, [settings.events_topic, settings.requests_topic], metrics)
     catalog = ItemCatalog(settings, processor)
-    swapper = ModelSwapper(settings, processor, metrics, catalog)
+
+    def watermark() -> dict[int, int]:
+        return trained_offsets(processor.bundle, settings.events_topic)
+
+    # A partition with no committed offset starts at the serving model's watermark (faust_hooks).
+    app.start_offsets = lambda: (settings.events_topic, watermark())
+
+    async def skip_trained(bundle: ModelBundle) -> None:
+        # Events below the new model's watermark would be skipped as trained one by one anyway.
+        try:
+            moved = await skip_to(app.consumer, settings.events_topic, watermark())
+        except Exception:  # a consumer between rebalances: the events are then skipped as trained
+            log.warning("could not skip to the watermark of model %s", bundle.version, exc_info=True)
+            return
+        if moved:
+            events.skipped(moved)
+            log.info("skipped to the watermark of model %s: %s", bundle.version, moved)
+
+    swapper = ModelSwapper(settings, processor, metrics, catalog, on_swap=skip_trained, backlog_until=announced_until)
 
     @app.task
     async def follow_model_updates() -> None:

@@ -264,6 +264,49 @@ class _Consumer(faust_aiokafka.Consumer):
     def resume_fetching(self, tp: TP) -> None:
         self.on_buffer_drop(tp)
 
+    async def perform_seek(self) -> None:
+        """faust's seek to the committed offsets after each assignment (``Consumer.perform_seek``,
+        called by table recovery before the streams resume), then on past the serving model's
+        watermark (``RerankerApp.start_offsets``) where a partition's commit lies below it or
+        there is none: the model holds the state that those events would build."""
+        await super().perform_seek()
+        start_offsets = getattr(self.app, "start_offsets", None)
+        if start_offsets is None:
+            return
+        topic, offsets = start_offsets()
+        moved = await skip_to(self, topic, offsets)
+        if moved:
+            log.info(
+                "started past the model's watermark: %s", {f"{tp.topic}[{tp.partition}]": o for tp, o in moved.items()}
+            )
+
+
+async def skip_to(consumer: Any, topic: str, offsets: Mapping[int, int]) -> dict[Any, int]:
+    """Seek each of the consumer's assigned partitions of ``topic`` that is below ``offsets``
+    ({partition: offset}) to it; returns {partition: offset} of those moved.
+
+    ``consumer`` is faust's (``Consumer.seek`` and ``position``). faust commits only offsets
+    that follow the last committed one without a hole, and ``Consumer.seek`` would record the
+    new offset as read, so the skipped offsets would stay a hole and no commit would pass them.
+    The previous read offset (``Consumer._read_offset``) is put back instead: the first record
+    after the skip then leaves a gap behind it, which faust counts as processed (``_add_gap``).
+    """
+    moved: dict[Any, int] = {}
+    if not offsets:
+        return moved
+    for tp in sorted(consumer.assignment()):
+        target = offsets.get(tp.partition)
+        if tp.topic != topic or not target:
+            continue
+        position = await consumer.position(tp)
+        if position is not None and position >= target:
+            continue
+        read = consumer._read_offset.get(tp)
+        await consumer.seek(tp, target)
+        consumer._read_offset[tp] = read
+        moved[tp] = target
+    return moved
+
 
 def configured_transport(fetch_max_wait_ms: int, verify_end_offsets: bool = True) -> type[faust_aiokafka.Transport]:
     """A Transport class with these consumer settings."""
@@ -289,6 +332,9 @@ class RerankerApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetch_log = FetchLog()
+
+    # (events topic, {partition: offset}) below which the serving model holds every event.
+    start_offsets: Callable[[], tuple[str, Mapping[int, int]]] | None = None
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         transport_cls = configured_transport(self.fetch_wait_ms, self.verify_end_offsets)

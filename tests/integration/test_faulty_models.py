@@ -19,9 +19,14 @@ from trainer.train import train_to_artifact
 pytestmark = pytest.mark.integration
 
 
-def metric(port: int, name: str) -> float:
+def metric(port: int, name: str, having: str = "") -> float:
+    """Sum of a worker's samples of ``name`` whose line contains ``having`` (a label, e.g. 'outcome="ok"')."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith((name + " ", name + "{")))
+    return sum(
+        float(line.split()[-1])
+        for line in body.splitlines()
+        if line.startswith((name + " ", name + "{")) and having in line
+    )
 
 
 def broken_copies(good: Path, root: Path) -> dict[str, Path]:

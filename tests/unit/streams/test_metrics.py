@@ -38,6 +38,7 @@ EXPECTED = {
     "reranker_model_info": ("gauge", {"name", "version"}),
     "reranker_model_swaps_total": ("counter", set()),
     "reranker_model_load_failures_total": ("counter", {"reason"}),
+    "reranker_model_load_retries_total": ("counter", set()),
     "reranker_consumer_lag": ("gauge", {"topic"}),
     "reranker_worker_last_batch_timestamp_seconds": ("gauge", set()),
     "reranker_users_in_state": ("gauge", set()),

@@ -94,3 +94,48 @@ def test_a_huge_model_is_refused_by_the_size_limit(swapper: Swapper, trained_wor
     swapper.swapper.settings = small
     assert not swapper.announce(copy_model(trained_world.model_dir, swapper.models_dir / "v2"), "v2")
     assert swapper.failures() == {"invalid_artifact": 1}
+
+
+def test_items_that_arrive_during_a_load_reach_the_new_model(
+    swapper: Swapper, trained_world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.worker import model_swap
+
+    catalog = SimpleNamespace(items={"a": {"item_id": "a"}})
+    swapper.swapper.catalog = catalog
+    registered: list[str] = []
+    real_load = model_swap.load_and_validate
+
+    def register(records: Any) -> None:
+        if not registered:
+            # Item metadata the catalog takes on the event loop while the new model, not yet
+            # serving, registers the catalogue in a thread.
+            catalog.items["b"] = {"item_id": "b"}
+        registered.extend(r["item_id"] for r in records)
+
+    def loading(*args: Any, **kwargs: Any) -> ModelBundle:
+        bundle = real_load(*args, **kwargs)
+        monkeypatch.setattr(bundle, "register_items", register)
+        return bundle
+
+    monkeypatch.setattr(model_swap, "load_and_validate", loading)
+    assert swapper.announce(copy_model(trained_world.model_dir, swapper.models_dir / "v2"), "v2")
+    assert sorted(registered) == ["a", "b"]
+
+
+def test_a_missing_artifact_is_retried_until_it_appears(swapper: Swapper, trained_world: Any, tmp_path: Path) -> None:
+    swapper.swapper.backoff_s = (0.05,)
+    staged = copy_model(trained_world.model_dir, tmp_path / "staged")
+    target = swapper.models_dir / "v2"
+
+    async def scenario() -> None:
+        raw = orjson.dumps({"name": "dnn", "version": "v2", "path": str(target)})
+        assert not await swapper.swapper.handle(raw)
+        shutil.copytree(staged, target)
+        while swapper.swapper.swaps == 0:
+            await asyncio.sleep(0.05)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert swapper.swapper.processor.bundle is not swapper.serving
+    assert swapper.failures() == {"missing_artifact": 1}
+    assert swapper.swapper.metrics.model_load_retries._value.get() >= 1  # type: ignore[attr-defined]
