@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from models.artifact import ModelBundle, save_artifact
 from models.base import Reranker, get_model_class, training_stage_of
 from models.features import build_vocab, feature_rows
+from models.upstream import N_UPSTREAM_FEATURES
 from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from trainer.data import (
     EventColumns,
@@ -25,7 +26,18 @@ from trainer.data import (
     build_interactions,
     last_positive_history,
     split_validation,
+    to_columns,
     training_examples,
+)
+from trainer.served import (
+    LoggedRequest,
+    ServedLists,
+    drop_pairs,
+    evaluate_lists,
+    label_requests,
+    list_loss,
+    served_lists,
+    split_newest,
 )
 from trainer.validation import evaluate_split
 
@@ -65,6 +77,12 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "item_features": True,
     "feature_min_count": 2,
     "max_features": 5000,
+    # served lists (used only when train_model gets logged requests that events label)
+    "served_weight": 1.0,  # weight of the list-wise loss next to the sampled-negative one
+    "upstream_hidden": 16,
+    # Newest share of the labelled lists left out of training and measured each epoch (model
+    # vs upstream order); information only, early stopping stays on the validation split.
+    "served_val_share": 0.1,
 }
 
 
@@ -148,8 +166,14 @@ def _fit(
     rng: np.random.Generator,
     log: Callable[[str], None],
     epochs: int,
+    served: ServedLists | None = None,
+    served_val: ServedLists | None = None,
 ) -> tuple[int, dict[str, float], int]:
     """Train `model` in place for up to `epochs` epochs.
+
+    With `served` lists, each step also takes a share of them (all of them once per epoch) and
+    adds ``served_weight`` x their list-wise loss (`trainer.served.list_loss`) to the
+    sampled-negative loss; `served_val` lists are measured each epoch for the log.
 
     With a non-empty `val`, stops once validation NDCG@10 has not improved for `patience` epochs
     and leaves the best epoch's weights in the model; with an empty one, trains all epochs.
@@ -168,6 +192,9 @@ def _fit(
     # int32 on the host; each batch is widened on its own, not the whole [E, H] matrix at once.
     hist_t = torch.from_numpy(ex.history)
     opt = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    n_lists = len(served) if served is not None else 0
+    steps = max(1, math.ceil(n / bs))
+    list_bs = math.ceil(n_lists / steps) if n_lists else 0
     best_epoch, best_metrics, best_ndcg, best_state = 0, {}, -math.inf, None
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -175,8 +202,9 @@ def _fit(
         model.train()
         perm = torch.from_numpy(rng.permutation(n))
         negs_all = torch.from_numpy(rng.integers(1, n_items + 1, size=(n, K)))
+        list_perm = rng.permutation(n_lists)
         total = 0.0
-        for a in range(0, n, bs):
+        for step, a in enumerate(range(0, n, bs)):
             idx = perm[a : a + bs]
             items = items_t[idx]
             # A negative equal to the target would teach the model to score it down; move it to
@@ -184,11 +212,20 @@ def _fit(
             negs = negs_all[a : a + bs]
             negs = torch.where(negs == items.unsqueeze(1), negs % n_items + 1, negs)
             loss = _batch_loss(model, users_t[idx], hist_t[idx].long(), items, labels_t[idx], weights_t[idx], negs, hp)
+            if served is not None and list_bs:
+                rows = list_perm[step * list_bs : (step + 1) * list_bs]
+                if rows.size:
+                    lists = served.take(rows)
+                    users = model.embed_users(torch.from_numpy(lists.users))
+                    loss = loss + float(hp["served_weight"]) * list_loss(model, users, lists)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * idx.numel()
         line = f"epoch {epoch:3d} loss {total / max(n, 1):.4f}"
+        if served_val is not None and len(served_val):
+            ml = evaluate_lists(model, served_val)
+            line += f" lists ndcg@10 {ml['ndcg@10']:.4f} (upstream {ml['upstream_ndcg@10']:.4f})"
         if len(val) == 0:
             log(f"{line} ({time.perf_counter() - te:.1f}s)")
             best_epoch = epoch
@@ -261,6 +298,8 @@ def train_model(
     model_hparams: Mapping[str, Mapping[str, Any]] | None = None,
     max_clock_skew_s: float = Settings.max_clock_skew_s,
     warm_from: ModelBundle | None = None,
+    logged: list[LoggedRequest] | None = None,
+    label_window_s: float = Settings.label_window_s,
 ) -> tuple[Reranker, dict[str, Any]]:
     """Train a re-ranker on wire-format events.
 
@@ -292,6 +331,11 @@ def train_model(
             skipped (the settings' `max_clock_skew_s`).
         warm_from: A model of the same kind (the serving one) to start from (`warm_start`)
             when it knows some of the items; early stopping then usually ends sooner.
+        logged: Logged re-rank requests (the requests topic). Those that `events` label within
+            `label_window_s` (`trainer.served.label_requests`) become served lists: a kind that
+            takes `upstream_inputs` then gets an upstream part, and the list-wise loss over the
+            lists joins the sampled-negative one (hparams "served_weight"; 0 turns it off).
+        label_window_s: How long after a request an event still labels it.
 
     Returns:
         (model in eval mode with unknown rows filled, info). info holds everything
@@ -314,7 +358,14 @@ def train_model(
     stage = training_stage_of(cls)
     H = int(hp["history_len"])
 
-    data = build_interactions(events, weights_map, not_after=time.time() + max_clock_skew_s)
+    not_after = time.time() + max_clock_skew_s
+    pre_skipped = pre_bad = 0
+    if logged and float(hp["served_weight"]) > 0:
+        # Labelling needs the columns too: convert once.
+        events, pre_skipped, pre_bad = to_columns(events, not_after)
+    data = build_interactions(events, weights_map, not_after=not_after)
+    data.n_skipped += pre_skipped
+    data.n_bad_ts += pre_bad
     if data.n_bad_ts:
         log(f"skipped {data.n_bad_ts} events with a ts from the future or in milliseconds")
     if data.n_events == 0:
@@ -338,6 +389,26 @@ def train_model(
             by_id = {str(m["item_id"]): m for m in items if m.get("item_id") is not None}
             features = feature_rows([by_id.get(i) for i in data.item_ids[1:]], vocab)
             kwargs["feature_vocab"] = vocab
+
+    served = served_val = None
+    if logged and float(hp["served_weight"]) > 0 and isinstance(events, EventColumns):
+        labelled = label_requests(logged, events, weights_map, label_window_s)
+        log(f"served lists: {len(labelled)} of {len(logged)} logged requests labelled by events")
+        if labelled and "upstream_inputs" in inspect.signature(cls.__init__).parameters:
+            fit_lists, val_lists = split_newest(labelled, float(hp["served_val_share"]))
+            val_items = val.candidates[:, 0] if len(val) else np.zeros(0, dtype=np.int64)
+            served = drop_pairs(
+                served_lists(fit_lists, events, weights_map, data.user_index, data.item_index, H),
+                val.users,
+                val_items,
+            )
+            if val_lists:
+                served_val = drop_pairs(
+                    served_lists(val_lists, events, weights_map, data.user_index, data.item_index, H),
+                    val.users,
+                    val_items,
+                )
+            kwargs["upstream_inputs"] = N_UPSTREAM_FEATURES
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(hp["num_threads"]) or _auto_threads(len(ex)))
@@ -366,12 +437,15 @@ def train_model(
             warm = warm_start(model, data.user_ids, data.item_ids, warm_from)
             log(f"warm start from {warm_from.version}: {warm['users']} users, {warm['items']} items known")
         rng = np.random.default_rng(seed)
-        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]))
+        best_epoch, best_metrics, epochs_run = _fit(
+            model, ex, val, hp, rng, log, int(hp["max_epochs"]), served, served_val
+        )
         stage_info: dict[str, Any] = {}
         if stage is not None:
             pre_epochs, pre_seconds = epochs_run, time.perf_counter() - t0
             model.fill_unknown_rows()
-            model, stage_metrics, stage_info = stage(model, ex, val, hp, rng, log)
+            extra = {"served": served} if served is not None else {}
+            model, stage_metrics, stage_info = stage(model, ex, val, hp, rng, log, **extra)
             best_metrics = {"ndcg@10": stage_metrics.pop("ndcg@10"), "hr@10": stage_metrics.pop("hr@10")}
             best_epoch = stage_metrics.pop("best_epoch")
             # Numbers stay in the metrics; labels (e.g. the served network) go with the stage's info.
@@ -391,7 +465,14 @@ def train_model(
         torch.set_num_threads(prev_threads)
 
     seconds = time.perf_counter() - t0
+    served_metrics: dict[str, Any] = {}
+    if served is not None:
+        served_metrics["served_lists"] = len(served)
+        if served_val is not None:
+            ml = evaluate_lists(model, served_val)
+            served_metrics |= {"lists_ndcg@10": ml["ndcg@10"], "lists_upstream_ndcg@10": ml["upstream_ndcg@10"]}
     metrics = {
+        **served_metrics,
         "ndcg@10": best_metrics.get("ndcg@10", math.nan),
         "hr@10": best_metrics.get("hr@10", math.nan),
         "users": len(val),
