@@ -54,9 +54,7 @@ def test_a_first_model_is_published_but_the_reason_says_it_loses_to_upstream() -
     assert promote and "does not beat the upstream order" in reason
 
 
-def upstream_run(
-    monkeypatch: pytest.MonkeyPatch, trained_world: Any, root: Any, *, upstream_first: bool
-) -> RunResult:
+def upstream_run(monkeypatch: pytest.MonkeyPatch, trained_world: Any, root: Any, *, upstream_first: bool) -> RunResult:
     """`run_once` with a served model and, on the requests topic, one logged request before each
     held-out positive event: its item among 19 others. With ``upstream_first`` the upstream score
     puts that item first (an order no model can beat), else last."""
