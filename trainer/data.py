@@ -315,6 +315,12 @@ class TrainingExamples:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
+    def take(self, rows: np.ndarray) -> TrainingExamples:
+        """The examples at ``rows``."""
+        return TrainingExamples(
+            self.users[rows], self.history[rows], self.items[rows], self.labels[rows], self.weights[rows]
+        )
+
 
 def sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray, size: int) -> np.ndarray:
     """Up to ``size`` distinct item rows of 1..n_items outside ``seen``, uniformly at random.

@@ -173,7 +173,10 @@ def fit_gan(
         if served is None or not rows.size:
             return loss
         lists = served.take(rows)
-        return loss + served_weight * list_loss(net, net.embed_users(torch.from_numpy(lists.users)), lists)
+        users = net.embed_users(torch.from_numpy(lists.users))
+        if hp.get("served_detach_users", True):
+            users = users.detach()
+        return loss + served_weight * list_loss(net, users, lists)
 
     has_val = len(val) > 0
     m0 = evaluate_split(pretrained, val) if has_val else {}

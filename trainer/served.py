@@ -42,7 +42,8 @@ class LoggedRequest:
         item_ids: Candidate ids in request order.
         scores: [n] float64 upstream scores, NaN where absent.
         labels: [n] float32 after `label_requests`: the weight of the event that followed on each
-            candidate (the largest positive one, else a negative one), 0 for none.
+            candidate (the largest positive one, else a negative one), 0 for none, NaN for a
+            candidate the user took only later (neither chosen nor a true negative).
     """
 
     request_id: str
@@ -113,6 +114,11 @@ def label_requests(
         label_rows: When given, receives the rows of `events` that labelled a returned list's
             candidates (so a caller can hold them out of training).
 
+    A candidate that the user took (a positive event) only after the window is not counted as
+    shown-but-not-chosen: its label is NaN, and it is left out of the list. At serving time the
+    candidates are items the user has not taken yet; counting these as negatives would teach
+    the model to rank a user's future items low.
+
     Returns:
         Copies of the requests that at least one positive event followed, with `labels` set,
         oldest first.
@@ -147,7 +153,10 @@ def label_requests(
             # A positive wins over a negative; the strongest of each kind counts.
             if (weight > 0 and weight > old) or (weight < 0 and old <= 0 and weight < old):
                 label[item] = weight
-        labels = np.array([label.get(i, 0.0) for i in req.item_ids], dtype=np.float32)
+        # Later positives, up to not_after (what the caller knows of the future).
+        c = lo + np.searchsorted(ts[lo:hi], not_after, side="right")
+        later = {events.item_ids[events.item[row]] for row in order[b:c].tolist() if w[row] > 0} - label.keys()
+        labels = np.array([np.nan if i in later else label.get(i, 0.0) for i in req.item_ids], dtype=np.float32)
         if (labels > 0).any():
             if label_rows is not None:
                 label_rows.extend(used)
@@ -184,6 +193,11 @@ class ServedLists:
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
+
+    def positive_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user rows, item rows) of every positive candidate."""
+        r, c = np.nonzero(self.labels > 0)
+        return self.users[r], self.items[r, c]
 
     def take(self, rows: np.ndarray) -> ServedLists:
         """The lists at ``rows``."""
@@ -223,9 +237,11 @@ def served_lists(
         users[r] = user_index.get(req.user_id, 0)
         items[r, :k] = [item_index.get(i, 0) for i in req.item_ids]
         scores[r, :k] = req.scores
-        if req.labels is not None:
-            labels[r, :k] = np.maximum(req.labels, 0.0)
         valid[r, :k] = True
+        if req.labels is not None:
+            taken_later = np.isnan(req.labels)
+            labels[r, :k] = np.where(taken_later, 0.0, np.maximum(req.labels, 0.0))
+            valid[r, :k] &= ~taken_later
         code = user_code.get(req.user_id)
         if code is None:
             continue
@@ -313,12 +329,13 @@ def evaluate_lists(model: Reranker | None, lists: ServedLists, k: int = 10) -> d
     scores = list_scores(model, lists) if model is not None else None
     mine, theirs = [], []
     for r in range(len(lists)):
-        n = int(lists.valid[r].sum())
-        relevant = lists.labels[r, :n] > 0
-        up = lists.scores[r, :n]
-        theirs.append(_ndcg(rank_order(np.zeros(n), up), relevant, k))
+        # Left-out candidates (taken later, or padding) are not ranked; the others keep their order.
+        idx = np.flatnonzero(lists.valid[r])
+        relevant = lists.labels[r, idx] > 0
+        up = lists.scores[r, idx]
+        theirs.append(_ndcg(rank_order(np.zeros(idx.size), up), relevant, k))
         if scores is not None:
-            mine.append(_ndcg(rank_order(scores[r, :n], up), relevant, k))
+            mine.append(_ndcg(rank_order(scores[r, idx], up), relevant, k))
     return {
         f"ndcg@{k}": float(np.mean(mine)) if mine else math.nan,
         f"upstream_ndcg@{k}": float(np.mean(theirs)),

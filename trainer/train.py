@@ -83,6 +83,10 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     # Newest share of the labelled lists left out of training and measured each epoch (model
     # vs upstream order); information only, early stopping stays on the validation split.
     "served_val_share": 0.1,
+    # Leave the lists' answers out of the sampled-negative objective (see train_model).
+    "served_holdout_answers": True,
+    # Keep the list-wise loss off the free user vectors, which would memorise the answers.
+    "served_detach_users": True,
 }
 
 
@@ -217,6 +221,8 @@ def _fit(
                 if rows.size:
                     lists = served.take(rows)
                     users = model.embed_users(torch.from_numpy(lists.users))
+                    if hp["served_detach_users"]:
+                        users = users.detach()
                     loss = loss + float(hp["served_weight"]) * list_loss(model, users, lists)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -409,6 +415,18 @@ def train_model(
                     val_items,
                 )
             kwargs["upstream_inputs"] = N_UPSTREAM_FEATURES
+            if hp["served_holdout_answers"]:
+                # A list's positives are also next-item examples; learned there, they make the
+                # user-item part look all-knowing on the lists, and the upstream part learns to
+                # count for nothing. Out of the sampled objective, the lists see the user-item
+                # part as serving does: not knowing the answer.
+                pairs = [lists.positive_pairs() for lists in (served, served_val) if lists is not None]
+                keep = ~np.isin(
+                    ex.users * (data.n_items + 1) + ex.items,
+                    np.concatenate([u * (data.n_items + 1) + i for u, i in pairs]),
+                )
+                log(f"served lists: {int((~keep).sum())} of {len(ex)} examples are list answers, left to the lists")
+                ex = ex.take(np.flatnonzero(keep))
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(hp["num_threads"]) or _auto_threads(len(ex)))

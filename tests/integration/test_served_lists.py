@@ -63,7 +63,7 @@ def test_served_lists_and_upstream_features_beat_the_upstream_order(tmp_path: Pa
     # The held-out lists' answers are not trained on.
     answers = {r["_event"] for r in held}
     train_events = [e for n, e in enumerate(events) if n not in answers]
-    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}
     common = {"seed": 0, "log": lambda line: None, "max_epochs": 12, "label_window_s": LABEL_WINDOW_S}
     with_lists = train_to_artifact(
         train_events, tmp_path / "lists", logged=logged_from_records(strip(r) for r in fit), **common
