@@ -92,10 +92,11 @@ class DNNReranker(Reranker):
     (buffer `item_features` [n_items+1, V], each row a multi-hot divided by its number of ones)
     and q_i, b_i and the history embedding each get f_i @ (a learned [V, D] or [V] table) added.
 
-    With `upstream_inputs` U > 0, the score of a candidate also gets a learned term g(x_i) of its
-    upstream features x_i (`models.upstream`: position and score normalised within the request),
-    g a one-hidden-layer MLP. The term is additive, so `score_parts` splits a score into
-    {"model": user-item part, "upstream": g(x_i)}; without upstream features it is left out.
+    With `upstream_inputs` U > 0, the score of a candidate is a * s_i + g(x_i): the user-item
+    score s_i above scaled by a learned a, plus a learned term of its upstream features x_i
+    (`models.upstream`: position and score normalised within the request), g a one-hidden-layer
+    MLP. `score_parts` splits it into {"model": a * s_i, "upstream": g(x_i)}; without upstream
+    features the score is a * s_i.
     """
 
     def __init__(
@@ -160,6 +161,8 @@ class DNNReranker(Reranker):
         if self._n_upstream:
             hidden = int(model_hparams["upstream_hidden"])
             self.upstream_net = nn.Sequential(nn.Linear(self._n_upstream, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            # How much the user-item part counts next to the upstream term, learned with it.
+            self.model_scale = nn.Parameter(torch.ones(()))
         with torch.no_grad():
             for table in (self.user_emb, self.item_emb, self.hist_emb):
                 table.weight.normal_(0.0, init_std)
@@ -209,6 +212,7 @@ class DNNReranker(Reranker):
                 "upstream_net.0.bias": (hidden,),
                 "upstream_net.2.weight": (1, hidden),
                 "upstream_net.2.bias": (1,),
+                "model_scale": (),
             }
         dtype = torch.get_default_dtype()
         return {k: (shape, dtype) for k, shape in shapes.items()}
@@ -235,16 +239,18 @@ class DNNReranker(Reranker):
         return self.upstream_net(upstream).squeeze(-1)
 
     def forward(self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None) -> Tensor:
-        """User-item score plus, with an upstream part and features, the upstream term: [B, N]."""
-        s = self.score(self.user_repr(user_vec, history), items)
-        g = self.upstream_part(upstream, s)
-        return s if g is None else s + g
+        """The sum of `score_parts`: [B, N]."""
+        parts = self.score_parts(user_vec, history, items, upstream)
+        s = parts["model"]
+        return s if "upstream" not in parts else s + parts["upstream"]
 
     def score_parts(
         self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """{"model": user-item score, "upstream": upstream term (only with one)}; they sum to `forward`."""
+        """{"model": (scaled) user-item score, "upstream": upstream term (only with one and features)}."""
         s = self.score(self.user_repr(user_vec, history), items)
+        if self._n_upstream:
+            s = self.model_scale * s
         g = self.upstream_part(upstream, s)
         return {"model": s} if g is None else {"model": s, "upstream": g}
 

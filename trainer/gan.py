@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from models.dnn import DNNReranker
 from trainer.data import TrainingExamples, ValidationSplit
-from trainer.served import ServedLists, list_loss
 from trainer.validation import evaluate_split
 
 NETWORKS = ("generator", "discriminator")
@@ -115,13 +114,8 @@ def fit_gan(
     hp: Mapping[str, Any],
     rng: np.random.Generator,
     log: Callable[[str], None],
-    served: ServedLists | None = None,
 ) -> tuple[DNNReranker, dict[str, Any], dict[str, Any]]:
     """Adversarial training from a pre-trained network; returns the chosen served network.
-
-    With served lists, the generator's step (and the discriminator's) also takes a share of them
-    and adds ``served_weight`` x the DNN's list-wise loss, so the adversarial epochs keep the
-    upstream part and the list order that pre-training learned.
 
     Args:
         pretrained: Trained model (left untouched); G and D start as copies of it.
@@ -130,7 +124,6 @@ def fit_gan(
         hp: Hyper-parameters, the "gan" kind's defaults (`models.gan.GAN_DEFAULT_HPARAMS`) included.
         rng: Shuffles the examples.
         log: One line per epoch.
-        served: Labelled served lists (`trainer.served.served_lists`), or None.
 
     Returns:
         (served network, in train mode, of the pre-trained model's class; metrics: "ndcg@10",
@@ -165,18 +158,6 @@ def fit_gan(
     opt_g = torch.optim.Adam(g.parameters(), lr=float(hp["gan_lr_g"]))
     opt_d = torch.optim.Adam(d.parameters(), lr=float(hp["gan_lr_d"]))
     min_distinct = max(2, math.ceil(float(hp["gan_min_distinct_share"]) * n_items))
-    n_lists = len(served) if served is not None else 0
-    list_bs = math.ceil(n_lists / max(1, math.ceil(n / bs))) if n_lists else 0
-    served_weight = float(hp.get("served_weight", 1.0))
-
-    def with_lists(net: DNNReranker, loss: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        if served is None or not rows.size:
-            return loss
-        lists = served.take(rows)
-        users = net.embed_users(torch.from_numpy(lists.users))
-        if hp.get("served_detach_users", True):
-            users = users.detach()
-        return loss + served_weight * list_loss(net, users, lists)
 
     has_val = len(val) > 0
     m0 = evaluate_split(pretrained, val) if has_val else {}
@@ -193,9 +174,7 @@ def fit_gan(
         counts = torch.zeros(n_items, dtype=torch.int64)
         sum_d = sum_g = sum_h = 0.0
         finite = True
-        list_perm = rng.permutation(n_lists)
-        for step, a in enumerate(range(0, n, bs)):
-            list_rows = list_perm[step * list_bs : (step + 1) * list_bs]
+        for a in range(0, n, bs):
             idx = perm[a : a + bs]
             u, h, it, w = users_t[idx], hist_t[idx], items_t[idx], weights_t[idx]
             logits = _generator_logits(g, u, h, T)
@@ -205,11 +184,11 @@ def fit_gan(
                 if n_uniform:
                     # Uniform fakes keep D ranking arbitrary items low, as it must at serving time.
                     fakes = torch.cat([fakes, torch.randint(0, n_items, (fakes.shape[0], n_uniform))], dim=1)
-            loss_d = with_lists(d, _d_loss(d, u, h, it, fakes + 1, w, d_kind), list_rows)
+            loss_d = _d_loss(d, u, h, it, fakes + 1, w, d_kind)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-            loss_g = with_lists(g, _g_loss(d, logits, u, h, it, w, S, lam), list_rows)
+            loss_g = _g_loss(d, logits, u, h, it, w, S, lam)
             with torch.no_grad():
                 logp = F.log_softmax(logits, dim=1)
                 entropy = float(-(logp.exp() * logp).sum(1).mean())

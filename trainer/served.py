@@ -177,7 +177,7 @@ class ServedLists:
 
     Attributes:
         users: [L] int64 user rows (0 = unknown). history: [L, H] int64 the user's positives
-            before the request, 0-padded, most recent last. items: [L, N] int64 candidate rows
+            up to the request's ts, 0-padded, most recent last. items: [L, N] int64 candidate rows
             (0 = unknown item or padding). upstream: [L, N, U] float32 `models.upstream` features.
         scores: [L, N] float64 raw upstream scores (NaN where absent or padding).
         labels: [L, N] float32 positive event weights (0 for the others). valid: [L, N] bool.
@@ -214,8 +214,8 @@ def served_lists(
 ) -> ServedLists:
     """Tensors of labelled lists for a model with these user and item indexes.
 
-    A list's history is its user's positive events (of items the model knows) strictly before the
-    request, as a worker would hold them.
+    A list's history is its user's positive events (of items the model knows) up to the
+    request's ts, as a worker would hold them.
     """
     n = max((len(r.item_ids) for r in lists), default=1)
     L, H = len(lists), history_len
@@ -246,7 +246,9 @@ def served_lists(
         if code is None:
             continue
         lo, hi = np.searchsorted(ev_users, [code, code + 1])
-        end = lo + np.searchsorted(ev_ts[lo:hi], req.ts, side="left")
+        # Events of the request's own second count as before it: a worker has usually applied
+        # them, and stored histories (the artifact's, a replay's) hold them.
+        end = lo + np.searchsorted(ev_ts[lo:hi], req.ts, side="right")
         past = ev_items[lo:end]
         past = past[past > 0][-H:]
         if past.size:

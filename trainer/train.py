@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -78,15 +78,14 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "feature_min_count": 2,
     "max_features": 5000,
     # served lists (used only when train_model gets logged requests that events label)
-    "served_weight": 1.0,  # weight of the list-wise loss next to the sampled-negative one
+    "served_lists": True,  # False: ignore them
     "upstream_hidden": 16,
-    # Newest share of the labelled lists left out of training and measured each epoch (model
-    # vs upstream order); information only, early stopping stays on the validation split.
+    # Newest share of the labelled lists held out to stop the list-wise fit early.
     "served_val_share": 0.1,
-    # Leave the lists' answers out of the sampled-negative objective (see train_model).
-    "served_holdout_answers": True,
-    # Keep the list-wise loss off the free user vectors, which would memorise the answers.
-    "served_detach_users": True,
+    "served_lr": 1e-2,
+    "served_epochs": 40,
+    "served_patience": 5,
+    "served_batch_size": 256,
 }
 
 
@@ -170,14 +169,8 @@ def _fit(
     rng: np.random.Generator,
     log: Callable[[str], None],
     epochs: int,
-    served: ServedLists | None = None,
-    served_val: ServedLists | None = None,
 ) -> tuple[int, dict[str, float], int]:
     """Train `model` in place for up to `epochs` epochs.
-
-    With `served` lists, each step also takes a share of them (all of them once per epoch) and
-    adds ``served_weight`` x their list-wise loss (`trainer.served.list_loss`) to the
-    sampled-negative loss; `served_val` lists are measured each epoch for the log.
 
     With a non-empty `val`, stops once validation NDCG@10 has not improved for `patience` epochs
     and leaves the best epoch's weights in the model; with an empty one, trains all epochs.
@@ -196,9 +189,6 @@ def _fit(
     # int32 on the host; each batch is widened on its own, not the whole [E, H] matrix at once.
     hist_t = torch.from_numpy(ex.history)
     opt = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
-    n_lists = len(served) if served is not None else 0
-    steps = max(1, math.ceil(n / bs))
-    list_bs = math.ceil(n_lists / steps) if n_lists else 0
     best_epoch, best_metrics, best_ndcg, best_state = 0, {}, -math.inf, None
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -206,9 +196,8 @@ def _fit(
         model.train()
         perm = torch.from_numpy(rng.permutation(n))
         negs_all = torch.from_numpy(rng.integers(1, n_items + 1, size=(n, K)))
-        list_perm = rng.permutation(n_lists)
         total = 0.0
-        for step, a in enumerate(range(0, n, bs)):
+        for a in range(0, n, bs):
             idx = perm[a : a + bs]
             items = items_t[idx]
             # A negative equal to the target would teach the model to score it down; move it to
@@ -216,22 +205,11 @@ def _fit(
             negs = negs_all[a : a + bs]
             negs = torch.where(negs == items.unsqueeze(1), negs % n_items + 1, negs)
             loss = _batch_loss(model, users_t[idx], hist_t[idx].long(), items, labels_t[idx], weights_t[idx], negs, hp)
-            if served is not None and list_bs:
-                rows = list_perm[step * list_bs : (step + 1) * list_bs]
-                if rows.size:
-                    lists = served.take(rows)
-                    users = model.embed_users(torch.from_numpy(lists.users))
-                    if hp["served_detach_users"]:
-                        users = users.detach()
-                    loss = loss + float(hp["served_weight"]) * list_loss(model, users, lists)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * idx.numel()
         line = f"epoch {epoch:3d} loss {total / max(n, 1):.4f}"
-        if served_val is not None and len(served_val):
-            ml = evaluate_lists(model, served_val)
-            line += f" lists ndcg@10 {ml['ndcg@10']:.4f} (upstream {ml['upstream_ndcg@10']:.4f})"
         if len(val) == 0:
             log(f"{line} ({time.perf_counter() - te:.1f}s)")
             best_epoch = epoch
@@ -246,6 +224,81 @@ def _fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return best_epoch, best_metrics, epoch
+
+
+def _upstream_params(model: Reranker) -> torch.nn.ModuleList:
+    """The upstream part of a model with one (`models.dnn`): its MLP and the user-item scale."""
+    dnn = cast(Any, model)
+    holder = torch.nn.ModuleList([dnn.upstream_net])
+    holder.register_parameter("model_scale", dnn.model_scale)
+    return holder
+
+
+def _fit_upstream(
+    model: Reranker,
+    served: ServedLists,
+    served_val: ServedLists | None,
+    hp: Mapping[str, Any],
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Fit the upstream part (the upstream MLP and the user-item scale) on the served lists with
+    the list-wise loss (`trainer.served.list_loss`), everything else frozen.
+
+    It runs last, on the network that is served: its user-item part never learned the lists'
+    answers (train_model leaves them out of the sampled objective), so the lists show it as
+    serving will, and the blend learned here is not fooled by a part that memorised them. With
+    `served_val`, stops once their NDCG@10 has not improved for ``served_patience`` epochs and
+    keeps the best epoch.
+
+    Returns:
+        Metrics: "served_lists", and with `served_val`: "lists_ndcg@10",
+        "lists_upstream_ndcg@10", "lists_best_epoch".
+    """
+    part = _upstream_params(model)
+    model.requires_grad_(False)
+    part.requires_grad_(True)
+    model.eval()
+    opt = torch.optim.Adam(part.parameters(), lr=float(hp["served_lr"]))
+    uv = model.user_vectors()
+    bs = int(hp["served_batch_size"])
+    has_val = served_val is not None and len(served_val) > 0
+    best: dict[str, Any] = {"ndcg": -math.inf, "epoch": 0, "state": None, "metrics": {}}
+    if served_val is not None and has_val:
+        m0 = evaluate_lists(model, served_val)
+        log(f"lists epoch   0: val lists ndcg@10 {m0['ndcg@10']:.4f} (upstream order {m0['upstream_ndcg@10']:.4f})")
+    for epoch in range(1, int(hp["served_epochs"]) + 1):
+        perm = rng.permutation(len(served))
+        for a in range(0, len(served), bs):
+            lists = served.take(perm[a : a + bs])
+            loss = list_loss(model, uv[torch.from_numpy(lists.users)], lists)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if served_val is None or not has_val:
+            continue
+        m = evaluate_lists(model, served_val)
+        if m["ndcg@10"] > best["ndcg"]:
+            best = {"ndcg": m["ndcg@10"], "epoch": epoch, "metrics": m}
+            best["state"] = {k: v.detach().clone() for k, v in part.state_dict().items()}
+        elif epoch - best["epoch"] >= int(hp["served_patience"]):
+            break
+    if best["state"] is not None:
+        part.load_state_dict(best["state"])
+    model.requires_grad_(False)
+    scale = float(cast(Any, model).model_scale)
+    out: dict[str, Any] = {"served_lists": len(served), "user_item_scale": round(scale, 4)}
+    if has_val:
+        out |= {
+            "lists_ndcg@10": best["metrics"]["ndcg@10"],
+            "lists_upstream_ndcg@10": best["metrics"]["upstream_ndcg@10"],
+            "lists_best_epoch": best["epoch"],
+        }
+        log(
+            f"lists: best epoch {best['epoch']}, val lists ndcg@10 {out['lists_ndcg@10']:.4f} "
+            f"(upstream order {out['lists_upstream_ndcg@10']:.4f}), user-item scale {scale:.3f}"
+        )
+    return out
 
 
 # Parameters with a row per user or per item; the rows of ids the serving model also knows are
@@ -366,7 +419,7 @@ def train_model(
 
     not_after = time.time() + max_clock_skew_s
     pre_skipped = pre_bad = 0
-    if logged and float(hp["served_weight"]) > 0:
+    if logged and hp["served_lists"]:
         # Labelling needs the columns too: convert once.
         events, pre_skipped, pre_bad = to_columns(events, not_after)
     data = build_interactions(events, weights_map, not_after=not_after)
@@ -397,7 +450,7 @@ def train_model(
             kwargs["feature_vocab"] = vocab
 
     served = served_val = None
-    if logged and float(hp["served_weight"]) > 0 and isinstance(events, EventColumns):
+    if logged and hp["served_lists"] and isinstance(events, EventColumns):
         labelled = label_requests(logged, events, weights_map, label_window_s)
         log(f"served lists: {len(labelled)} of {len(logged)} logged requests labelled by events")
         if labelled and "upstream_inputs" in inspect.signature(cls.__init__).parameters:
@@ -415,18 +468,17 @@ def train_model(
                     val_items,
                 )
             kwargs["upstream_inputs"] = N_UPSTREAM_FEATURES
-            if hp["served_holdout_answers"]:
-                # A list's positives are also next-item examples; learned there, they make the
-                # user-item part look all-knowing on the lists, and the upstream part learns to
-                # count for nothing. Out of the sampled objective, the lists see the user-item
-                # part as serving does: not knowing the answer.
-                pairs = [lists.positive_pairs() for lists in (served, served_val) if lists is not None]
-                keep = ~np.isin(
-                    ex.users * (data.n_items + 1) + ex.items,
-                    np.concatenate([u * (data.n_items + 1) + i for u, i in pairs]),
-                )
-                log(f"served lists: {int((~keep).sum())} of {len(ex)} examples are list answers, left to the lists")
-                ex = ex.take(np.flatnonzero(keep))
+            # A list's positives are also next-item examples; learned there, they make the
+            # user-item part look all-knowing on the lists, and the upstream part would learn to
+            # count for nothing. Out of the sampled objective, the lists see the user-item part
+            # as serving does: not knowing the answer.
+            pairs = [lists.positive_pairs() for lists in (served, served_val) if lists is not None]
+            keep = ~np.isin(
+                ex.users * (data.n_items + 1) + ex.items,
+                np.concatenate([u * (data.n_items + 1) + i for u, i in pairs]),
+            )
+            log(f"served lists: {int((~keep).sum())} of {len(ex)} examples are list answers, left to the lists")
+            ex = ex.take(np.flatnonzero(keep))
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(hp["num_threads"]) or _auto_threads(len(ex)))
@@ -455,15 +507,15 @@ def train_model(
             warm = warm_start(model, data.user_ids, data.item_ids, warm_from)
             log(f"warm start from {warm_from.version}: {warm['users']} users, {warm['items']} items known")
         rng = np.random.default_rng(seed)
-        best_epoch, best_metrics, epochs_run = _fit(
-            model, ex, val, hp, rng, log, int(hp["max_epochs"]), served, served_val
-        )
+        if served is not None:
+            # Trained on the lists alone, after the rest (`_fit_upstream`).
+            _upstream_params(model).requires_grad_(False)
+        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]))
         stage_info: dict[str, Any] = {}
         if stage is not None:
             pre_epochs, pre_seconds = epochs_run, time.perf_counter() - t0
             model.fill_unknown_rows()
-            extra = {"served": served} if served is not None else {}
-            model, stage_metrics, stage_info = stage(model, ex, val, hp, rng, log, **extra)
+            model, stage_metrics, stage_info = stage(model, ex, val, hp, rng, log)
             best_metrics = {"ndcg@10": stage_metrics.pop("ndcg@10"), "hr@10": stage_metrics.pop("hr@10")}
             best_epoch = stage_metrics.pop("best_epoch")
             # Numbers stay in the metrics; labels (e.g. the served network) go with the stage's info.
@@ -477,18 +529,15 @@ def train_model(
             }
             epochs_run = stage_info.pop("epochs")
         model.fill_unknown_rows()
+        served_metrics: dict[str, Any] = {}
+        if served is not None:
+            served_metrics = _fit_upstream(model, served, served_val, hp, rng, log)
         model.eval()
         model.requires_grad_(False)
     finally:
         torch.set_num_threads(prev_threads)
 
     seconds = time.perf_counter() - t0
-    served_metrics: dict[str, Any] = {}
-    if served is not None:
-        served_metrics["served_lists"] = len(served)
-        if served_val is not None:
-            ml = evaluate_lists(model, served_val)
-            served_metrics |= {"lists_ndcg@10": ml["ndcg@10"], "lists_upstream_ndcg@10": ml["upstream_ndcg@10"]}
     metrics = {
         **served_metrics,
         "ndcg@10": best_metrics.get("ndcg@10", math.nan),
