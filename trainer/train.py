@@ -79,6 +79,7 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "max_features": 5000,
     # served lists (used only when train_model gets logged requests that events label)
     "served_lists": True,  # False: ignore them
+    "served_weight": 0.0,  # > 0: the list-wise loss also trains the user-item part, this much
     "upstream_hidden": 16,
     # Newest share of the labelled lists held out to stop the list-wise fit early.
     "served_val_share": 0.1,
@@ -169,8 +170,13 @@ def _fit(
     rng: np.random.Generator,
     log: Callable[[str], None],
     epochs: int,
+    served: ServedLists | None = None,
 ) -> tuple[int, dict[str, float], int]:
     """Train `model` in place for up to `epochs` epochs.
+
+    With `served` lists and ``served_weight`` > 0, each step also takes a share of the lists (all
+    of them once per epoch) and adds ``served_weight`` x their list-wise loss, the free user
+    vectors left out of it: the user-item part learns to order hard candidates too.
 
     With a non-empty `val`, stops once validation NDCG@10 has not improved for `patience` epochs
     and leaves the best epoch's weights in the model; with an empty one, trains all epochs.
@@ -189,6 +195,9 @@ def _fit(
     # int32 on the host; each batch is widened on its own, not the whole [E, H] matrix at once.
     hist_t = torch.from_numpy(ex.history)
     opt = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    served_weight = float(hp["served_weight"]) if served is not None else 0.0
+    n_lists = len(served) if served is not None and served_weight > 0 else 0
+    list_bs = math.ceil(n_lists / max(1, math.ceil(n / bs))) if n_lists else 0
     best_epoch, best_metrics, best_ndcg, best_state = 0, {}, -math.inf, None
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -196,8 +205,9 @@ def _fit(
         model.train()
         perm = torch.from_numpy(rng.permutation(n))
         negs_all = torch.from_numpy(rng.integers(1, n_items + 1, size=(n, K)))
+        list_perm = rng.permutation(n_lists) if n_lists else np.zeros(0, dtype=np.int64)
         total = 0.0
-        for a in range(0, n, bs):
+        for step, a in enumerate(range(0, n, bs)):
             idx = perm[a : a + bs]
             items = items_t[idx]
             # A negative equal to the target would teach the model to score it down; move it to
@@ -205,6 +215,11 @@ def _fit(
             negs = negs_all[a : a + bs]
             negs = torch.where(negs == items.unsqueeze(1), negs % n_items + 1, negs)
             loss = _batch_loss(model, users_t[idx], hist_t[idx].long(), items, labels_t[idx], weights_t[idx], negs, hp)
+            rows = list_perm[step * list_bs : (step + 1) * list_bs]
+            if served is not None and rows.size:
+                lists = served.take(rows)
+                users = model.embed_users(torch.from_numpy(lists.users)).detach()
+                loss = loss + served_weight * list_loss(model, users, lists)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -510,7 +525,7 @@ def train_model(
         if served is not None:
             # Trained on the lists alone, after the rest (`_fit_upstream`).
             _upstream_params(model).requires_grad_(False)
-        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]))
+        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]), served)
         stage_info: dict[str, Any] = {}
         if stage is not None:
             pre_epochs, pre_seconds = epochs_run, time.perf_counter() - t0
