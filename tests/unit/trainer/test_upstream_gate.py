@@ -107,3 +107,30 @@ def test_a_run_promotes_a_candidate_that_beats_the_upstream_order(
     assert result.decision == "promoted", result
     decision = json.loads((tmp_path / service.DECISIONS_LOG).read_text().splitlines()[-1])
     assert decision["served_lists"]["ndcg@10"] > decision["served_lists"]["upstream_ndcg@10"]
+
+
+def test_the_report_says_when_the_model_does_not_beat_the_upstream_order() -> None:
+    from trainer.report import build_report, served_note
+
+    requests = [
+        {"request_id": f"r{n}", "user_id": "u", "candidates": [{"item_id": f"i{j}", "score": 10 - j} for j in range(10)]}
+        for n in range(4)
+    ]
+    truth = [{"request_id": f"r{n}", "item_id": "i0"} for n in range(4)]
+    reversed_results = [
+        {"request_id": f"r{n}", "items": [{"item_id": f"i{j}"} for j in reversed(range(10))]} for n in range(4)
+    ]
+    worse = build_report(requests, truth, reversed_results)
+    assert any("does not beat the upstream order" in note for note in worse["notes"]), worse["notes"]
+    # A tie is no better: upstream already puts the item first.
+    same_first = [{"request_id": f"r{n}", "items": [{"item_id": "i0"}]} for n in range(4)]
+    assert any("does not beat" in note for note in build_report(requests, truth, same_first)["notes"])
+    last = [{"request_id": f"r{n}", "item_id": "i9"} for n in range(4)]
+    better = build_report(requests, last, reversed_results)
+    assert not any("upstream order" in note for note in better["notes"]), better["notes"]
+
+    refused = served_note({"ndcg@10": 0.2, "upstream_ndcg@10": 0.3, "lists": 12, "beats_upstream": False})
+    assert "does not beat the upstream order on 12 held-out lists" in refused and "gate would refuse" in refused
+    assert "beats the upstream order" in served_note(
+        {"ndcg@10": 0.4, "upstream_ndcg@10": 0.3, "lists": 12, "beats_upstream": True}
+    )
