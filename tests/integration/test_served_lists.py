@@ -10,15 +10,21 @@ the upstream order and the same model trained without the lists.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from models import load_artifact
 from streams.core.offline import score_stream_offline
 from streams.devtools.synthetic import generate_events, make_world
+from streams.kafka.clients import produce_records
+from streams.kafka.topics import create_topics
 from streams.settings import Settings
+from tests.conftest import isolated_settings, run_cli
 from trainer.served import logged_from_records
 from trainer.train import train_to_artifact
 from trainer.validation import rank_metrics
@@ -93,3 +99,23 @@ def test_served_lists_and_upstream_features_beat_the_upstream_order(tmp_path: Pa
     # Measured (475 lists): upstream order 0.628, without the lists 0.627, with them 0.776.
     assert model > upstream["ndcg@10"] + 0.05, (model, upstream, plain)
     assert model > plain + 0.05, (model, upstream, plain)
+
+
+@pytest.mark.integration
+def test_train_from_the_topic_reads_the_requests_topic_by_default(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    events, requests = planted_log()
+    settings = dataclasses.replace(isolated_settings(broker), label_window_s=LABEL_WINDOW_S)
+    create_topics(settings, [settings.events_topic, settings.requests_topic])
+    produce_records(settings, settings.events_topic, events)
+    produce_records(
+        settings, settings.requests_topic, [{k: v for k, v in r.items() if not k.startswith("_")} for r in requests]
+    )
+    args = ["train", "--topic", settings.events_topic, "--max-epochs", "3"]
+    done = run_cli(settings, *args, "--out", str(tmp_path / "lists"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "lists" / "manifest.json").read_text())
+    assert manifest["model_hparams"]["upstream_inputs"] > 0
+    assert manifest["metrics"]["served_lists"] > 0.5 * len(requests)
+    off = run_cli(settings, *args, "--no-served-lists", "--out", str(tmp_path / "plain"))
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert "upstream_inputs" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["model_hparams"]

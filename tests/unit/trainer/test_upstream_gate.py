@@ -113,7 +113,11 @@ def test_the_report_says_when_the_model_does_not_beat_the_upstream_order() -> No
     from trainer.report import build_report, served_note
 
     requests = [
-        {"request_id": f"r{n}", "user_id": "u", "candidates": [{"item_id": f"i{j}", "score": 10 - j} for j in range(10)]}
+        {
+            "request_id": f"r{n}",
+            "user_id": "u",
+            "candidates": [{"item_id": f"i{j}", "score": 10 - j} for j in range(10)],
+        }
         for n in range(4)
     ]
     truth = [{"request_id": f"r{n}", "item_id": "i0"} for n in range(4)]
