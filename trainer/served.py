@@ -72,10 +72,14 @@ def logged_from_records(records: Iterable[Mapping[str, Any]]) -> list[LoggedRequ
 
 
 def logged_from_topic(
-    settings: Settings, topic: str | None = None, progress: Callable[[int, int | None], None] | None = None
+    settings: Settings,
+    topic: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    *,
+    window: int = 0,
 ) -> list[LoggedRequest]:
     """The requests of ``topic`` (default: the requests topic) that carry a ts; an absent topic
-    gives none."""
+    gives none. With ``window`` > 0 only the newest ``window`` records are read (`scan_topic`)."""
     from streams.kafka.clients import scan_topic
     from streams.kafka.topics import existing_topics
 
@@ -93,7 +97,7 @@ def logged_from_topic(
         else:
             out.append(req)
 
-    scan_topic(settings, topic, keep, progress=progress)
+    scan_topic(settings, topic, keep, tail=window, progress=progress)
     if skipped:
         log.info("%d requests of %s are invalid or have no ts: not used as served lists", skipped, topic)
     return out

@@ -289,7 +289,9 @@ def run_once(
     logged: list[LoggedRequest] = []
     held_lists: list[LoggedRequest] = []
     if settings.train_from_requests:
-        logged, held_lists, train = _split_served(settings, logged_from_topic(settings), events, train)
+        # The same bound as the events' window: a request is one record, like an event.
+        requests = logged_from_topic(settings, window=settings.train_window_events)
+        logged, held_lists, train = _split_served(settings, requests, events, train)
     # A version from the future is no serving model: workers refuse it.
     serving_path = store.newest(root, created_not_after=time.time() + settings.max_clock_skew_s)
     serving = load_artifact(serving_path) if serving_path else None

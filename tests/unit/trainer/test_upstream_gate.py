@@ -74,7 +74,7 @@ def upstream_run(monkeypatch: pytest.MonkeyPatch, trained_world: Any, root: Any,
         logged.append(LoggedRequest(f"log-{n}", e["user_id"], e["ts"] - 1.0, ids, scores))
     monkeypatch.setattr(service, "log_from_topic", lambda settings, topic, window=0: (log, {"0": len(events)}, 0))
     monkeypatch.setattr(service, "items_from_topic", lambda settings: [])
-    monkeypatch.setattr(service, "logged_from_topic", lambda settings: logged)
+    monkeypatch.setattr(service, "logged_from_topic", lambda settings, window=0: logged)
     shutil.copytree(trained_world.model_dir, root / "serving")
 
     def copy_model(events: Any, out: Any, **kwargs: Any) -> Any:
