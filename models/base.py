@@ -102,22 +102,24 @@ class Reranker(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def n_upstream_features(self) -> int:
+        """U, the number of upstream features (`models.upstream`) the model scores with; 0 = it
+        ignores the upstream order, and callers need not compute them."""
+        return 0
+
     def forward(self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None) -> Tensor:
         """Score `items` [B, N] for users given by `user_vec` [B, D] and `history` [B, H]; returns [B, N].
 
-        `upstream` carries the candidates' upstream scores for kinds that take them as inputs;
-        this one does not.
+        `upstream` is [B, N, U] float32 per-request features of the upstream order
+        (`models.upstream.upstream_batch`), or None; kinds without an upstream part ignore it.
         """
         return self.score(self.user_repr(user_vec, history), items)
 
     def score_parts(
         self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """The score of `forward` as named [B, N] components that sum to it (for explanations).
-
-        This default has one component, "model"; a kind whose score has separable parts (e.g. an
-        upstream term) overrides it.
-        """
+        """The additive parts of `forward`'s scores, each [B, N]; they sum to its output."""
         return {"model": self.forward(user_vec, history, items, upstream)}
 
     def embed_users(self, users: Tensor) -> Tensor:

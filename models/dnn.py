@@ -32,6 +32,8 @@ def _model_hparams(
     dropout: float,
     init_std: float,
     feature_vocab: Iterable[str],
+    upstream_inputs: int,
+    upstream_hidden: int,
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The hyper-parameters of a dnn model as it stores them (`DNNReranker.__init__` documents
@@ -56,10 +58,26 @@ def _model_hparams(
     if vocab:
         # Only present when used, so feature-less manifests stay as they were.
         model_hparams["feature_vocab"] = vocab
+    if int(upstream_inputs) < 0 or int(upstream_hidden) < 1:
+        raise ValueError("upstream_inputs must be >= 0 and upstream_hidden >= 1")
+    if int(upstream_inputs):
+        # Likewise: a model without an upstream part keeps the manifest of older versions.
+        model_hparams["upstream_inputs"] = int(upstream_inputs)
+        model_hparams["upstream_hidden"] = int(upstream_hidden)
     return model_hparams
 
 
-_HPARAM_ARGS = ("dim", "history_len", "mlp_hidden", "dropout", "init_std", "feature_vocab", "extra")
+_HPARAM_ARGS = (
+    "dim",
+    "history_len",
+    "mlp_hidden",
+    "dropout",
+    "init_std",
+    "feature_vocab",
+    "upstream_inputs",
+    "upstream_hidden",
+    "extra",
+)
 
 
 @register("dnn")
@@ -73,6 +91,12 @@ class DNNReranker(Reranker):
     With a non-empty `feature_vocab` (V features), every item row i has a feature row f_i
     (buffer `item_features` [n_items+1, V], each row a multi-hot divided by its number of ones)
     and q_i, b_i and the history embedding each get f_i @ (a learned [V, D] or [V] table) added.
+
+    With `upstream_inputs` U > 0, the score of a candidate is a * s_i + g(x_i): the user-item
+    score s_i above scaled by a learned a, plus a learned term of its upstream features x_i
+    (`models.upstream`: position and score normalised within the request), g a one-hidden-layer
+    MLP. `score_parts` splits it into {"model": a * s_i, "upstream": g(x_i)}; without upstream
+    features the score is a * s_i.
     """
 
     def __init__(
@@ -86,6 +110,8 @@ class DNNReranker(Reranker):
         dropout: float = 0.0,
         init_std: float = 0.05,
         feature_vocab: list[str] | tuple[str, ...] = (),
+        upstream_inputs: int = 0,
+        upstream_hidden: int = 16,
         **extra: Any,
     ) -> None:
         """Build the tables and the MLP.
@@ -100,9 +126,14 @@ class DNNReranker(Reranker):
             init_std: Standard deviation of the normal initialisation of embedding tables.
             feature_vocab: Names of the item features (e.g. "genre:comedy"); empty = no features.
                 The per-item rows start at zero; set them with `set_item_features`.
+            upstream_inputs: U, the number of upstream features scored (0 = no upstream part;
+                `models.upstream.N_UPSTREAM_FEATURES` when trained on served lists).
+            upstream_hidden: Hidden width of the upstream MLP.
             **extra: Rejected; present only to give a clear error on a misspelled hyper-parameter.
         """
-        model_hparams = _model_hparams(dim, history_len, mlp_hidden, dropout, init_std, feature_vocab, extra)
+        model_hparams = _model_hparams(
+            dim, history_len, mlp_hidden, dropout, init_std, feature_vocab, upstream_inputs, upstream_hidden, extra
+        )
         mlp_hidden = model_hparams["mlp_hidden"]
         vocab = model_hparams.get("feature_vocab", [])
         super().__init__(n_users, n_items, **model_hparams)
@@ -126,6 +157,12 @@ class DNNReranker(Reranker):
             self.feat_emb = nn.Parameter(torch.randn(self.n_features, d) * float(init_std))
             self.feat_bias = nn.Parameter(torch.zeros(self.n_features))
             self.feat_hist = nn.Parameter(torch.randn(self.n_features, d) * float(init_std))
+        self._n_upstream = int(model_hparams.get("upstream_inputs", 0))
+        if self._n_upstream:
+            hidden = int(model_hparams["upstream_hidden"])
+            self.upstream_net = nn.Sequential(nn.Linear(self._n_upstream, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            # How much the user-item part counts next to the upstream term, learned with it.
+            self.model_scale = nn.Parameter(torch.ones(()))
         with torch.no_grad():
             for table in (self.user_emb, self.item_emb, self.hist_emb):
                 table.weight.normal_(0.0, init_std)
@@ -168,6 +205,15 @@ class DNNReranker(Reranker):
                 "feat_bias": (features,),
                 "feat_hist": (features, d),
             }
+        if hp.get("upstream_inputs"):
+            u, hidden = hp["upstream_inputs"], hp["upstream_hidden"]
+            shapes |= {
+                "upstream_net.0.weight": (hidden, u),
+                "upstream_net.0.bias": (hidden,),
+                "upstream_net.2.weight": (1, hidden),
+                "upstream_net.2.bias": (1,),
+                "model_scale": (),
+            }
         dtype = torch.get_default_dtype()
         return {k: (shape, dtype) for k, shape in shapes.items()}
 
@@ -175,6 +221,38 @@ class DNNReranker(Reranker):
     def dim(self) -> int:
         """Dimension D of user vectors, item embeddings and user representations."""
         return self._dim
+
+    @property
+    def n_upstream_features(self) -> int:
+        """U of the upstream part (0 without one)."""
+        return self._n_upstream
+
+    def upstream_part(self, upstream: Tensor | None, like: Tensor) -> Tensor | None:
+        """g(x) [B, N] of upstream features [B, N, U]; None without an upstream part or features."""
+        if not self._n_upstream or upstream is None:
+            return None
+        if upstream.shape[-1] != self._n_upstream or upstream.shape[:2] != like.shape:
+            raise ValueError(
+                f"upstream features {tuple(upstream.shape)} do not fit scores {tuple(like.shape)} "
+                f"with U = {self._n_upstream}"
+            )
+        return self.upstream_net(upstream).squeeze(-1)
+
+    def forward(self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None) -> Tensor:
+        """The sum of `score_parts`: [B, N]."""
+        parts = self.score_parts(user_vec, history, items, upstream)
+        s = parts["model"]
+        return s if "upstream" not in parts else s + parts["upstream"]
+
+    def score_parts(
+        self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """{"model": (scaled) user-item score, "upstream": upstream term (only with one and features)}."""
+        s = self.score(self.user_repr(user_vec, history), items)
+        if self._n_upstream:
+            s = self.model_scale * s
+        g = self.upstream_part(upstream, s)
+        return {"model": s} if g is None else {"model": s, "upstream": g}
 
     @property
     def feature_vocab(self) -> list[str]:

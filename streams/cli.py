@@ -142,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--max-epochs", type=int, help="upper bound on training epochs (default: early stopping decides)")
     p.add_argument("--items", help="JSON-lines file of item metadata ({item_id, genres?, tags?}) for item features")
+    p.add_argument(
+        "--logged",
+        help="JSON-lines file of logged re-rank requests (with ts) to learn from as served lists "
+        "(with --topic, the requests topic is read instead)",
+    )
+    p.add_argument(
+        "--no-served-lists",
+        action="store_true",
+        help="do not learn from logged requests (by default --topic also reads the requests topic)",
+    )
 
     p = command("train-service", "retrain periodically from the event log, gate, publish, announce")
     _common(p)
@@ -227,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT.svg",
         help="also score the requests with --model at each --diversity-weights and chart NDCG@k against ild@k",
     )
-    p.add_argument("--model", help="model artifact directory (for --diversity-curve)")
+    p.add_argument(
+        "--model",
+        help="model artifact: with --logged and --events, compared with the upstream order; "
+        "with --diversity-curve, the model that scores",
+    )
+    p.add_argument("--logged", help="JSON-lines logged re-rank requests (with ts), labelled by --events")
     p.add_argument("--items", help="JSON-lines item records with genres (for --diversity-curve)")
     p.add_argument("--diversity-method", default="mmr", choices=("mmr", "dpp"), help="method of the curve")
     p.add_argument(
@@ -447,7 +462,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     items = None
     if args.items:
         items = list(read_jsonl(args.items))
-    print(f"training {args.kind} on {len(events)} events" + (f", {len(items)} items" if items else ""), flush=True)
+    logged = None
+    if not args.no_served_lists:
+        from trainer.served import logged_from_records, logged_from_topic
+
+        if args.logged:
+            logged = logged_from_records(read_jsonl(args.logged))
+        elif args.topic and settings.train_from_requests:
+            logged = logged_from_topic(settings)
+    print(
+        f"training {args.kind} on {len(events)} events"
+        + (f", {len(items)} items" if items else "")
+        + (f", {len(logged)} logged requests" if logged else ""),
+        flush=True,
+    )
     path = train_to_artifact(
         events,
         args.out,
@@ -459,6 +487,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         items=items,
         model_hparams=settings.model_hparams,
         max_clock_skew_s=settings.max_clock_skew_s,
+        logged=logged,
+        label_window_s=settings.label_window_s,
     )
     print(f"model written to {path} in {time.monotonic() - started:.1f}s", flush=True)
     return 0
@@ -678,7 +708,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"evaluate: --diversity-weights {args.diversity_weights!r} is not a list of numbers") from None
     if not weights or not all(0.0 <= w <= 1.0 for w in weights):
         raise CliError("evaluate: --diversity-weights must be numbers in 0..1")
-    report = write_report(args.out, args.requests, args.truth, args.results, args.events, k=args.k, seed=args.seed)
+    report = write_report(
+        args.out,
+        args.requests,
+        args.truth,
+        args.results,
+        args.events,
+        k=args.k,
+        seed=args.seed,
+        model_path=args.model,
+        logged_path=args.logged,
+        settings=load_settings(args) if args.model and args.logged else None,
+    )
     print(format_table(report), flush=True)
     if args.diversity_curve:
         import orjson

@@ -210,6 +210,10 @@ class Settings:
     train_window_events: int = 2_000_000
     train_warm_start: bool = True
     eval_max_requests: int = 1000
+    # Learning from the serving log: read the requests topic too, and label each logged request
+    # with its user's events in the label_window_s seconds that follow it.
+    train_from_requests: bool = True
+    label_window_s: float = 3600.0
     # Seconds between the trainer service's runs, and its /metrics port (as metrics_port).
     trainer_every_s: float = 600.0
     trainer_metrics_port: int = 9101
@@ -284,6 +288,8 @@ class Settings:
             raise SettingsError("read_barrier_max_ms must be >= 0 (0 = no barrier)")
         if self.events_batch_max < 1 or self.events_buffer_max < self.events_batch_max:
             raise SettingsError("events_batch_max must be >= 1 and events_buffer_max >= events_batch_max")
+        if not self.label_window_s > 0:
+            raise SettingsError("label_window_s must be > 0")
         if not 0.0 < self.holdout_share < 0.5:
             raise SettingsError("holdout_share must be in (0, 0.5)")
         if self.keep_versions < 1:

@@ -170,6 +170,41 @@ class EventColumns:
         return (self.event(row) for row in range(len(self)))
 
 
+def to_columns(
+    events: Iterable[Mapping[str, Any]] | EventColumns, not_after: float | None = None
+) -> tuple[EventColumns, int, int]:
+    """Wire-format events as `EventColumns` (given columns are returned as they are).
+
+    An event without a numeric ts, or with a ts `check_event_ts` refuses, is skipped; one without
+    a user or item id is kept with empty ids (and type), so its ts still counts for max_ts.
+
+    Returns:
+        (columns, events skipped, of which for a bad ts).
+    """
+    skipped = bad_ts = 0
+    if isinstance(events, EventColumns):
+        return events, 0, 0
+    cols = EventColumns()
+    for ev in events:
+        ts = ev.get("ts")
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+            skipped += 1
+            continue
+        if check_event_ts(ts, not_after) is not None:
+            # Left out of max_ts too: it would carry the watermark past every live event.
+            skipped += 1
+            bad_ts += 1
+            continue
+        u, i = ev.get("user_id"), ev.get("item_id")
+        if u is None or i is None:
+            # Kept for max_ts only (build_interactions' weight filter counts it as skipped): an
+            # unusable event still says how far the data reaches.
+            cols.append("", "", "", ts)
+            continue
+        cols.append(str(u), str(i), str(ev.get("event_type")), ts)
+    return cols, skipped, bad_ts
+
+
 def build_interactions(
     events: Iterable[Mapping[str, Any]] | EventColumns,
     event_weights: Mapping[str, float],
@@ -190,28 +225,7 @@ def build_interactions(
         The `Interactions`; rows are assigned in `id_sort_key` order, so they do not depend on the
         order of the events.
     """
-    skipped = bad_ts = 0
-    if isinstance(events, EventColumns):
-        cols = events
-    else:
-        cols = EventColumns()
-        for ev in events:
-            ts = ev.get("ts")
-            if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-                skipped += 1
-                continue
-            if check_event_ts(ts, not_after) is not None:
-                # Left out of max_ts too: it would carry the watermark past every live event.
-                skipped += 1
-                bad_ts += 1
-                continue
-            u, i = ev.get("user_id"), ev.get("item_id")
-            if u is None or i is None:
-                # Kept for max_ts only (the weight filter below counts it as skipped): an
-                # unusable event still says how far the data reaches.
-                cols.append("", "", "", ts)
-                continue
-            cols.append(str(u), str(i), str(ev.get("event_type")), ts)
+    cols, skipped, bad_ts = to_columns(events, not_after)
     max_ts: int | float | None = None
     if len(cols):
         top = float(cols.ts.max())
@@ -300,6 +314,12 @@ class TrainingExamples:
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
+
+    def take(self, rows: np.ndarray) -> TrainingExamples:
+        """The examples at ``rows``."""
+        return TrainingExamples(
+            self.users[rows], self.history[rows], self.items[rows], self.labels[rows], self.weights[rows]
+        )
 
 
 def sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray, size: int) -> np.ndarray:

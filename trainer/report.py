@@ -13,6 +13,12 @@ Metrics over the requests in the truth file, as in the shared benchmark's scorer
     MRR      mean of 1 / rank when the item appears anywhere in the ranked list, else 0
 A request without a result (or whose ranking lacks the item) counts as a miss.
 
+With a model artifact and logged requests (with ts), the report also compares the model with
+the upstream order on held-out served lists, as the trainer's promotion gate does: the newest
+``holdout_share`` of the logged requests that the events label within ``label_window_s``
+(`trainer.served`). A model that does not beat the upstream order there, or on the truth
+requests, is named in the notes.
+
 Writes OUT/report.json and, with matplotlib installed (extra "report"), OUT/report.png.
 """
 
@@ -29,7 +35,7 @@ from typing import Any
 import orjson
 
 from streams.core.jsonl import read_jsonl
-from streams.settings import DEFAULT_EVENT_WEIGHTS
+from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from trainer.validation import rank_metrics
 
 SYSTEMS = ("model", "random", "popularity", "upstream")
@@ -103,7 +109,55 @@ def build_report(
     systems = {name: rank_metrics(ranked[name], truth_map, k) for name in SYSTEMS if name in ranked}
     if systems["model"]["missing"]:
         notes.append(f"model: {systems['model']['missing']} requests have no result and count as misses")
+    if truth_map and not systems["model"][f"ndcg@{k}"] > systems["upstream"][f"ndcg@{k}"]:
+        notes.append(
+            f"model does not beat the upstream order on these requests (ndcg@{k} "
+            f"{systems['model'][f'ndcg@{k}']:.4f} vs {systems['upstream'][f'ndcg@{k}']:.4f})"
+        )
     return {"k": k, "requests": len(truth_map), "seed": seed, "systems": systems, "notes": notes}
+
+
+def served_comparison(
+    model_path: str | Path,
+    logged_path: str | Path,
+    events_path: str | Path,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """The model against the upstream order on held-out served lists, as the promotion gate
+    measures it (`trainer.served.evaluate_lists` on the newest ``holdout_share`` of the logged
+    requests that the events label within ``label_window_s``).
+
+    Returns:
+        {"ndcg@10", "upstream_ndcg@10", "lists", "beats_upstream"}.
+    """
+    from models import load_artifact
+    from trainer.data import to_columns
+    from trainer.served import evaluate_lists, label_requests, logged_from_records, served_lists, split_newest
+
+    settings = settings or Settings()
+    bundle = load_artifact(model_path, max_bytes=settings.max_model_bytes)
+    events, _, _ = to_columns(read_jsonl(events_path))
+    labelled = label_requests(
+        logged_from_records(read_jsonl(logged_path)), events, settings.event_weights, settings.label_window_s
+    )
+    _, held = split_newest(labelled, settings.holdout_share)
+    tensors = served_lists(
+        held, events, settings.event_weights, bundle.user_index, bundle.item_index, bundle.history_len
+    )
+    m = evaluate_lists(bundle.model, tensors)
+    return {**m, "beats_upstream": bool(m["ndcg@10"] > m["upstream_ndcg@10"])}
+
+
+def served_note(served: Mapping[str, Any]) -> str:
+    """The report's line on a `served_comparison`."""
+    if not served["lists"]:
+        return "served lists: no logged request was labelled by the events"
+    verdict = "beats" if served["beats_upstream"] else "does not beat"
+    return (
+        f"served lists: model {verdict} the upstream order on {served['lists']} held-out lists "
+        f"(ndcg@10 {served['ndcg@10']:.4f} vs {served['upstream_ndcg@10']:.4f})"
+        + ("" if served["beats_upstream"] else ": the promotion gate would refuse it")
+    )
 
 
 def write_chart(report: Mapping[str, Any], path: str | Path) -> bool:
@@ -143,8 +197,15 @@ def write_report(
     *,
     k: int = 10,
     seed: int = 0,
+    model_path: str | Path | None = None,
+    logged_path: str | Path | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Build the report from files and write report.json (and report.png when possible) into `out_dir`."""
+    """Build the report from files and write report.json (and report.png when possible) into `out_dir`.
+
+    With ``model_path``, ``logged_path`` and ``events_path``, it also holds "served_lists", the
+    `served_comparison`, and a note on it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(
@@ -155,6 +216,9 @@ def write_report(
         k=k,
         seed=seed,
     )
+    if model_path and logged_path and events_path:
+        report["served_lists"] = served_comparison(model_path, logged_path, events_path, settings)
+        report["notes"].append(served_note(report["served_lists"]))
     report["inputs"] = {
         "requests": str(requests_path),
         "truth": str(truth_path),

@@ -10,8 +10,13 @@ One run:
    among 99 sampled unseen items, through the worker's own Processor: events are applied in
    log order with online updates, and every held-out interaction is asked for just before it
    happens. Both models see identical data.
+   With ``train_from_requests``, the requests topic is read too: its requests labelled by the
+   events that followed them within ``label_window_s`` are served lists (`trainer.served`). The
+   newest ``holdout_share`` of them, and the events that label them, are held out; the candidate
+   trains on the older ones, and is scored on the held-out ones against the upstream order.
 4. Publish only if candidate NDCG@10 >= serving NDCG@10 - ``promotion_tolerance`` on at least
-   one held-out interaction, or if no model is serving yet (`gate`): the
+   one held-out interaction, and the candidate beats the upstream order (NDCG@10) on the
+   held-out served lists when there are some, or if no model is serving yet (`gate`): the
    artifact is written into a hidden staging directory and renamed into
    ``models_dir/<version>`` in one step, so no reader ever sees half a model.
 5. Announce ``{"name", "version", "path"}`` on ``model-updates`` and keep ``keep_versions``.
@@ -40,6 +45,7 @@ from streams.kafka.topics import create_topics
 from streams.settings import Settings
 from trainer.data import EventColumns
 from trainer.event_log import log_from_topic
+from trainer.served import LoggedRequest, evaluate_lists, label_requests, logged_from_topic, served_lists, split_newest
 from trainer.validation import ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -184,22 +190,64 @@ def evaluate_on_stream(
 
 
 def gate(
-    candidate: dict[str, float], serving: dict[str, float] | None, held_out: int, tolerance: float
+    candidate: dict[str, float],
+    serving: dict[str, float] | None,
+    held_out: int,
+    tolerance: float,
+    lists: dict[str, float] | None = None,
 ) -> tuple[bool, str]:
     """Whether to publish the candidate, and why.
 
+    ``lists`` is `trainer.served.evaluate_lists` of the candidate on held-out served lists
+    ({"ndcg@10", "upstream_ndcg@10", "lists"}), or None. With at least one list, a candidate
+    whose NDCG@10 there does not exceed the upstream order's is refused: re-ranking would make
+    the lists worse than they arrived.
+
     Without a serving model the candidate is published whatever the evidence: a fresh stack
-    has nothing else to serve. With one, no held-out interaction means no evidence that the
-    candidate is not worse (a window of newcomers' first events only), so the serving model
-    stays.
+    has nothing else to serve (the reason then says when it does not beat the upstream order).
+    With one, no held-out interaction means no evidence that the candidate is not worse (a
+    window of newcomers' first events only), so the serving model stays.
     """
+    worse_than_upstream = ""
+    # NaN (no model score) compares False, so it never beats the upstream order.
+    if lists is not None and lists.get("lists") and not lists["ndcg@10"] > lists["upstream_ndcg@10"]:
+        worse_than_upstream = (
+            f"candidate does not beat the upstream order on {int(lists['lists'])} held-out served lists "
+            f"(ndcg@10 {lists['ndcg@10']:.4f} vs {lists['upstream_ndcg@10']:.4f})"
+        )
     if serving is None:
-        return True, "no serving model"
+        return True, "no serving model" + (f"; {worse_than_upstream}" if worse_than_upstream else "")
+    if worse_than_upstream:
+        return False, worse_than_upstream
     if not held_out:
         return False, "no held-out interactions: no evidence against the serving model"
     if candidate["ndcg@10"] >= serving["ndcg@10"] - tolerance:
         return True, "candidate within the tolerance of the serving model"
     return False, "candidate worse than the serving model"
+
+
+def _split_served(
+    settings: Settings, logged: list[LoggedRequest], events: EventColumns, train: np.ndarray
+) -> tuple[list[LoggedRequest], list[LoggedRequest], np.ndarray]:
+    """Hold out the newest ``holdout_share`` of the labelled served lists.
+
+    Returns:
+        (the logged requests older than the held-out lists, for training; the held-out lists,
+        labelled by every event of the window; the training event rows without the events that
+        label the held-out lists, so the candidate cannot have learned their answers).
+    """
+    if not logged:
+        return [], [], train
+    labelled = label_requests(logged, events, settings.event_weights, settings.label_window_s)
+    _, newest = split_newest(labelled, settings.holdout_share)
+    if not newest:
+        return logged, [], train
+    first = newest[0].ts
+    rows: list[int] = []
+    held = label_requests(
+        [r for r in logged if r.ts >= first], events, settings.event_weights, settings.label_window_s, label_rows=rows
+    )
+    return [r for r in logged if r.ts < first], held, train[~np.isin(train, np.asarray(rows, dtype=np.int64))]
 
 
 def items_from_topic(settings: Settings) -> list[dict[str, Any]]:
@@ -238,6 +286,12 @@ def run_once(
     root = Path(settings.models_dir)
     events, ends, invalid = log_from_topic(settings, topic, window=settings.train_window_events)
     train, held, cut = split_holdout(events, ends, settings.holdout_share)
+    logged: list[LoggedRequest] = []
+    held_lists: list[LoggedRequest] = []
+    if settings.train_from_requests:
+        # The same bound as the events' window: a request is one record, like an event.
+        requests = logged_from_topic(settings, window=settings.train_window_events)
+        logged, held_lists, train = _split_served(settings, requests, events, train)
     # A version from the future is no serving model: workers refuse it.
     serving_path = store.newest(root, created_not_after=time.time() + settings.max_clock_skew_s)
     serving = load_artifact(serving_path) if serving_path else None
@@ -271,15 +325,29 @@ def run_once(
                 model_hparams=settings.model_hparams,
                 trained_through={"topic": topic, "offsets": cut, "max_ts": float(events.ts[train].max())},
                 **({"warm_from": serving} if settings.train_warm_start and serving is not None else {}),
+                **({"logged": logged, "label_window_s": settings.label_window_s} if logged else {}),
             )
         )
         candidate = load_artifact(artifact)
+        lists_metrics = None
+        if held_lists:
+            tensors = served_lists(
+                held_lists,
+                events,
+                settings.event_weights,
+                candidate.user_index,
+                candidate.item_index,
+                candidate.history_len,
+            )
+            lists_metrics = evaluate_lists(candidate.model, tensors)
         messages, truth = holdout_stream(
             settings, topic, events, train, held, max_requests=settings.eval_max_requests, seed=seed
         )
         candidate_metrics = evaluate_on_stream(candidate, settings, messages, truth)
         serving_metrics = evaluate_on_stream(serving, settings, messages, truth) if serving is not None else None
-        promote, reason = gate(candidate_metrics, serving_metrics, len(truth), settings.promotion_tolerance)
+        promote, reason = gate(
+            candidate_metrics, serving_metrics, len(truth), settings.promotion_tolerance, lists_metrics
+        )
         decision = {
             "decision": "promoted" if promote else "rejected",
             "reason": reason,
@@ -288,6 +356,7 @@ def run_once(
             "candidate": candidate_metrics,
             "serving": serving_metrics,
             "serving_version": serving.version if serving else None,
+            "served_lists": lists_metrics,
         }
         progress(
             f"trainer: candidate {candidate.version} ndcg@10 {candidate_metrics['ndcg@10']:.4f}"
@@ -296,7 +365,14 @@ def run_once(
                 if serving is not None and serving_metrics
                 else " (no serving model)"
             )
-            + f" on {len(truth)} held-out interactions -> {decision['decision']} ({reason})"
+            + f" on {len(truth)} held-out interactions"
+            + (
+                f"; {lists_metrics['ndcg@10']:.4f} vs upstream order {lists_metrics['upstream_ndcg@10']:.4f}"
+                f" on {lists_metrics['lists']} held-out served lists"
+                if lists_metrics
+                else ""
+            )
+            + f" -> {decision['decision']} ({reason})"
         )
         if not truth:
             log.warning("trainer: no held-out interactions to evaluate candidate %s on: %s", candidate.version, reason)

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from models.artifact import ModelBundle, save_artifact
 from models.base import Reranker, get_model_class, training_stage_of
 from models.features import build_vocab, feature_rows
+from models.upstream import N_UPSTREAM_FEATURES
 from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from trainer.data import (
     EventColumns,
@@ -25,7 +26,18 @@ from trainer.data import (
     build_interactions,
     last_positive_history,
     split_validation,
+    to_columns,
     training_examples,
+)
+from trainer.served import (
+    LoggedRequest,
+    ServedLists,
+    drop_pairs,
+    evaluate_lists,
+    label_requests,
+    list_loss,
+    served_lists,
+    split_newest,
 )
 from trainer.validation import evaluate_split
 
@@ -65,6 +77,16 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "item_features": True,
     "feature_min_count": 2,
     "max_features": 5000,
+    # served lists (used only when train_model gets logged requests that events label)
+    "served_lists": True,  # False: ignore them
+    "served_weight": 0.0,  # > 0: the list-wise loss also trains the user-item part, this much
+    "upstream_hidden": 16,
+    # Newest share of the labelled lists held out to stop the list-wise fit early.
+    "served_val_share": 0.1,
+    "served_lr": 1e-2,
+    "served_epochs": 40,
+    "served_patience": 5,
+    "served_batch_size": 256,
 }
 
 
@@ -148,8 +170,13 @@ def _fit(
     rng: np.random.Generator,
     log: Callable[[str], None],
     epochs: int,
+    served: ServedLists | None = None,
 ) -> tuple[int, dict[str, float], int]:
     """Train `model` in place for up to `epochs` epochs.
+
+    With `served` lists and ``served_weight`` > 0, each step also takes a share of the lists (all
+    of them once per epoch) and adds ``served_weight`` x their list-wise loss, the free user
+    vectors left out of it: the user-item part learns to order hard candidates too.
 
     With a non-empty `val`, stops once validation NDCG@10 has not improved for `patience` epochs
     and leaves the best epoch's weights in the model; with an empty one, trains all epochs.
@@ -168,6 +195,9 @@ def _fit(
     # int32 on the host; each batch is widened on its own, not the whole [E, H] matrix at once.
     hist_t = torch.from_numpy(ex.history)
     opt = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    served_weight = float(hp["served_weight"]) if served is not None else 0.0
+    n_lists = len(served) if served is not None and served_weight > 0 else 0
+    list_bs = math.ceil(n_lists / max(1, math.ceil(n / bs))) if n_lists else 0
     best_epoch, best_metrics, best_ndcg, best_state = 0, {}, -math.inf, None
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -175,8 +205,9 @@ def _fit(
         model.train()
         perm = torch.from_numpy(rng.permutation(n))
         negs_all = torch.from_numpy(rng.integers(1, n_items + 1, size=(n, K)))
+        list_perm = rng.permutation(n_lists) if n_lists else np.zeros(0, dtype=np.int64)
         total = 0.0
-        for a in range(0, n, bs):
+        for step, a in enumerate(range(0, n, bs)):
             idx = perm[a : a + bs]
             items = items_t[idx]
             # A negative equal to the target would teach the model to score it down; move it to
@@ -184,6 +215,11 @@ def _fit(
             negs = negs_all[a : a + bs]
             negs = torch.where(negs == items.unsqueeze(1), negs % n_items + 1, negs)
             loss = _batch_loss(model, users_t[idx], hist_t[idx].long(), items, labels_t[idx], weights_t[idx], negs, hp)
+            rows = list_perm[step * list_bs : (step + 1) * list_bs]
+            if served is not None and rows.size:
+                lists = served.take(rows)
+                users = model.embed_users(torch.from_numpy(lists.users)).detach()
+                loss = loss + served_weight * list_loss(model, users, lists)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -203,6 +239,81 @@ def _fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return best_epoch, best_metrics, epoch
+
+
+def _upstream_params(model: Reranker) -> torch.nn.ModuleList:
+    """The upstream part of a model with one (`models.dnn`): its MLP and the user-item scale."""
+    dnn = cast(Any, model)
+    holder = torch.nn.ModuleList([dnn.upstream_net])
+    holder.register_parameter("model_scale", dnn.model_scale)
+    return holder
+
+
+def _fit_upstream(
+    model: Reranker,
+    served: ServedLists,
+    served_val: ServedLists | None,
+    hp: Mapping[str, Any],
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Fit the upstream part (the upstream MLP and the user-item scale) on the served lists with
+    the list-wise loss (`trainer.served.list_loss`), everything else frozen.
+
+    It runs last, on the network that is served: its user-item part never learned the lists'
+    answers (train_model leaves them out of the sampled objective), so the lists show it as
+    serving will, and the blend learned here is not fooled by a part that memorised them. With
+    `served_val`, stops once their NDCG@10 has not improved for ``served_patience`` epochs and
+    keeps the best epoch.
+
+    Returns:
+        Metrics: "served_lists", and with `served_val`: "lists_ndcg@10",
+        "lists_upstream_ndcg@10", "lists_best_epoch".
+    """
+    part = _upstream_params(model)
+    model.requires_grad_(False)
+    part.requires_grad_(True)
+    model.eval()
+    opt = torch.optim.Adam(part.parameters(), lr=float(hp["served_lr"]))
+    uv = model.user_vectors()
+    bs = int(hp["served_batch_size"])
+    has_val = served_val is not None and len(served_val) > 0
+    best: dict[str, Any] = {"ndcg": -math.inf, "epoch": 0, "state": None, "metrics": {}}
+    if served_val is not None and has_val:
+        m0 = evaluate_lists(model, served_val)
+        log(f"lists epoch   0: val lists ndcg@10 {m0['ndcg@10']:.4f} (upstream order {m0['upstream_ndcg@10']:.4f})")
+    for epoch in range(1, int(hp["served_epochs"]) + 1):
+        perm = rng.permutation(len(served))
+        for a in range(0, len(served), bs):
+            lists = served.take(perm[a : a + bs])
+            loss = list_loss(model, uv[torch.from_numpy(lists.users)], lists)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if served_val is None or not has_val:
+            continue
+        m = evaluate_lists(model, served_val)
+        if m["ndcg@10"] > best["ndcg"]:
+            best = {"ndcg": m["ndcg@10"], "epoch": epoch, "metrics": m}
+            best["state"] = {k: v.detach().clone() for k, v in part.state_dict().items()}
+        elif epoch - best["epoch"] >= int(hp["served_patience"]):
+            break
+    if best["state"] is not None:
+        part.load_state_dict(best["state"])
+    model.requires_grad_(False)
+    scale = float(cast(Any, model).model_scale)
+    out: dict[str, Any] = {"served_lists": len(served), "user_item_scale": round(scale, 4)}
+    if has_val:
+        out |= {
+            "lists_ndcg@10": best["metrics"]["ndcg@10"],
+            "lists_upstream_ndcg@10": best["metrics"]["upstream_ndcg@10"],
+            "lists_best_epoch": best["epoch"],
+        }
+        log(
+            f"lists: best epoch {best['epoch']}, val lists ndcg@10 {out['lists_ndcg@10']:.4f} "
+            f"(upstream order {out['lists_upstream_ndcg@10']:.4f}), user-item scale {scale:.3f}"
+        )
+    return out
 
 
 # Parameters with a row per user or per item; the rows of ids the serving model also knows are
@@ -261,6 +372,8 @@ def train_model(
     model_hparams: Mapping[str, Mapping[str, Any]] | None = None,
     max_clock_skew_s: float = Settings.max_clock_skew_s,
     warm_from: ModelBundle | None = None,
+    logged: list[LoggedRequest] | None = None,
+    label_window_s: float = Settings.label_window_s,
 ) -> tuple[Reranker, dict[str, Any]]:
     """Train a re-ranker on wire-format events.
 
@@ -292,6 +405,11 @@ def train_model(
             skipped (the settings' `max_clock_skew_s`).
         warm_from: A model of the same kind (the serving one) to start from (`warm_start`)
             when it knows some of the items; early stopping then usually ends sooner.
+        logged: Logged re-rank requests (the requests topic). Those that `events` label within
+            `label_window_s` (`trainer.served.label_requests`) become served lists: a kind that
+            takes `upstream_inputs` then gets an upstream part, and the list-wise loss over the
+            lists joins the sampled-negative one (hparams "served_weight"; 0 turns it off).
+        label_window_s: How long after a request an event still labels it.
 
     Returns:
         (model in eval mode with unknown rows filled, info). info holds everything
@@ -314,7 +432,14 @@ def train_model(
     stage = training_stage_of(cls)
     H = int(hp["history_len"])
 
-    data = build_interactions(events, weights_map, not_after=time.time() + max_clock_skew_s)
+    not_after = time.time() + max_clock_skew_s
+    pre_skipped = pre_bad = 0
+    if logged and hp["served_lists"]:
+        # Labelling needs the columns too: convert once.
+        events, pre_skipped, pre_bad = to_columns(events, not_after)
+    data = build_interactions(events, weights_map, not_after=not_after)
+    data.n_skipped += pre_skipped
+    data.n_bad_ts += pre_bad
     if data.n_bad_ts:
         log(f"skipped {data.n_bad_ts} events with a ts from the future or in milliseconds")
     if data.n_events == 0:
@@ -338,6 +463,37 @@ def train_model(
             by_id = {str(m["item_id"]): m for m in items if m.get("item_id") is not None}
             features = feature_rows([by_id.get(i) for i in data.item_ids[1:]], vocab)
             kwargs["feature_vocab"] = vocab
+
+    served = served_val = None
+    if logged and hp["served_lists"] and isinstance(events, EventColumns):
+        labelled = label_requests(logged, events, weights_map, label_window_s)
+        log(f"served lists: {len(labelled)} of {len(logged)} logged requests labelled by events")
+        if labelled and "upstream_inputs" in inspect.signature(cls.__init__).parameters:
+            fit_lists, val_lists = split_newest(labelled, float(hp["served_val_share"]))
+            val_items = val.candidates[:, 0] if len(val) else np.zeros(0, dtype=np.int64)
+            served = drop_pairs(
+                served_lists(fit_lists, events, weights_map, data.user_index, data.item_index, H),
+                val.users,
+                val_items,
+            )
+            if val_lists:
+                served_val = drop_pairs(
+                    served_lists(val_lists, events, weights_map, data.user_index, data.item_index, H),
+                    val.users,
+                    val_items,
+                )
+            kwargs["upstream_inputs"] = N_UPSTREAM_FEATURES
+            # A list's positives are also next-item examples; learned there, they make the
+            # user-item part look all-knowing on the lists, and the upstream part would learn to
+            # count for nothing. Out of the sampled objective, the lists see the user-item part
+            # as serving does: not knowing the answer.
+            pairs = [lists.positive_pairs() for lists in (served, served_val) if lists is not None]
+            keep = ~np.isin(
+                ex.users * (data.n_items + 1) + ex.items,
+                np.concatenate([u * (data.n_items + 1) + i for u, i in pairs]),
+            )
+            log(f"served lists: {int((~keep).sum())} of {len(ex)} examples are list answers, left to the lists")
+            ex = ex.take(np.flatnonzero(keep))
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(hp["num_threads"]) or _auto_threads(len(ex)))
@@ -366,7 +522,10 @@ def train_model(
             warm = warm_start(model, data.user_ids, data.item_ids, warm_from)
             log(f"warm start from {warm_from.version}: {warm['users']} users, {warm['items']} items known")
         rng = np.random.default_rng(seed)
-        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]))
+        if served is not None:
+            # Trained on the lists alone, after the rest (`_fit_upstream`).
+            _upstream_params(model).requires_grad_(False)
+        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]), served)
         stage_info: dict[str, Any] = {}
         if stage is not None:
             pre_epochs, pre_seconds = epochs_run, time.perf_counter() - t0
@@ -385,6 +544,9 @@ def train_model(
             }
             epochs_run = stage_info.pop("epochs")
         model.fill_unknown_rows()
+        served_metrics: dict[str, Any] = {}
+        if served is not None:
+            served_metrics = _fit_upstream(model, served, served_val, hp, rng, log)
         model.eval()
         model.requires_grad_(False)
     finally:
@@ -392,6 +554,7 @@ def train_model(
 
     seconds = time.perf_counter() - t0
     metrics = {
+        **served_metrics,
         "ndcg@10": best_metrics.get("ndcg@10", math.nan),
         "hr@10": best_metrics.get("hr@10", math.nan),
         "users": len(val),

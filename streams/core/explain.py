@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from models import ModelBundle
+from models.upstream import upstream_batch
 from streams.core.scoring import SCORE_DECIMALS, ScoringInput
 from streams.core.state import UserState
 
@@ -34,12 +35,15 @@ def _tensors(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """[1, D] user, [1, H] history, [1, N] item rows and the upstream input of one request: what
     `scoring._model_scores` gives the model for it, so that the parts sum to the returned score
-    (no upstream input while the model's forward pass takes none)."""
+    (the upstream features only for a model with an upstream part)."""
     index = bundle.item_index
     items = torch.tensor([[index.get(c, 0) for c in request.candidates]], dtype=torch.int64)
     user = torch.from_numpy(np.asarray(request.user_vector, dtype=np.float32)[None])
     history = torch.from_numpy(np.asarray(request.history, dtype=np.int64)[None])
-    return user, history, items, None
+    if not getattr(bundle.model, "n_upstream_features", 0):
+        return user, history, items, None
+    upstream = torch.from_numpy(upstream_batch([request.upstream], len(request.candidates)))
+    return user, history, items, upstream
 
 
 def explain_request(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from models import ModelBundle
+from models.upstream import upstream_batch
 
 SCORE_DECIMALS = 5
 # Requests go through the model in sub-batches of similar candidate counts, each padded to its
@@ -28,7 +29,9 @@ class ScoringInput:
         user_vector: [D] float32.
         history: [H] int64 item rows, 0-padded on the left.
         candidates: candidate item ids in request order.
-        upstream: upstream retrieval scores (NaN where absent), same order; only break ties.
+        upstream: upstream retrieval scores (NaN where absent), same order. A model with an
+            upstream part scores them (with the positions) as `models.upstream` features; they
+            also break ties in model score.
         k: how many to return; ``None`` returns all.
         arrange: the stages after scoring (``streams.core.rules.Arrangement``): (order by model
             score, scores, candidates) -> the indexes to return, cut to k; None = the model's
@@ -81,8 +84,12 @@ def _model_scores(bundle: ModelBundle, inputs: Sequence[ScoringInput]) -> np.nda
         items[row, : len(request.candidates)] = [index.get(c, 0) for c in request.candidates]
     users = np.stack([x.user_vector for x in inputs]).astype(np.float32, copy=False)
     histories = np.stack([x.history for x in inputs])
+    args = [torch.from_numpy(users), torch.from_numpy(histories), torch.from_numpy(items)]
+    # Only a model with an upstream part pays for the features.
+    if getattr(bundle.model, "n_upstream_features", 0):
+        args.append(torch.from_numpy(upstream_batch([x.upstream for x in inputs], width)))
     with torch.inference_mode():
-        scores = bundle.model(torch.from_numpy(users), torch.from_numpy(histories), torch.from_numpy(items)).numpy()
+        scores = bundle.model(*args).numpy()
     # The same item can score a few ulps differently at another position or in
     # another batch (vectorised kernels); rounding makes equal scores equal, so
     # ties break by the rules below and live and offline scoring agree.
@@ -98,7 +105,7 @@ def rerank_batch(
     candidate counts (``size_groups``; ``max_padding_share=math.inf`` makes it one
     batch). Items unknown to the model map to row 0 (the model's fallback representation);
     ties in model score (to SCORE_DECIMALS decimals) are broken by the upstream score, then by request order,
-    so the output is deterministic.
+    so the output is deterministic (`rank_order`).
 
     Returns:
         Per request, in request order, a list of (item_id, score), best first.
@@ -112,11 +119,7 @@ def rerank_batch(
             scores_of[i] = scores[row, : len(inputs[i].candidates)]
     ranked: list[list[tuple[str, float]]] = []
     for request, model_scores in zip(inputs, scores_of):
-        n = len(request.candidates)
-        upstream = np.asarray(request.upstream, dtype=np.float64)
-        upstream = np.where(np.isnan(upstream), -np.inf, upstream)
-        # lexsort sorts by the last key first.
-        order = np.lexsort((np.arange(n), -upstream, -model_scores))
+        order = rank_order(model_scores, request.upstream)
         if request.arrange is not None:
             order = request.arrange(order, model_scores, request.candidates)
         elif request.k is not None:
@@ -125,3 +128,17 @@ def rerank_batch(
         candidates = request.candidates
         ranked.append([(candidates[i], score) for i, score in zip(order.tolist(), model_scores[order].tolist())])
     return ranked
+
+
+def rank_order(model_scores: np.ndarray, upstream: np.ndarray) -> np.ndarray:
+    """Candidate indexes best first: by model score, ties by upstream score (absent = lowest),
+    then by request order.
+
+    Args:
+        model_scores: [n] float64 scores, already rounded to SCORE_DECIMALS.
+        upstream: [n] upstream scores, NaN where absent.
+    """
+    up = np.asarray(upstream, dtype=np.float64)
+    up = np.where(np.isnan(up), -np.inf, up)
+    # lexsort sorts by the last key first.
+    return np.lexsort((np.arange(len(model_scores)), -up, -model_scores))

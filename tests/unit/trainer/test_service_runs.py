@@ -118,6 +118,7 @@ def gated_run(monkeypatch: pytest.MonkeyPatch, trained_world: Any, root: Any, *,
         log.append(e["user_id"], e["item_id"], e["event_type"], e["ts"], e.get("value"), 0, offset)
     monkeypatch.setattr(service, "log_from_topic", lambda settings, topic, window=0: (log, {"0": 1000}, 0))
     monkeypatch.setattr(service, "items_from_topic", lambda settings: [])
+    monkeypatch.setattr(service, "logged_from_topic", lambda settings, window=0: [])
     if serving:
         shutil.copytree(trained_world.model_dir, root / "serving")
 
