@@ -20,7 +20,7 @@ and no client: the worker passes the time and what it knows of fetches and appli
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -50,15 +50,27 @@ class ReadBarrier(Generic[T]):
 
     max_wait_s: float
     held: list[Held[T]] = field(default_factory=list)
+    # Per partition, when its first request reached this worker since it got the partition.
+    since_assigned: dict[int, float] = field(default_factory=dict)
 
     def hold(self, item: T, partition: int, seq: int, now: float, age: float = 0.0) -> None:
         """Hold ``item`` (a request of ``partition``) that came in fetch response ``seq`` or before.
 
         Args:
             age: how long ago the request was produced, as far as known: the wait is counted from
-                then, so a request that reached the worker late is not held for the full bound.
+                then, so a request that reached the worker late is not held for the full bound;
+                but never from before its partition came to this worker (its first request since),
+                so that after a restart or a rebalance the requests queued meanwhile wait for the
+                few events behind them instead of all being answered stale at once.
         """
-        self.held.append(Held(item, partition, seq, now, now + self.max_wait_s - max(0.0, age)))
+        first = self.since_assigned.setdefault(partition, now)
+        age = min(max(0.0, age), now - first)
+        self.held.append(Held(item, partition, seq, now, now + self.max_wait_s - age))
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions taken away: a later assignment starts their wait origin afresh."""
+        for partition in partitions:
+            self.since_assigned.pop(partition, None)
 
     def fix_targets(self, fetched: Callable[[int], Fetched | None]) -> None:
         """Give each held request without a target the end offset of the first events fetch

@@ -180,6 +180,7 @@ def register_agents(
     async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         events.forget(revoked)
+        gate.forget(revoked)
         app.fetch_log.forget(revoked)
 
     return events

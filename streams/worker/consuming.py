@@ -136,6 +136,11 @@ class RequestGate:
         await self.answer_ready()
         self.wake.set()
 
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Partitions taken away by a rebalance (their held requests are answered by the wait
+        bound; the new owner gets them again from the committed offset)."""
+        self.barrier.forget(tp.partition for tp in tps if tp.topic == self.settings.requests_topic)
+
     def limits(self) -> dict[int, int]:
         self.barrier.fix_targets(self.fetched)
         return self.barrier.limits()

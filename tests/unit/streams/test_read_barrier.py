@@ -56,9 +56,33 @@ def test_an_unknown_applied_position_keeps_the_request_waiting() -> None:
 
 def test_the_bound_counts_from_when_the_request_was_produced() -> None:
     barrier: ReadBarrier[str] = ReadBarrier(max_wait_s=1.0)
+    barrier.hold("first", partition=0, seq=1, now=0.0)  # the partition is this worker's since 0.0
+    ready, _ = barrier.release({0: (1, 50)}.get, {0: 50}.get, now=0.0)
+    assert [h.item for h in ready] == ["first"]
     barrier.hold("late", partition=0, seq=1, now=5.0, age=0.8)
     fetched = {0: (1, 900)}
     applied = {0: 100}
     assert barrier.release(fetched.get, applied.get, now=5.19) == ([], [])
     _, stale = barrier.release(fetched.get, applied.get, now=5.2)
     assert [h.item for h in stale] == ["late"]
+
+
+def test_after_a_partition_comes_to_the_worker_its_queued_requests_get_the_whole_wait() -> None:
+    # After a restart or a rebalance, requests produced during the move are older than the bound;
+    # the events behind them are few and come with the next fetches, so they are waited for.
+    barrier: ReadBarrier[str] = ReadBarrier(max_wait_s=1.0)
+    barrier.hold("queued", partition=3, seq=1, now=100.0, age=8.0)
+    fetched = {3: (1, 60)}
+    applied = {3: 55}
+    assert barrier.release(fetched.get, applied.get, now=100.5) == ([], [])
+    applied[3] = 60
+    ready, stale = barrier.release(fetched.get, applied.get, now=100.6)
+    assert [h.item for h in ready] == ["queued"] and stale == []
+    # Once the partition has been here a while, an old request is stale at once ...
+    barrier.hold("old", partition=3, seq=2, now=103.0, age=8.0)
+    _, stale = barrier.release({3: (2, 70)}.get, applied.get, now=103.0)
+    assert [h.item for h in stale] == ["old"]
+    # ... until the partition is taken away and comes back.
+    barrier.forget([3])
+    barrier.hold("again", partition=3, seq=3, now=200.0, age=8.0)
+    assert barrier.release({3: (3, 80)}.get, applied.get, now=200.5) == ([], [])
