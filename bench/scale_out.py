@@ -270,6 +270,9 @@ def compare(settings: Settings, model_dir: Path, lines: list[dict[str, Any]], ou
         "parity": round((len(offline) - len(differ)) / max(1, len(offline)), 5),
         "differing_requests": differ[:20],
         "differing_only_in_near_ties": len(flips),
+        # Answers given past read_barrier_max_ms, possibly without their user's latest events.
+        "stale_answers": sum(1 for r in first.values() if r.get("stale")),
+        "differing_and_stale": sum(1 for rid in differ if first.get(rid, {}).get("stale")),
         "users": len(store.states),
         "states_equal": len(store.states) - len(state_differ),
         "differing_users": state_differ[:20],
