@@ -82,8 +82,10 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "served_lists": True,  # False: ignore them
     "served_weight": 0.0,  # > 0: the list-wise loss also trains the user-item part, this much
     # Per next-item example, this many extra negatives drawn from its user's served lists'
-    # shown-but-not-chosen candidates (hard negatives); 0 = sampled negatives only.
-    "served_negatives": 0,
+    # shown-but-not-chosen candidates (hard negatives); 0 = sampled negatives only. On the
+    # ML-100K retrieved split (3 seeds each, NDCG@10 / HR@10): 0 0.079 / 0.147, 4 0.081, 16 0.083,
+    # 64 0.087 / 0.157, 128 0.085 (one seed). Without served lists it does nothing.
+    "served_negatives": 64,
     "upstream_hidden": 16,
     # Newest share of the labelled lists held out to stop the list-wise fit early.
     "served_val_share": 0.1,

@@ -86,5 +86,5 @@ def test_served_negatives_change_what_the_user_item_part_learns() -> None:
         )
         return model.state_dict()["item_emb.weight"]
 
-    assert not torch.equal(item_table({}, True), item_table({"served_negatives": 8}, True))
-    assert torch.equal(item_table({}, False), item_table({"served_negatives": 8}, False))
+    assert not torch.equal(item_table({"served_negatives": 0}, True), item_table({"served_negatives": 8}, True))
+    assert torch.equal(item_table({"served_negatives": 0}, False), item_table({"served_negatives": 8}, False))
