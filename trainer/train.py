@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -80,6 +81,11 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     # served lists (used only when train_model gets logged requests that events label)
     "served_lists": True,  # False: ignore them
     "served_weight": 0.0,  # > 0: the list-wise loss also trains the user-item part, this much
+    # Per next-item example, this many extra negatives drawn from its user's served lists'
+    # shown-but-not-chosen candidates (hard negatives); 0 = sampled negatives only. On the
+    # ML-100K retrieved split (3 seeds each, NDCG@10 / HR@10): 0 0.079 / 0.147, 4 0.081, 16 0.083,
+    # 64 0.087 / 0.157, 128 0.085 (one seed). Without served lists it does nothing.
+    "served_negatives": 64,
     "upstream_hidden": 16,
     # Newest share of the labelled lists held out to stop the list-wise fit early.
     "served_val_share": 0.1,
@@ -162,6 +168,41 @@ def _batch_loss(
     return (weights * per_row).sum() / weights.sum()
 
 
+@dataclass
+class HardNegativePools:
+    """Per user row, the shown-but-not-chosen candidates of its served lists (hard negatives),
+    as slices of one flat array: user u's are ``items[offsets[u] : offsets[u] + counts[u]]``."""
+
+    offsets: np.ndarray
+    counts: np.ndarray
+    items: np.ndarray
+
+
+def hard_negative_pools(served: ServedLists) -> HardNegativePools:
+    """The `HardNegativePools` of labelled lists. Only candidates that count as shown and not
+    chosen qualify: valid (not padding, not taken later by the user), label 0, a known item."""
+    r, c = np.nonzero(served.valid & (served.labels == 0) & (served.items > 0))
+    users, items = served.users[r], served.items[r, c]
+    order = np.argsort(users, kind="stable")
+    counts = np.bincount(users[order], minlength=int(served.users.max(initial=0)) + 1).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return HardNegativePools(offsets, counts, items[order].astype(np.int64))
+
+
+def draw_hard_negatives(
+    pools: HardNegativePools, users: np.ndarray, m: int, rng: np.random.Generator, n_items: int
+) -> np.ndarray:
+    """[B, m] item rows: for each user row, m draws (with replacement) from its pool; a user
+    without one (or unknown to the pools) gets uniform draws from 1..n_items instead."""
+    known = users < pools.counts.size
+    u = np.where(known, users, 0)
+    counts = np.where(known, pools.counts[u], 0)
+    pick = pools.offsets[u][:, None] + (rng.random((users.size, m)) * np.maximum(counts, 1)[:, None]).astype(np.int64)
+    flat = pools.items if pools.items.size else np.zeros(1, dtype=np.int64)
+    hard = flat[np.minimum(pick, flat.size - 1)]
+    return np.where(counts[:, None] > 0, hard, rng.integers(1, n_items + 1, size=(users.size, m)))
+
+
 def _fit(
     model: Reranker,
     ex: TrainingExamples,
@@ -198,6 +239,8 @@ def _fit(
     served_weight = float(hp["served_weight"]) if served is not None else 0.0
     n_lists = len(served) if served is not None and served_weight > 0 else 0
     list_bs = math.ceil(n_lists / max(1, math.ceil(n / bs))) if n_lists else 0
+    M = int(hp.get("served_negatives", 0))
+    pools = hard_negative_pools(served) if served is not None and M > 0 else None
     best_epoch, best_metrics, best_ndcg, best_state = 0, {}, -math.inf, None
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -214,6 +257,9 @@ def _fit(
             # the next row instead of resampling so the draw stays one vectorised call.
             negs = negs_all[a : a + bs]
             negs = torch.where(negs == items.unsqueeze(1), negs % n_items + 1, negs)
+            if pools is not None:
+                hard = torch.from_numpy(draw_hard_negatives(pools, ex.users[idx.numpy()], M, rng, n_items))
+                negs = torch.cat([negs, torch.where(hard == items.unsqueeze(1), hard % n_items + 1, hard)], dim=1)
             loss = _batch_loss(model, users_t[idx], hist_t[idx].long(), items, labels_t[idx], weights_t[idx], negs, hp)
             rows = list_perm[step * list_bs : (step + 1) * list_bs]
             if served is not None and rows.size:
