@@ -837,3 +837,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+if __name__ == "__main__":  # `python -m streams.cli` as well as `python -m streams` and `reranker`
+    main()
