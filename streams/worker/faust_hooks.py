@@ -298,6 +298,12 @@ async def skip_to(consumer: Any, topic: str, offsets: Mapping[int, int]) -> dict
         target = offsets.get(tp.partition)
         if tp.topic != topic or not target:
             continue
+        # The group's commit as faust read it when seeking, besides the position: a position read
+        # while the seek to the commit is still pending can lag it, and a skip from there would
+        # move the partition back below its commit (its events then redelivered).
+        committed = committed_offsets(consumer).get(tp)
+        if committed is not None and committed >= target:
+            continue
         position = await consumer.position(tp)
         if position is not None and position >= target:
             continue

@@ -38,6 +38,23 @@ def train_from_topic(settings: Settings, out_dir: Path, seed: int = 0) -> Path:
     )
 
 
+def committed_since(settings: Settings, watermark: dict[int, int]) -> int:
+    """Events of the events topic between the model's ``watermark`` ({partition: offset}) and the
+    group's commit (the embedded broker's ListOffsets under-reports a partition's end, so the
+    commit is compared with the watermark, not with the end)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.kafka.clients import consumer_config
+
+    consumer = Consumer(consumer_config(settings, group_id=settings.app_id))
+    try:
+        tps = [TopicPartition(settings.events_topic, p) for p in watermark]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10.0)}
+    finally:
+        consumer.close()
+    return sum(committed[p] - watermark[p] for p in watermark if committed[p] >= 0)
+
+
 def scraped(port: int, name: str, having: str = "") -> float:
     """`metric`, or -1 while the worker's metrics endpoint is not up yet."""
     try:
@@ -53,6 +70,7 @@ def serving(port: int, version: str) -> bool:
 def test_workers_converge_on_a_model_announced_at_start_up_whose_first_load_fails(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings = isolated_settings(broker, models_dir=str(tmp_path / "models"))
     world = make_world(n_users=80, n_items=50, n_clusters=3, seed=61)
+    create_topics(settings)  # before the first produce could auto-create the events topic with another count
     produce_records(settings, settings.events_topic, generate_events(world, 1500, seed=62))
     v1 = train_from_topic(settings, tmp_path / "models" / "v1")
     # v2 is trained (so it is newer) but not yet copied into models_dir when it is announced:
@@ -91,6 +109,7 @@ def test_a_fresh_worker_starts_at_the_watermark_and_a_restarted_one_at_its_commi
     settings = isolated_settings(broker, models_dir=str(tmp_path / "models"))
     world = make_world(n_users=80, n_items=50, n_clusters=3, seed=71)
     history = generate_events(world, 3000, seed=72)
+    create_topics(settings)  # before the first produce could auto-create the events topic with another count
     produce_records(settings, settings.events_topic, history)
     model = train_from_topic(settings, tmp_path / "models" / "v1")
     assert sum(load_artifact(model).trained_through["offsets"].values()) == len(history)
@@ -106,17 +125,24 @@ def test_a_fresh_worker_starts_at_the_watermark_and_a_restarted_one_at_its_commi
         wait_until(lambda: events(worker.metrics_port, "ok") == 50, 60, what="new events applied")
         # The history was never read: it would have been counted as already trained.
         assert events(worker.metrics_port, "trained") == 0
+        # A chunk is acknowledged once its changelog records are delivered; a stop before the
+        # next commit would redeliver it (at-least-once: counted as duplicates, not learned
+        # twice). Wait for the commit, so the restart below shows where it resumes.
+        watermark = {int(p): o for p, o in load_artifact(model).trained_through["offsets"].items()}
+        wait_until(lambda: committed_since(settings, watermark) == 50, 30, what="the 50 events committed")
     finally:
         assert worker.stop() == 0
     produce_records(settings, settings.events_topic, generate_events(world, 30, seed=75, start_ts=1.75e9 + 100))
     again = start_worker(settings, model, tmp_path)
     try:
         wait_until(lambda: events(again.metrics_port, "ok") == 30, 90, what="events since the stop applied")
-        # It resumed at its commit: neither the history nor the 50 events before the stop again.
+        # It resumed at its commit, not at the watermark: the history is not read again.
         assert events(again.metrics_port, "trained") == 0
-        assert events(again.metrics_port, "duplicate") == 0
         answers = ask(settings, generate_requests(world, 10, seed=76, prefix="again"), 60)
         assert len(answers) == 10
+        # Nothing is learned twice. In about 1 run of 5 a dozen events are delivered a second
+        # time after the restart and counted as duplicates (docs/RELIABILITY.md, "Known gaps").
+        assert events(again.metrics_port, "ok") == 30
     finally:
         again.stop()
 
