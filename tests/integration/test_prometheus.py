@@ -50,8 +50,11 @@ PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 RULES = REPO / "prometheus" / "rules.yml"
 WORKER_JOB, TRAINER_JOB = "reranker-worker", "reranker-trainer"
 # What Grafana puts in place of its variables; the window spans the whole test.
-# Enough to keep the worker busy for several monitor periods (2 s) on a fast machine.
+# Events are applied in fetch-sized batches, often faster than a monitor period (1 s) can see
+# them wait; requests are scored one at a time (about 1 ms each), so a burst of them keeps the
+# requests topic behind for several monitor periods even on a fast machine.
 BURST_EVENTS = 6000
+BURST_REQUESTS = 6000
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "$instance": ".*"}
 
 
@@ -124,6 +127,12 @@ class Prometheus:
 
     def values(self, expr: str) -> list[float]:
         return [float(r["value"][1]) for r in self.query(expr)]
+
+    def peak(self, expr: str, since: float) -> float:
+        """The largest value ``expr`` took at any evaluation from ``since`` (unix time) to now."""
+        answer = self.get("/api/v1/query_range", query=expr, start=f"{since:.3f}", end=f"{time.time():.3f}", step="0.5")
+        assert answer["status"] == "success", answer
+        return max((float(v) for r in answer["data"]["result"] for _, v in r["values"]), default=0.0)
 
     def ready(self) -> bool:
         try:
@@ -443,25 +452,34 @@ def test_consumer_lag_is_reported_and_drains_to_zero(observed: Observed) -> None
         interval=0.5,
         what="zero lag on both input topics",
     )
-    # A burst of events the worker learns online takes it seconds to work through: lag shows.
+    # A burst of events and of requests: the requests wait behind each other long enough for
+    # several lag samples.
     world = observed.world
     burst = [
         dict(e, user_id=f"burst-{n % 400}", ts=time.time())
         for n, e in enumerate(generate_events(world, BURST_EVENTS, seed=41))
     ]
-    started = time.monotonic()
+    requests = generate_requests(
+        world, BURST_REQUESTS, n_candidates=20, seed=42, users=[f"burst-{n}" for n in range(400)], prefix="lag"
+    )
+    burst_at, started = time.time(), time.monotonic()
     produce_records(settings, settings.events_topic, burst)
+    produce_records(settings, settings.requests_topic, requests)
 
-    def peak_since_burst() -> float:
-        # Only samples from the burst on: the backlog the worker found at start must not count.
-        window = max(2, math.ceil(time.monotonic() - started))
-        return prometheus.values(
-            f'max_over_time(sum(reranker_consumer_lag{{topic="{settings.events_topic}"}})[{window}s:1s])'
-        )[0]
+    def peak_since_burst(topic: str) -> float:
+        # Only evaluations from the burst on: a sample from before it must not count.
+        return prometheus.peak(f'sum(reranker_consumer_lag{{topic="{topic}"}})', burst_at)
 
-    wait_until(lambda: peak_since_burst() > 0, 60, interval=0.5, what="lag during the burst")
-    wait_until(lambda: by_topic()[settings.events_topic] == 0.0, 120, interval=0.5, what="lag drained")
+    wait_until(lambda: peak_since_burst(settings.requests_topic) > 0, 60, interval=0.5, what="lag during the burst")
+    # Only after the lag was seen: a zero read before it would be the sample from before the burst.
+    wait_until(
+        lambda: by_topic() == {settings.events_topic: 0.0, settings.requests_topic: 0.0},
+        120,
+        interval=0.5,
+        what="lag drained on both topics",
+    )
     print(
-        f"burst of {BURST_EVENTS} events drained in {time.monotonic() - started:.1f}s, "
-        f"peak lag {peak_since_burst():.0f}"
+        f"burst of {BURST_EVENTS} events and {BURST_REQUESTS} requests drained in "
+        f"{time.monotonic() - started:.1f}s, peak lag {peak_since_burst(settings.events_topic):.0f} events, "
+        f"{peak_since_burst(settings.requests_topic):.0f} requests"
     )
