@@ -179,6 +179,37 @@ def state_events(bw: BenchWorld, per_user: int, seed: int = 5) -> list[dict[str,
     return generate_events(bw.world, per_user * len(bw.users), seed=seed, start_ts=bw.max_ts + 1000.0)
 
 
+def history_events(bw: BenchWorld, n: int, seed: int = 21) -> list[dict[str, Any]]:
+    """``n`` interactions that end before the model's watermark: the log a deployment keeps."""
+    from streams.devtools.synthetic import generate_events
+
+    return generate_events(bw.world, n, seed=seed, start_ts=bw.max_ts - n - 100.0)
+
+
+def history_model(work: Path, settings: Settings, n: int, ends: dict[int, int]) -> Path:
+    """A model trained (1 epoch) from the ``n`` history events on ``settings.events_topic``, its
+    watermark at their end offsets ``ends``, as ``reranker train --topic`` records it.
+
+    The same events produced to a fresh broker land at the same offsets, so the model is cached
+    under ``work`` and reused while its watermark equals ``ends``.
+    """
+    from trainer.event_log import log_from_topic
+    from trainer.train import train_to_artifact
+
+    model_dir = work / f"history-model-{n}-p{settings.partitions}"
+    if (model_dir / "manifest.json").exists():
+        through = json.loads((model_dir / "manifest.json").read_text()).get("trained_through", {})
+        if {int(k): int(v) for k, v in (through.get("offsets") or {}).items()} == ends:
+            return model_dir
+        shutil.rmtree(model_dir)
+    started = time.monotonic()
+    events, offsets, _ = log_from_topic(settings, settings.events_topic)
+    through = {"topic": settings.events_topic, "offsets": offsets, "max_ts": float(events.ts.max())}
+    train_to_artifact(events, model_dir, trained_through=through, max_epochs=1, log=lambda line: None)
+    say(f"trained a model from the {n} history events on the topic in {time.monotonic() - started:.1f}s")
+    return model_dir
+
+
 # ----------------------------------------------------------------------------------------------
 # Processes
 
@@ -424,6 +455,9 @@ class RunConfig:
     profile: str = ""  # "py-spy" to sample the worker during the window
     # Events produced per second during the warm-up and the window (0: none), from another process.
     event_rate: float = 0.0
+    # Events on the events topic before the service starts (the worker's model is trained from
+    # them, so it starts at their end); the broker holds them either way.
+    history_events: int = 0
 
 
 def _produce_at_rate(
@@ -543,9 +577,17 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
         with fresh_broker(run_dir) as broker:
             settings = _settings(broker.bootstrap, cfg.overrides)
             create_topics(settings)
+            model_dir = bw.model_dir
+            if cfg.history_events:
+                started = time.monotonic()
+                ends = produce_events(settings, history_events(bw, cfg.history_events))
+                record["history_events"] = cfg.history_events
+                record["history_produce_s"] = round(time.monotonic() - started, 2)
+                if cfg.target == "worker":
+                    model_dir = history_model(work, settings, cfg.history_events, ends)
             if cfg.target == "worker":
                 services = [
-                    start_worker(broker.bootstrap, bw.model_dir, run_dir, cfg.overrides, store=cfg.store, index=i)
+                    start_worker(broker.bootstrap, model_dir, run_dir, cfg.overrides, store=cfg.store, index=i)
                     for i in range(cfg.workers)
                 ]
                 t_start = time.monotonic()
@@ -1179,6 +1221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--store", default="memory://")
     p.add_argument("--state-events", type=int, default=3, help="events per user applied before the window")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N events on the events topic before the service starts; the worker's model is "
+        "trained from them (a deployment's log, e.g. 99000 as ML-100K)",
+    )
     p.add_argument("--all-rates", action="store_true", help="do not stop at the first failing rate")
     p.add_argument("--profile", choices=("", "py-spy"), default="")
     p.add_argument(
@@ -1270,6 +1320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store=a.store,
             overrides=_overrides(a.set),
             profile=a.profile,
+            history_events=a.history,
         )
         rates = [float(r) for r in a.rates.split(",")]
         summary = ladder(bw, cfg, rates, work, emit, stop_after_failures=len(rates) if a.all_rates else 1)

@@ -16,7 +16,13 @@ from streams.core.processing import Processor
 from streams.core.worker_metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.worker.agents import register_agents
-from streams.worker.faust_hooks import RerankerApp, bound_rocksdb_memory, faust_credentials, skip_to
+from streams.worker.faust_hooks import (
+    PromptTableManager,
+    RerankerApp,
+    bound_rocksdb_memory,
+    faust_credentials,
+    skip_to,
+)
 from streams.worker.items import ItemCatalog
 from streams.worker.model_swap import ModelSwapper
 from streams.worker.monitoring import register_monitor
@@ -147,6 +153,7 @@ def build_worker(
         # a dead letter of one, was refused and the agent stopped answering.
         producer_max_request_size=settings.worker_max_request_bytes(),
         table_standby_replicas=settings.table_standby_replicas,
+        TableManager=PromptTableManager,
     )
     app = RerankerApp(settings.app_id, **{**conf, **extra})
     if settings.torch_threads:

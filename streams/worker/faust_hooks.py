@@ -14,6 +14,9 @@ The transport, for the embedded broker's quirks, configured by settings:
   a RocksDB store that has them fails with ConsistencyError). The end is
   therefore confirmed by the high watermark that a fetch response carries.
 
+Start-up: faust's ``TableManager.on_start`` sleeps a second before subscribing, for tables
+defined after the app starts; the worker's table is defined before (``PromptTableManager``).
+
 The consuming path of the worker (streams/worker/consuming.py):
 
 * faust hands every fetched message to the event loop one at a time (``Consumer._drain_messages``
@@ -47,6 +50,7 @@ from aiokafka import TopicPartition
 from faust import streams as faust_streams
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.stores import rocksdb as faust_rocksdb
+from faust.tables import TableManager
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
@@ -323,6 +327,20 @@ def configured_transport(fetch_max_wait_ms: int, verify_end_offsets: bool = True
     )
     consumer_cls = type("Consumer", (_Consumer,), {"thread_class": thread_cls})
     return type("Transport", (faust_aiokafka.Transport,), {"Consumer": consumer_cls})
+
+
+class PromptTableManager(TableManager):
+    """faust's TableManager without the one-second sleep at its start (``TableManager.on_start``).
+
+    The sleep gives an application time to define tables after the app starts; the worker
+    defines its only table before (``build_worker``), so the second only delayed the consumer's
+    subscription, and with it the group join and the first answer.
+    """
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class RerankerApp(faust.App):
