@@ -49,7 +49,27 @@ STEADY_P99_S = 0.100
 
 def steady_from(sent: list[tuple[float, str]], answered: dict[str, float], window: float) -> float | None:
     """Send time of the first request from which every ``window`` seconds of requests to the end
-    have p99 under STEADY_P99_S and no request unanswered; None if never."""
+    have p99 under STEADY_P99_S and no request unanswered; None if never.
+
+    A window starts at each request (those starting less than ``window`` before the last send
+    are left out): the answer is the request after the last one that starts a bad window.
+    """
+    latencies = [(t, answered[rid] - t if rid in answered else float("inf")) for t, rid in sent]
+    end = latencies[-1][0] if latencies else 0.0
+    first: float | None = latencies[0][0] if latencies else None
+    for i, (t, _) in enumerate(latencies):
+        if t + window > end:
+            break
+        chunk = [lat for s, lat in latencies[i:] if s < t + window]
+        # An unanswered request (inf) makes the window bad; percentile() over infs gives nan.
+        if not all(np.isfinite(chunk)) or float(np.percentile(chunk, 99)) >= STEADY_P99_S:
+            first = latencies[i + 1][0]
+    return first if first is not None and first + window <= end else None
+
+
+def steady_window_end(sent: list[tuple[float, str]], answered: dict[str, float], window: float) -> float | None:
+    """The measure of the first catch-up table: the end of the last bad window, windows starting
+    every ``window``/4 seconds from the first request (up to ``window`` later than `steady_from`)."""
     latencies = [(t, answered[rid] - t if rid in answered else float("inf")) for t, rid in sent]
     end = latencies[-1][0] if latencies else 0.0
     bad_after: float | None = None
@@ -57,7 +77,6 @@ def steady_from(sent: list[tuple[float, str]], answered: dict[str, float], windo
     t = start
     while t + window <= end:
         chunk = [lat for s, lat in latencies if t <= s < t + window]
-        # An unanswered request (inf) makes the window bad; percentile() over infs gives nan.
         if chunk and (not all(np.isfinite(chunk)) or float(np.percentile(chunk, 99)) >= STEADY_P99_S):
             bad_after = t + window
         t += window / 4
@@ -144,6 +163,7 @@ def main() -> None:
             collector.close()
             stop_process(worker, 10)
         steady = steady_from(sent, answered, a.steady_window)
+        window_end = steady_window_end(sent, answered, a.steady_window)
         lat = [answered[rid] - t for t, rid in sent if rid in answered]
     record: dict[str, Any] = {
         "history": a.history,
@@ -154,11 +174,19 @@ def main() -> None:
         "duration_s": a.duration,
         "produce_s": round(produced_s, 1),
         "steady_state_after_s": round(steady - t0, 1) if steady is not None else None,
+        "steady_window_end_after_s": round(window_end - t0, 1) if window_end is not None else None,
         "lag_metric_after_s": round(lag_seen, 1) if lag_seen is not None else None,
         "first_answer_after_s": round(min(answered.values()) - t0, 1) if answered else None,
         "answered": len(lat),
         "sent": len(sent),
         "p99_whole_run_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if lat else None,
+        # What keeps a run from its steady state: requests sent after the first answer that took
+        # 100 ms or more, as (sent after the start s, latency ms).
+        "slow_after_first_answer": [
+            (round(t - t0, 2), round((answered[rid] - t) * 1000, 1))
+            for t, rid in sent
+            if rid in answered and answered and t >= min(answered.values()) and answered[rid] - t >= 0.1
+        ][:40],
         "load_average": os.getloadavg(),
         "workdir": str(work),
     }

@@ -115,6 +115,14 @@ class FetchLog:
         self.latest[key] = (self.seq, highwater)
         self.first_position.setdefault(key, position)
 
+    def skipped(self, moved: Mapping[Any, int]) -> None:
+        """Partitions sought forward (``{tp: offset}``) past a model's watermark: nothing below
+        the new offset will be delivered, although a fetch from the old position may have been
+        recorded first (aiokafka starts fetching as soon as the partitions are assigned)."""
+        for tp, offset in moved.items():
+            key = (tp.topic, tp.partition)
+            self.first_position[key] = max(self.first_position.get(key, offset), offset)
+
     def forget(self, tps: Iterable[Any]) -> None:
         for tp in tps:
             self.latest.pop((tp.topic, tp.partition), None)
@@ -279,6 +287,10 @@ class _Consumer(faust_aiokafka.Consumer):
             return
         topic, offsets = start_offsets()
         moved = await skip_to(self, topic, offsets)
+        fetch_log = getattr(self.app, "fetch_log", None)
+        if moved and fetch_log is not None:
+            # Else the read barrier would wait for events below the watermark that never come.
+            fetch_log.skipped(moved)
         if moved:
             log.info(
                 "started past the model's watermark: %s", {f"{tp.topic}[{tp.partition}]": o for tp, o in moved.items()}
