@@ -19,7 +19,7 @@ def test_defaults_are_for_apache_kafka() -> None:
 def test_embedded_profile_values_and_explicit_settings_win(tmp_path: Path) -> None:
     assert EMBEDDED_PROFILE == {
         "consumer_fetch_wait_ms": 5,
-        "session_timeout_s": 6.0,
+        "session_timeout_s": 4.0,
         "heartbeat_interval_s": 1.0,
         "rebalance_timeout_s": 10.0,
         "verify_end_offsets": True,
