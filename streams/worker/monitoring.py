@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # Lag is a sum over the assigned partitions (no broker call): cheap enough to refresh every second,
 # so a backlog shows within one scrape.
 MONITOR_INTERVAL_S = 1.0
+# Until every assigned partition has been fetched (after a start or a rebalance).
+FIRST_LAG_POLL_S = 0.1
 # Counting a RocksDB table walks every key. The count is refreshed at most at this share of the
 # time, so even off the event loop a big table costs the worker's CPU well under 2 %.
 COUNT_TIME_SHARE = 0.02
@@ -116,21 +118,46 @@ class TableCounter:
         self.next_at = self.clock() + took / self.time_share
 
 
+def lag_known(consumer: LagSource, topics: Iterable[str]) -> bool:
+    """Whether every assigned partition of ``topics`` has a high watermark (has been fetched), so
+    that `consumer_lag` counts all of them (True when none is assigned)."""
+    wanted = set(topics)
+    highwaters = [consumer.highwater(tp) for tp in consumer.assignment() if tp.topic in wanted]
+    return all(high is not None and high >= 0 for high in highwaters)
+
+
 def register_monitor(
     app: faust.App, table: TableT, topics: Iterable[str], metrics: WorkerMetrics, interval_s: float = MONITOR_INTERVAL_S
 ) -> None:
-    """A timer on ``app`` that sets reranker_consumer_lag and reranker_users_in_state."""
+    """A task on ``app`` that sets reranker_consumer_lag and reranker_users_in_state every
+    ``interval_s``. The lag is set only once the group has assigned this worker its partitions and
+    each of them has been fetched: until then it is not known (0 would be a claim). After a start
+    or a rebalance it is looked at every FIRST_LAG_POLL_S until known, so it shows at once."""
     topic_names = list(topics)
     counter = TableCounter(table)
+    assigned = asyncio.Event()
 
-    @app.timer(interval=interval_s, name="reranker-monitor")
-    async def monitor() -> None:
-        # A failure here must not end the timer (a faust task that raises is not restarted).
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal accepts coroutines
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        assigned.set()
+
+    async def sample() -> bool:
+        known = False
+        # A failure here must not end the task (a faust task that raises is not restarted).
         try:
-            for topic, value in (await consumer_lag(app.consumer, topic_names)).items():
-                metrics.consumer_lag.labels(topic).set(value)
+            if assigned.is_set() and lag_known(app.consumer, topic_names):
+                for topic, value in (await consumer_lag(app.consumer, topic_names)).items():
+                    metrics.consumer_lag.labels(topic).set(value)
+                known = True
         except Exception as exc:  # noqa: BLE001  consumer not started yet, or between assignments
             log.debug("consumer lag not available: %r", exc)
         users = counter.count()
         if users is not None:
             metrics.users_in_state.set(users)
+        return known
+
+    @app.task
+    async def monitor() -> None:
+        while True:
+            known = await sample()
+            await asyncio.sleep(interval_s if known else FIRST_LAG_POLL_S)

@@ -19,7 +19,7 @@ from streams.core import records
 from streams.core.processing import DictStateStore, InMessage, Processor
 from streams.core.worker_metrics import LATENCY_BUCKETS, WorkerMetrics, liveness, request_start
 from streams.settings import Settings
-from streams.worker.monitoring import TableCounter, consumer_lag
+from streams.worker.monitoring import TableCounter, consumer_lag, lag_known
 
 # name -> (type, label names), exactly what a worker exports (README.md "Metrics").
 EXPECTED = {
@@ -246,6 +246,17 @@ def test_consumer_lag_sums_assigned_partitions_per_input_topic() -> None:
     )  # nothing committed yet on events1: its position counts
     lag = asyncio.run(consumer_lag(consumer, ["events", "requests", "idle"]))
     assert lag == {"events": 10 + 5, "requests": 0, "idle": 0}
+
+
+def test_lag_is_known_only_once_every_assigned_input_partition_has_been_fetched() -> None:
+    events0, requests0, unfetched = TP("events", 0), TP("requests", 0), TP("requests", 1)
+    fetched = FakeConsumer(highwaters={events0: 10, requests0: 0, TP("other", 0): None}, committed={}, positions={})
+    assert lag_known(fetched, ["events", "requests"])
+    # A partition not fetched yet would be left out of the sum: the lag would read too low.
+    partly = FakeConsumer(highwaters={events0: 10, unfetched: None}, committed={}, positions={})
+    assert not lag_known(partly, ["events", "requests"])
+    # A worker without partitions of the inputs has nothing waiting.
+    assert lag_known(FakeConsumer(highwaters={}, committed={}, positions={}), ["events", "requests"])
 
 
 async def _counted(counter: TableCounter) -> int | None:
