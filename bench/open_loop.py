@@ -53,6 +53,13 @@ class LoadResult:
     send_lag_max_ms: float | None = None
     request_bytes: int = 0
     result_bytes: int = 0
+    # Where the time of an answer went, by the result's Kafka timestamp (the worker's producer
+    # stamps it when it sends): request on the wire -> result sent, and result sent -> arrived.
+    # Wall clocks of one machine.
+    to_result_sent_p99_ms: float | None = None
+    to_result_sent_max_ms: float | None = None
+    result_delivery_p99_ms: float | None = None
+    result_delivery_max_ms: float | None = None
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     def sustainable(self, p99_limit_ms: float = 100.0) -> bool:
@@ -173,6 +180,9 @@ async def run_open_loop(
     scheduled = np.full(total, np.nan)
     sent_lag = np.full(total, np.nan)
     arrived = np.full(total, np.nan)
+    sent_wall = np.full(total, np.nan)
+    arrived_wall = np.full(total, np.nan)
+    result_sent_wall = np.full(total, np.nan)
     result = LoadResult(offered_rate=rate, window_s=window_s, candidates=factory.n_candidates)
     index: dict[str, int] = {}
     errors = 0
@@ -195,6 +205,7 @@ async def run_open_loop(
                 scheduled[n] = due
                 if n < 64:
                     request_bytes.append(len(value))
+                sent_wall[n] = time.time()
                 fut = await producer.send(requests_topic, value=value, key=key)
                 fut.add_done_callback(lambda f: f.exception() and send_failures.append(f.exception()))
                 sent_lag[n] = time.perf_counter() - due
@@ -211,7 +222,7 @@ async def run_open_loop(
                 if time.perf_counter() > deadline:
                     break
             batches = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
+            now, wall = time.perf_counter(), time.time()
             for records in batches.values():
                 for record in records:
                     value = record.value
@@ -223,6 +234,8 @@ async def run_open_loop(
                     if n is None or not np.isnan(arrived[n]):
                         continue
                     arrived[n] = now
+                    arrived_wall[n] = wall
+                    result_sent_wall[n] = record.timestamp / 1000.0
                     outstanding -= 1
                     if "error" in obj:
                         errors += 1
@@ -259,6 +272,12 @@ async def run_open_loop(
         result.max_ms = float(got.max())
         result.mean_ms = float(got.mean())
         result.latencies_ms = [round(float(x), 3) for x in got]
+    to_sent = (result_sent_wall[window] - sent_wall[window]) * 1000.0
+    delivery = (arrived_wall[window] - result_sent_wall[window]) * 1000.0
+    to_sent, delivery = to_sent[~np.isnan(to_sent)], delivery[~np.isnan(delivery)]
+    if to_sent.size:
+        result.to_result_sent_p99_ms, result.to_result_sent_max_ms = _percentile(to_sent, 99), float(to_sent.max())
+        result.result_delivery_p99_ms, result.result_delivery_max_ms = _percentile(delivery, 99), float(delivery.max())
     result.send_lag_p99_ms = _percentile(lags, 99)
     result.send_lag_max_ms = float(lags.max()) if lags.size else None
     result.request_bytes = int(np.mean(request_bytes)) if request_bytes else 0
