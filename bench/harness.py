@@ -193,7 +193,7 @@ def history_model(work: Path, settings: Settings, n: int, ends: dict[int, int]) 
     The same events produced to a fresh broker land at the same offsets, so the model is cached
     under ``work`` and reused while its watermark equals ``ends``.
     """
-    from trainer.event_log import log_from_topic
+    from trainer.event_log import events_from_topic
     from trainer.train import train_to_artifact
 
     model_dir = work / f"history-model-{n}-p{settings.partitions}"
@@ -203,8 +203,7 @@ def history_model(work: Path, settings: Settings, n: int, ends: dict[int, int]) 
             return model_dir
         shutil.rmtree(model_dir)
     started = time.monotonic()
-    events, offsets, _ = log_from_topic(settings, settings.events_topic)
-    through = {"topic": settings.events_topic, "offsets": offsets, "max_ts": float(events.ts.max())}
+    events, through = events_from_topic(settings, settings.events_topic)
     train_to_artifact(events, model_dir, trained_through=through, max_epochs=1, log=lambda line: None)
     say(f"trained a model from the {n} history events on the topic in {time.monotonic() - started:.1f}s")
     return model_dir

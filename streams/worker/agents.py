@@ -126,10 +126,8 @@ class OutputSender:
             self.metrics.send_failures.labels(topic, "delivery").inc()
 
 
-def register_agents(
-    app: RerankerApp, settings: Settings, topics: Topics, processor: Processor, table: TableT
-) -> EventsPath:
-    """The request agent and the events path's tasks on ``app``; returns the events path."""
+def register_agents(app: RerankerApp, settings: Settings, topics: Topics, processor: Processor, table: TableT) -> None:
+    """The request agent and the events path's tasks on ``app``."""
     sender = OutputSender(
         {
             settings.results_topic: topics.results,
@@ -182,5 +180,3 @@ def register_agents(
         events.forget(revoked)
         gate.forget(revoked)
         app.fetch_log.forget(revoked)
-
-    return events

@@ -172,7 +172,7 @@ def build_worker(
     metrics = metrics or WorkerMetrics()
     metrics.set_serving_model(bundle.name, bundle.version)
     processor = Processor(bundle, settings, TableStateStore(table), metrics, partitions=partitions, check_keys=True)
-    events = register_agents(app, settings, topics, processor, table)
+    register_agents(app, settings, topics, processor, table)
     register_monitor(app, table, [settings.events_topic, settings.requests_topic], metrics)
     catalog = ItemCatalog(settings, processor)
 
@@ -185,12 +185,11 @@ def build_worker(
     async def skip_trained(bundle: ModelBundle) -> None:
         # Events below the new model's watermark would be skipped as trained one by one anyway.
         try:
-            moved = await skip_to(app.consumer, settings.events_topic, watermark())
+            moved = await skip_to(app.consumer, settings.events_topic, watermark(), fetch_log=app.fetch_log)
         except Exception:  # a consumer between rebalances: the events are then skipped as trained
             log.warning("could not skip to the watermark of model %s", bundle.version, exc_info=True)
             return
         if moved:
-            events.skipped(moved)
             log.info("skipped to the watermark of model %s: %s", bundle.version, moved)
 
     swapper = ModelSwapper(settings, processor, metrics, catalog, on_swap=skip_trained, backlog_until=announced_until)

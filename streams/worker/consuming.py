@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import faust
@@ -222,14 +222,6 @@ class EventsPath:
         if done is None:
             return first
         return done if first is None else max(done, first)
-
-    def skipped(self, moved: Mapping[TP, int]) -> None:
-        """The consumer was moved past a new model's watermark (``{tp: offset}``): what lies below
-        it is in the model, so a request waiting on it need not wait for events never delivered.
-        Buffered events below it are skipped as trained by the Processor."""
-        for tp, offset in moved.items():
-            if tp.topic == self.settings.events_topic:
-                self.applied_next[tp.partition] = max(self.applied_next.get(tp.partition, 0), offset)
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Partitions taken away by a rebalance: their buffered events are dropped unacknowledged

@@ -286,20 +286,20 @@ class _Consumer(faust_aiokafka.Consumer):
         if start_offsets is None:
             return
         topic, offsets = start_offsets()
-        moved = await skip_to(self, topic, offsets)
-        fetch_log = getattr(self.app, "fetch_log", None)
-        if moved and fetch_log is not None:
-            # Else the read barrier would wait for events below the watermark that never come.
-            fetch_log.skipped(moved)
+        moved = await skip_to(self, topic, offsets, fetch_log=self.app.fetch_log)  # type: ignore[attr-defined]  # RerankerApp's
         if moved:
             log.info(
                 "started past the model's watermark: %s", {f"{tp.topic}[{tp.partition}]": o for tp, o in moved.items()}
             )
 
 
-async def skip_to(consumer: Any, topic: str, offsets: Mapping[int, int]) -> dict[Any, int]:
+async def skip_to(consumer: Any, topic: str, offsets: Mapping[int, int], *, fetch_log: FetchLog) -> dict[Any, int]:
     """Seek each of the consumer's assigned partitions of ``topic`` that is below ``offsets``
     ({partition: offset}) to it; returns {partition: offset} of those moved.
+
+    The moves are recorded in ``fetch_log`` (`FetchLog.skipped`): the read barrier counts what lies
+    below a moved partition's new offset as applied, else a request would wait for events that are
+    in the model and never delivered.
 
     ``consumer`` is faust's (``Consumer.seek`` and ``position``). faust commits only offsets
     that follow the last committed one without a hole, and ``Consumer.seek`` would record the
@@ -327,6 +327,7 @@ async def skip_to(consumer: Any, topic: str, offsets: Mapping[int, int]) -> dict
         await consumer.seek(tp, target)
         consumer._read_offset[tp] = read
         moved[tp] = target
+    fetch_log.skipped(moved)
     return moved
 
 

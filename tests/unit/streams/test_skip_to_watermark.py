@@ -1,5 +1,5 @@
-"""skip_to: a consumer's partitions below the model's watermark move up to it, and faust is left
-to count the skipped offsets as processed."""
+"""skip_to: a consumer's partitions below the model's watermark move up to it, faust is left to
+count the skipped offsets as processed, and the read barrier's floor follows the move."""
 
 import asyncio
 from collections import defaultdict
@@ -7,7 +7,7 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.worker.faust_hooks import skip_to
+from streams.worker.faust_hooks import FetchLog, skip_to
 
 
 class Consumer:
@@ -37,9 +37,14 @@ def test_only_partitions_below_the_watermark_move_and_keep_their_read_offset() -
         {events[1]: 49, events[2]: 199},
     )
     watermark = {0: 100, 1: 100, 2: 100, 3: 0}
-    moved = asyncio.run(skip_to(consumer, "user-events", watermark))
+    fetch_log = FetchLog()
+    # aiokafka fetched partition 0 from its reset position before the seek.
+    fetch_log.record("user-events", 0, highwater=150, position=0)
+    moved = asyncio.run(skip_to(consumer, "user-events", watermark, fetch_log=fetch_log))
     # Partition 2 is past the watermark (its commit wins), 3 has none, requests are another topic.
     assert moved == {events[0]: 100, events[1]: 100}
     assert consumer.positions == {events[0]: 100, events[1]: 100, events[2]: 200, events[3]: 7, requests: 0}
     # The read offsets are those from before the skip, so the next record leaves a gap behind it.
     assert consumer._read_offset[events[0]] is None and consumer._read_offset[events[1]] == 49
+    # Nothing below a moved partition's new offset will be delivered: the barrier counts it applied.
+    assert fetch_log.first_position == {("user-events", 0): 100, ("user-events", 1): 100}
