@@ -292,6 +292,8 @@ def worker_env(bootstrap: str, overrides: dict[str, str]) -> dict[str, str]:
 
 # Where worker processes run from; another checkout (--worker-repo) compares code versions.
 WORKER_REPO = REPO
+# Copy each measurement's service logs into the work directory (--keep-logs).
+KEEP_LOGS = False
 
 
 def start_worker(
@@ -738,6 +740,9 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
     finally:
         for s in services:
             s.stop()
+        if KEEP_LOGS:
+            for s in services:
+                shutil.copy(s.log_path, work / f"{s.name}-{int(time.time())}.log")
         shutil.rmtree(run_dir, ignore_errors=True)
     return record
 
@@ -1208,6 +1213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="before each measurement wait (up to 15 min) for the 1-minute load average "
         "to fall to LOAD; the figure is recorded either way",
     )
+    ap.add_argument("--keep-logs", action="store_true", help="copy each run's service logs to WORK")
     ap.add_argument("--quiet-max-wait", type=float, default=900.0, metavar="SECONDS")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -1286,8 +1292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the broker and workers of a run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global WORKER_REPO, QUIET_LOAD, QUIET_MAX_WAIT_S
+    global WORKER_REPO, QUIET_LOAD, QUIET_MAX_WAIT_S, KEEP_LOGS
     QUIET_LOAD, QUIET_MAX_WAIT_S = a.quiet, a.quiet_max_wait
+    KEEP_LOGS = a.keep_logs
     if a.worker_repo:
         WORKER_REPO = Path(a.worker_repo).resolve()
     work = Path(a.work)

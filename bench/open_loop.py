@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,9 @@ class LoadResult:
     to_result_sent_max_ms: float | None = None
     result_delivery_p99_ms: float | None = None
     result_delivery_max_ms: float | None = None
+    # From the send to the broker's acknowledgement of the request (acks=all).
+    request_acked_p99_ms: float | None = None
+    request_acked_max_ms: float | None = None
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     def sustainable(self, p99_limit_ms: float = 100.0) -> bool:
@@ -183,6 +187,7 @@ async def run_open_loop(
     sent_wall = np.full(total, np.nan)
     arrived_wall = np.full(total, np.nan)
     result_sent_wall = np.full(total, np.nan)
+    acked_wall = np.full(total, np.nan)
     result = LoadResult(offered_rate=rate, window_s=window_s, candidates=factory.n_candidates)
     index: dict[str, int] = {}
     errors = 0
@@ -191,6 +196,12 @@ async def run_open_loop(
     request_bytes: list[int] = []
     sending_done = asyncio.Event()
     send_failures: list[BaseException] = []
+
+    def on_acked(n: int, fut: asyncio.Future[Any]) -> None:
+        if fut.exception() is not None:
+            send_failures.append(fut.exception())  # type: ignore[arg-type]
+        else:
+            acked_wall[n] = time.time()
 
     async def send_all() -> None:
         t0 = time.perf_counter() + 0.05
@@ -207,7 +218,7 @@ async def run_open_loop(
                     request_bytes.append(len(value))
                 sent_wall[n] = time.time()
                 fut = await producer.send(requests_topic, value=value, key=key)
-                fut.add_done_callback(lambda f: f.exception() and send_failures.append(f.exception()))
+                fut.add_done_callback(functools.partial(on_acked, n))
                 sent_lag[n] = time.perf_counter() - due
         finally:
             sending_done.set()
@@ -275,6 +286,10 @@ async def run_open_loop(
     to_sent = (result_sent_wall[window] - sent_wall[window]) * 1000.0
     delivery = (arrived_wall[window] - result_sent_wall[window]) * 1000.0
     to_sent, delivery = to_sent[~np.isnan(to_sent)], delivery[~np.isnan(delivery)]
+    to_acked = (acked_wall[window] - sent_wall[window]) * 1000.0
+    to_acked = to_acked[~np.isnan(to_acked)]
+    if to_acked.size:
+        result.request_acked_p99_ms, result.request_acked_max_ms = _percentile(to_acked, 99), float(to_acked.max())
     if to_sent.size:
         result.to_result_sent_p99_ms, result.to_result_sent_max_ms = _percentile(to_sent, 99), float(to_sent.max())
         result.result_delivery_p99_ms, result.result_delivery_max_ms = _percentile(delivery, 99), float(delivery.max())

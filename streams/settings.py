@@ -157,10 +157,9 @@ class Settings:
     # "text" for a terminal, "json" (one object per line) for a container's log collector.
     log_format: str = "text"
     model_dir: str = ""
-    # A batch is what has arrived (streams/worker/batching.py): at most batch_max messages, gathered
-    # for at most batch_window_ms; nothing waits for the window when no more is queued.
+    # Requests are scored in batches of what has arrived (one fetch's requests, or what came in
+    # while the worker was busy), at most batch_max: nothing waits for a timer.
     batch_max: int = 64
-    batch_window_ms: float = 5.0
     # Read-your-writes (streams/worker/consuming.py): a request is held until its partition's
     # events are applied up to an end offset taken after it arrived, at most this long after it
     # was produced (its Kafka timestamp; its arrival if that is later); then it is answered

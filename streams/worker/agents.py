@@ -1,5 +1,5 @@
-"""The worker's agent and tasks: requests through a faust agent, events through the bulk path
-(streams/worker/consuming.py); both hand their messages to the Processor and send what it returns."""
+"""The worker's consuming tasks: events and requests taken per fetch (streams/worker/consuming.py);
+both hand their messages to the Processor and send what it returns."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from functools import partial
 from typing import Any, Protocol
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
-from faust.types import StreamT, TableT
+from faust.types import Message, TableT
 
 from streams.core.processing import OutMessage, Processor
 from streams.core.worker_metrics import WorkerMetrics
 from streams.settings import Settings
-from streams.worker.batching import take_available
 from streams.worker.consuming import EventsPath, RequestGate
-from streams.worker.faust_hooks import RerankerApp
+from streams.worker.faust_hooks import RerankerApp, ack_messages
 from streams.worker.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,9 @@ class OutputSender:
 
 
 def register_agents(app: RerankerApp, settings: Settings, topics: Topics, processor: Processor, table: TableT) -> None:
-    """The request agent and the events path's tasks on ``app``."""
+    """The worker's consuming paths on ``app``: both input topics are subscribed without a faust
+    stream (its consumer hands their messages over per fetch), and tasks apply the events and
+    answer the requests."""
     sender = OutputSender(
         {
             settings.results_topic: topics.results,
@@ -140,35 +141,19 @@ def register_agents(app: RerankerApp, settings: Settings, topics: Topics, proces
         processor.error_result,
     )
     events = EventsPath(app, settings, processor, table, sender, app.fetch_log)
-    # The events topic is subscribed without a stream: faust's consumer hands its messages over.
-    app.topics.add(topics.events)
-    app.bulk_topic = settings.events_topic
-    app.bulk_sink = events.deliver
-    holder: dict[str, StreamT] = {}
-
-    async def ack(event: Any) -> None:
-        await holder["stream"].ack(event)
-
-    gate = RequestGate(settings, processor, sender, app.fetch_log, events.applied, ack)
+    gate = RequestGate(settings, processor, sender, app.fetch_log, events.applied, partial(ack_messages_of, app))
     events.gate = gate
-
-    @app.agent(topics.requests, name="rerank")
-    async def rerank(stream: StreamT) -> None:
-        holder["stream"] = stream
-        # One forward pass per batch of whatever has arrived; nothing waits for a timer. Each
-        # request is acknowledged when it is answered, which the read barrier may defer.
-        async for batch in take_available(
-            stream, settings.batch_max, within=settings.batch_window_ms / 1000.0, ack=False
-        ):
-            processor.metrics.batch_messages.observe(len(batch))
-            await gate.submit(batch)
-            # Liveness: a consumer can stop without an error (faust issue #175), which only
-            # shows as this timestamp falling behind while the consumer lag grows.
-            processor.metrics.last_batch.set_to_current_time()
+    for topic, sink in ((topics.events, events.deliver), (topics.requests, gate.deliver)):
+        app.topics.add(topic)
+        app.bulk_sinks[topic.get_topic_name()] = sink
 
     @app.task
     async def apply_events() -> None:
         await events.run()
+
+    @app.task
+    async def take_requests_in() -> None:
+        await gate.run_inbox()
 
     @app.task
     async def answer_held_requests() -> None:
@@ -180,3 +165,7 @@ def register_agents(app: RerankerApp, settings: Settings, topics: Topics, proces
         events.forget(revoked)
         gate.forget(revoked)
         app.fetch_log.forget(revoked)
+
+
+def ack_messages_of(app: RerankerApp, messages: list[Message]) -> None:
+    ack_messages(app.consumer, messages)

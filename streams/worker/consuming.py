@@ -1,12 +1,13 @@
 """The worker's two consuming paths: events in large chunks, requests behind a read barrier.
 
-Events are taken from faust's consumer one list per fetch (faust_hooks, ``bulk_sink``), applied
-by the Processor a chunk at a time (one call, one state write per user, one changelog batch per
-partition) and acknowledged after; the event loop is given back between chunks, so requests,
-the monitor and the other timers keep running during a backlog. Requests come through a faust
-agent and wait in a :class:`~streams.core.read_barrier.ReadBarrier` until the events of their
-own partition are applied up to an end offset taken after they arrived (read-your-writes), at
-most ``read_barrier_max_ms``; a held request is acknowledged only once it is answered.
+Both input topics are taken from faust's consumer one list per fetch (faust_hooks,
+``bulk_sinks``), not through faust's per-message streams. Events are applied by the Processor a
+chunk at a time (one call, one state write per user, one changelog batch per partition) and
+acknowledged after; the event loop is given back between chunks, so the monitor and the other
+timers keep running during a backlog, and the requests handed over meanwhile are taken in before
+the next chunk. A request waits in a :class:`~streams.core.read_barrier.ReadBarrier` until the
+events of its own partition are applied up to an end offset taken after it arrived
+(read-your-writes), at most ``read_barrier_max_ms``; it is acknowledged only once it is answered.
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import faust
-from faust.types import TP, EventT, Message, TableT
+from faust.types import TP, Message, TableT
 
 from streams.core.processing import InMessage, OutMessage, Processor
 from streams.core.read_barrier import Fetched, Held, ReadBarrier
-from streams.core.state import UserState, decode_state, encode_state
+from streams.core.state import UserState, encode_state
 from streams.settings import Settings
-from streams.worker.faust_hooks import FetchLog, ack_messages, as_partition, read_table_value, write_table_states
-from streams.worker.tables import FAULT_KILL_AFTER_STATE_WRITE_ENV
+from streams.worker.faust_hooks import FetchLog, ack_messages, write_table_states
+from streams.worker.tables import FAULT_KILL_AFTER_STATE_WRITE_ENV, read_state
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ class ChunkStore:
         hit = self.pending.get(user_id)
         if hit is not None:
             return hit[1]
-        with as_partition(source.topic, source.partition or 0):
-            raw = read_table_value(self.table, user_id.encode())
-        return decode_state(raw) if raw is not None else None
+        return read_state(self.table, user_id, source)
 
     def put(self, user_id: str, state: UserState, source: InMessage) -> None:
         self.pending[user_id] = (source.partition or 0, state)
@@ -78,7 +77,7 @@ class ChunkStore:
             await write_table_states(self.app, self.table, writes, kill_after_writing=self.kill_after_writing)
 
 
-def in_message(message: Message, handle: object = None, *, stale: bool = False) -> InMessage:
+def in_message(message: Message, *, stale: bool = False) -> InMessage:
     return InMessage(
         message.topic,
         message.partition,
@@ -86,13 +85,14 @@ def in_message(message: Message, handle: object = None, *, stale: bool = False) 
         message.timestamp,
         message.key,
         message.value,
-        handle if handle is not None else message,
+        message,
         stale,
     )
 
 
 class RequestGate:
-    """Holds each request until its partition's events are applied far enough, then answers it."""
+    """Takes the requests faust's consumer hands over, holds each until its partition's events
+    are applied far enough, then answers it."""
 
     def __init__(
         self,
@@ -101,7 +101,7 @@ class RequestGate:
         sender: Sender,
         fetch_log: FetchLog,
         applied: Callable[[int], int | None],
-        ack: Callable[[EventT], Awaitable[Any]],
+        ack: Callable[[list[Message]], None],
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -109,37 +109,74 @@ class RequestGate:
         self.fetch_log = fetch_log
         self.applied = applied
         self.ack = ack
-        self.barrier: ReadBarrier[EventT] = ReadBarrier(settings.read_barrier_max_ms / 1000.0)
+        self.barrier: ReadBarrier[Message] = ReadBarrier(settings.read_barrier_max_ms / 1000.0)
         self.wake = asyncio.Event()
+        # Requests handed over and not yet taken in: taken before the next chunk of events.
+        self.inbox: deque[Message] = deque()
+        self.has_requests = asyncio.Event()
+
+    def deliver(self, messages: list[Message]) -> None:
+        """The consumer's hand-over of one fetch's requests (runs on the event loop)."""
+        self.inbox.extend(messages)
+        self.has_requests.set()
+
+    async def take_in(self) -> None:
+        """Submit what is in the inbox, in batches of at most ``batch_max`` (one forward pass each)."""
+        metrics = self.processor.metrics
+        while self.inbox:
+            batch = [self.inbox.popleft() for _ in range(min(len(self.inbox), self.settings.batch_max))]
+            metrics.batch_messages.observe(len(batch))
+            await self.submit(batch)
+            # Liveness: a consumer can stop without an error (faust issue #175), which only
+            # shows as this timestamp falling behind while the consumer lag grows.
+            metrics.last_batch.set_to_current_time()
+
+    async def run_inbox(self) -> None:
+        """Takes requests in as they are handed over (the events path also takes them in before
+        each of its chunks, so a backlog of events never keeps them waiting)."""
+        while True:
+            if not self.inbox:
+                self.has_requests.clear()
+                await self.has_requests.wait()
+                continue
+            try:
+                await self.take_in()
+            except Exception:  # a failure here must not stop taking the next requests in
+                log.exception("taking requests in failed")
 
     def fetched(self, partition: int) -> Fetched | None:
         return self.fetch_log.latest.get((self.settings.events_topic, partition))
 
-    async def submit(self, batch: list[EventT]) -> None:
+    async def submit(self, batch: list[Message]) -> None:
         if self.settings.read_barrier_max_ms <= 0 or not self.fetch_log.active:
-            await self._answer([(event, False, None) for event in batch])
+            await self._answer([(message, False, None) for message in batch])
             return
         now = asyncio.get_running_loop().time()
         wall = time.time()
         topic = self.settings.requests_topic
-        for event in batch:
-            partition = event.message.partition
+        for message in batch:
+            partition = message.partition
             # The bound counts from the request's Kafka timestamp (the producer's clock), never
             # from later than its arrival: time spent reaching the worker is part of the wait.
-            produced = event.message.timestamp
+            produced = message.timestamp
             age = wall - produced if produced else 0.0
             # The newest response of the request's partition came at or after the request itself;
             # without one (not recorded), every response so far counts as possibly before it.
             seen = self.fetch_log.latest.get((topic, partition))
             seq = seen[0] if seen is not None else self.fetch_log.seq
-            self.barrier.hold(event, partition, seq, now, age)
+            self.barrier.hold(message, partition, seq, now, age)
         await self.answer_ready()
         self.wake.set()
 
     def forget(self, tps: Iterable[TP]) -> None:
-        """Partitions taken away by a rebalance (their held requests are answered by the wait
-        bound; the new owner gets them again from the committed offset)."""
-        self.barrier.forget(tp.partition for tp in tps if tp.topic == self.settings.requests_topic)
+        """Partitions taken away by a rebalance: requests not yet taken in are dropped
+        unacknowledged (the new owner reads them from the committed offset); held ones are
+        answered by the wait bound."""
+        gone = {tp.partition for tp in tps if tp.topic == self.settings.requests_topic}
+        if not gone:
+            return
+        self.inbox = deque(m for m in self.inbox if m.partition not in gone)
+        self.barrier.forget(gone)
 
     def limits(self) -> dict[int, int]:
         self.barrier.fix_targets(self.fetched)
@@ -150,19 +187,18 @@ class RequestGate:
         ready, stale = self.barrier.release(self.fetched, self.applied, now)
         if not ready and not stale:
             return
-        released: list[tuple[Held[EventT], bool]] = [(h, False) for h in ready] + [(h, True) for h in stale]
+        released: list[tuple[Held[Message], bool]] = [(h, False) for h in ready] + [(h, True) for h in stale]
         released.sort(key=lambda pair: pair[0].since)
         await self._answer([(h.item, is_stale, now - h.since) for h, is_stale in released])
 
-    async def _answer(self, items: list[tuple[EventT, bool, float | None]]) -> None:
+    async def _answer(self, items: list[tuple[Message, bool, float | None]]) -> None:
         metrics = self.processor.metrics
         for _, _, waited in items:
             if waited is not None:
                 metrics.read_barrier_wait.observe(waited)
-        outputs = self.processor.process([in_message(e.message, e, stale=s) for e, s, _ in items])
+        outputs = self.processor.process([in_message(m, stale=s) for m, s, _ in items])
         await self.sender.send_all(outputs)
-        for event, _, _ in items:
-            await self.ack(event)
+        self.ack([m for m, _, _ in items])
 
     async def run(self) -> None:
         """Answers held requests as their wait runs out or their events' fetches come in."""
@@ -260,6 +296,8 @@ class EventsPath:
                 self.has_events.clear()
                 await self.has_events.wait()
                 continue
+            if self.gate is not None and self.gate.inbox:
+                await self.gate.take_in()
             chunk = self._take()
             if chunk:
                 started = time.perf_counter()

@@ -21,8 +21,11 @@ The consuming path of the worker (streams/worker/consuming.py):
 
 * faust hands every fetched message to the event loop one at a time (``Consumer._drain_messages``
   awaits ``wait_first`` on two futures per message), then through a channel and a stream: about
-  170 us per message. The events topic skips all of it: its messages go, one list per fetch, to
-  a sink the worker drains in chunks (``_Consumer.bulk_sink``); other topics go faust's way.
+  170 us per message, and several turns of the event loop each. The worker's input topics skip
+  all of it: their messages go, one list per fetch and topic, to the app's ``bulk_sinks``
+  (``_Consumer._drain_messages``). Behind a backlog of events, faust's way let requests in only a
+  few per turn of a busy loop, slower than they came (measured: 70-160 of 200 a second, their
+  age at arrival growing to seconds); other topics still go faust's way.
 * Read-your-writes needs, per partition, the high watermark of a fetch response handled after a
   request arrived. aiokafka keeps only the newest one, without saying which response set it, so
   the fetcher's response handler is wrapped to number the responses (``FetchLog``).
@@ -41,7 +44,7 @@ import os
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiokafka
@@ -54,7 +57,7 @@ from faust.tables import TableManager
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
-from faust.types import TP, EventT, Message, StreamT, TableT
+from faust.types import TP, Message, TableT
 from faust.types.auth import SASLMechanism
 
 from streams.kafka.security import ssl_context
@@ -203,11 +206,11 @@ class _Consumer(faust_aiokafka.Consumer):
         return self.thread_class(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - faust's loop, see below
-        """faust's ``Consumer._drain_messages`` (faust-streaming 0.11), with the bulk topic's
-        messages collected per fetch and handed to the app's ``bulk_sink`` in one call."""
-        sink: Callable[[list[Message]], None] | None = getattr(self.app, "bulk_sink", None)
-        bulk_topic: str | None = getattr(self.app, "bulk_topic", None)
-        if sink is None or bulk_topic is None:
+        """faust's ``Consumer._drain_messages`` (faust-streaming 0.11), with the messages of each
+        topic that has a sink in the app's ``bulk_sinks`` collected per fetch and handed to it in
+        one call."""
+        sinks: Mapping[str, Callable[[list[Message]], None]] = getattr(self.app, "bulk_sinks", None) or {}
+        if not sinks:
             await super()._drain_messages(fetcher)
             return
         callback = self.callback
@@ -221,7 +224,7 @@ class _Consumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         fetching = faust_consumer.CONSUMER_FETCHING
-        bulk: list[Message] = []
+        bulk: dict[str, list[Message]] = {topic: [] for topic in sinks}
         num_since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -240,12 +243,13 @@ class _Consumer(faust_aiokafka.Consumer):
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        if message.topic == bulk_topic:
-                            bulk.append(message)
+                        pending = bulk.get(message.topic)
+                        if pending is not None:
+                            pending.append(message)
                             set_read_offset(tp, offset)
-                            if len(bulk) >= BULK_HANDOVER_MAX:
-                                sink(bulk)
-                                bulk = []
+                            if len(pending) >= BULK_HANDOVER_MAX:
+                                sinks[message.topic](pending)
+                                bulk[message.topic] = []
                                 await asyncio.sleep(0)
                             continue
                         num_since_yield += 1
@@ -254,9 +258,10 @@ class _Consumer(faust_aiokafka.Consumer):
                             num_since_yield = 0
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
-                    if bulk:
-                        sink(bulk)
-                        bulk = []
+                    for topic, pending in bulk.items():
+                        if pending:
+                            sinks[topic](pending)
+                            bulk[topic] = []
                     unset_flag(fetching)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -361,14 +366,13 @@ class RerankerApp(faust.App):
 
     fetch_wait_ms: int = 1500
     verify_end_offsets: bool = True
-    # Messages of ``bulk_topic`` go to ``bulk_sink`` in lists instead of faust's channels (see
-    # the module's docstring); set before the app starts.
-    bulk_topic: str | None = None
-    bulk_sink: Callable[[list[Message]], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetch_log = FetchLog()
+        # Per topic, where its messages go, in lists (one or a few per fetch), instead of faust's
+        # channels and streams (see the module's docstring); set before the app starts.
+        self.bulk_sinks: dict[str, Callable[[list[Message]], None]] = {}
 
     # (events topic, {partition: offset}) below which the serving model holds every event.
     start_offsets: Callable[[], tuple[str, Mapping[int, int]]] | None = None
@@ -391,30 +395,6 @@ def faust_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | 
             ssl_context=context,
         )
     return SSLCredentials(context)
-
-
-def drain_in_background(stream: StreamT, channel: AsyncIterator[Any]) -> None:
-    """Let the stream drain ``channel`` in a background task (``Stream._enable_passive``, the
-    hook faust's own ``take_events`` uses), so its processors run as messages arrive."""
-    stream._enable_passive(channel)  # type: ignore[attr-defined]  # on Stream, not StreamT
-
-
-@contextlib.contextmanager
-def as_current_event(event: EventT | None) -> Iterator[None]:
-    """Make ``event`` faust's "current event" (``faust.streams._current_event``) inside the block.
-
-    faust picks a table write's changelog partition (and RocksDB picks the per-partition
-    database on reads and writes) from the current event. The agent works on batches, where
-    that is the last event taken, not the one being handled, so it is set for each access.
-    """
-    if event is None:
-        yield
-        return
-    token = faust_streams._current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        faust_streams._current_event.reset(token)
 
 
 def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import faust
 from faust.types import TableT
 
 from streams.core.processing import InMessage
-from streams.core.state import UserState, decode_state, encode_state
+from streams.core.state import UserState, decode_state
 from streams.settings import Settings
-from streams.worker.faust_hooks import as_current_event
+from streams.worker.faust_hooks import as_partition, read_table_value
 
 USER_STATE_TABLE = "user-state"
 
@@ -36,22 +33,25 @@ def define_user_state_table(app: faust.App, settings: Settings) -> TableT:
     )
 
 
+def read_state(table: TableT, user_id: str, source: InMessage) -> UserState | None:
+    """The user's state in ``table``, read from the store of ``source``'s partition."""
+    with as_partition(source.topic, source.partition or 0):
+        raw = read_table_value(table, user_id.encode())
+    return decode_state(raw) if raw is not None else None
+
+
 class TableStateStore:
-    """processing.StateStore over a faust Table."""
+    """processing.StateStore over a faust Table for the request path, which only reads: states
+    are written by the events path (streams/worker/consuming.py, ``ChunkStore``), a chunk at a time."""
 
     def __init__(self, table: TableT) -> None:
         self.table = table
-        # See FAULT_KILL_AFTER_STATE_WRITE_ENV.
-        self.kill_after_writing = os.environ.get(FAULT_KILL_AFTER_STATE_WRITE_ENV) or None
 
     def get(self, user_id: str, source: InMessage) -> UserState | None:
-        with as_current_event(source.handle):  # type: ignore[arg-type]
-            raw = self.table.get(user_id.encode())
-        return decode_state(raw) if raw is not None else None
+        return read_state(self.table, user_id, source)
 
     def put(self, user_id: str, state: UserState, source: InMessage) -> None:
-        with as_current_event(source.handle):  # type: ignore[arg-type]
-            self.table[user_id.encode()] = encode_state(state)
-        if user_id == self.kill_after_writing:
-            # No await since the write: the changelog record is still in the producer's buffer.
-            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(
+            f"state of {user_id} written outside the events path (message {source.topic}[{source.partition}]"
+            f"@{source.offset}): only ChunkStore writes states"
+        )

@@ -4,6 +4,7 @@ backlog; a wait past read_barrier_max_ms is answered, flagged stale and counted.
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.core.processing import DictStateStore, InMessage, Processor
-from streams.devtools.synthetic import events_for_cluster, generate_events
+from streams.devtools.synthetic import events_for_cluster, generate_events, generate_requests
 from streams.kafka.clients import KafkaSender, ResultCollector, message_key
 from streams.settings import Settings
 from tests.conftest import assert_same_results, isolated_settings, start_worker
@@ -130,5 +131,50 @@ def test_a_wait_past_the_bound_is_answered_stale_and_counted(broker, trained_wor
         assert result.get("stale") is True, (waited, result)
         assert result["items"], result
         assert metric(worker.metrics_port, "reranker_stale_answers_total") >= 1
+    finally:
+        worker.stop()
+
+
+def test_requests_are_taken_in_as_they_come_behind_a_backlog(broker, trained_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Every partition has a backlog, so the events path has a chunk ready at every turn of the
+    # event loop. Requests must still reach the barrier as they come, and so be answered within
+    # its bound (stale): handed over one at a time through faust's stream, a few per turn of the
+    # busy loop, they queued up and waited seconds.
+    settings = isolated_settings(broker, read_barrier_max_ms=300)
+    world = trained_world.world
+    worker = start_worker(settings, trained_world.model_dir, tmp_path)
+    try:
+        wait_ready(settings, world, worker)
+        for part in range(3):
+            produce_and_locate(
+                settings, generate_events(world, BACKLOG_EVENTS, seed=37 + part, start_ts=1_740_000_000.0)
+            )
+        requests = generate_requests(world, 1000, seed=41, prefix="pace")
+        sent: dict[str, float] = {}
+        answered: dict[str, float] = {}
+        with ResultCollector(settings) as collector:
+            sender = KafkaSender(settings)
+
+            def send_at_200_per_second() -> None:
+                started = time.monotonic()
+                for n, request in enumerate(requests):
+                    time.sleep(max(0.0, started + n / 200 - time.monotonic()))
+                    sent[request["request_id"]] = time.monotonic()
+                    sender.send(settings.requests_topic, message_key(request), orjson.dumps(request))
+                sender.flush()
+
+            thread = threading.Thread(target=send_at_200_per_second)
+            thread.start()
+            got = collector.wait_for(
+                [r["request_id"] for r in requests],
+                120,
+                on_result=lambda r: answered.setdefault(r["request_id"], time.monotonic()),
+            )
+            thread.join()
+        assert len(got) == len(requests), worker.log()[-3000:]
+        assert metric(worker.metrics_port, "reranker_consumer_lag") > 0, "the backlog was gone before the requests"
+        waits = sorted(answered[rid] - sent[rid] for rid in got)
+        # The bound, plus a second for the way to the worker and back on a busy 2-core machine.
+        assert waits[-1] < 0.3 + 1.0, f"slowest answers {[round(w, 2) for w in waits[-5:]]} s"
     finally:
         worker.stop()
