@@ -31,9 +31,6 @@ from streams.worker.topics import Topics, define_topics
 
 log = logging.getLogger(__name__)
 
-# Most records one poll of the consumer hands over (consumer_extra_config max.poll.records wins).
-MAX_POLL_RECORDS = 1000
-
 
 def _seconds(ms: Any) -> float:
     return float(ms) / 1000.0
@@ -155,10 +152,6 @@ def build_worker(
         # faust's default (1,000,000) is below max_message_bytes: a result of a large request, or
         # a dead letter of one, was refused and the worker stopped answering.
         producer_max_request_size=settings.worker_max_request_bytes(),
-        # aiokafka's default hands over everything fetched at once (up to 1 MiB per partition):
-        # the events buffer then overshot events_buffer_max many times over (measured: 100,000
-        # buffered events), and the collector's full passes over them held the event loop.
-        broker_max_poll_records=MAX_POLL_RECORDS,
         table_standby_replicas=settings.table_standby_replicas,
         TableManager=PromptTableManager,
     )
