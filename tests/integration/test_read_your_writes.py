@@ -173,8 +173,14 @@ def test_requests_are_taken_in_as_they_come_behind_a_backlog(broker, trained_wor
             thread.join()
         assert len(got) == len(requests), worker.log()[-3000:]
         assert metric(worker.metrics_port, "reranker_consumer_lag") > 0, "the backlog was gone before the requests"
-        waits = sorted(answered[rid] - sent[rid] for rid in got)
-        # The bound, plus a second for the way to the worker and back on a busy 2-core machine.
-        assert waits[-1] < 0.3 + 1.0, f"slowest answers {[round(w, 2) for w in waits[-5:]]} s"
+        # In the order sent: requests let in slower than they come wait longer with every one sent.
+        waits = [answered[r["request_id"]] - sent[r["request_id"]] for r in requests]
+        first, last = sorted(waits[:200]), sorted(waits[-200:])
+        growth = last[100] - first[100]
+        assert growth < 0.5, f"median wait of the first 200 {first[100]:.2f} s, of the last 200 {last[100]:.2f} s"
+        # The bound, plus a second for the way to the worker and back on a busy 2-core machine
+        # (p90: a collection or a rebalance of the suite's machine may hold a few answers longer).
+        p90 = sorted(waits)[900]
+        assert p90 < 0.3 + 1.0, f"p90 of the waits {p90:.2f} s"
     finally:
         worker.stop()
