@@ -48,13 +48,14 @@ def too_large(exc: BaseException) -> bool:
 
 
 class OutputSender:
-    """Hands a batch's outputs to the producer; no failure to send leaves the agent.
+    """Hands a batch's outputs to the producer; no failure to send leaves the consuming paths.
 
-    An exception out of the agent makes faust restart it on the same stream, where the batching
-    of ``take_available`` then blocks for good or acknowledges the batch with its answers unsent.
-    So each send is retried with backoff a bounded number of times, and a result that still
-    cannot go (too large, or the producer keeps failing) is replaced by a small error result, so
-    its client is answered; every failure is logged and counted in reranker_send_failures_total.
+    An exception out of a send would leave the batch unanswered and unacknowledged (it stopped
+    the worker answering when requests still went through a faust agent: docs/RELIABILITY.md,
+    "The worker never stops consuming"). So each send is retried with backoff a bounded number
+    of times, and a result that still cannot go (too large, or the producer keeps failing) is
+    replaced by a small error result, so its client is answered; every failure is logged and
+    counted in reranker_send_failures_total.
     ``send_all`` returns once every output is in the producer's buffer: the batch is acknowledged
     after that.
     """
