@@ -108,19 +108,33 @@ class Reranker(nn.Module):
         ignores the upstream order, and callers need not compute them."""
         return 0
 
-    def forward(self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        user_vec: Tensor,
+        history: Tensor,
+        items: Tensor,
+        upstream: Tensor | None = None,
+        sequence: Tensor | None = None,
+    ) -> Tensor:
         """Score `items` [B, N] for users given by `user_vec` [B, D] and `history` [B, H]; returns [B, N].
 
         `upstream` is [B, N, U] float32 per-request features of the upstream order
         (`models.upstream.upstream_batch`), or None; kinds without an upstream part ignore it.
+        `sequence` is [B, N, S] transition features (`models.sequence`) a trainer gives in place of
+        a kind's own table; kinds without one ignore it.
         """
         return self.score(self.user_repr(user_vec, history), items)
 
     def score_parts(
-        self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None
+        self,
+        user_vec: Tensor,
+        history: Tensor,
+        items: Tensor,
+        upstream: Tensor | None = None,
+        sequence: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The additive parts of `forward`'s scores, each [B, N]; they sum to its output."""
-        return {"model": self.forward(user_vec, history, items, upstream)}
+        return {"model": self.forward(user_vec, history, items, upstream, sequence)}
 
     def embed_users(self, users: Tensor) -> Tensor:
         """Differentiable lookup of free user vectors, for training: [B] int64 rows -> [B, D]."""

@@ -23,6 +23,7 @@ from models.dnn_numpy import (
     numpy_params,
     score_and_grad_batch_np,
 )
+from models.sequence import N_SEQUENCE_FEATURES, table_features
 
 
 def _model_hparams(
@@ -34,6 +35,8 @@ def _model_hparams(
     feature_vocab: Iterable[str],
     upstream_inputs: int,
     upstream_hidden: int,
+    sequence_top: int,
+    sequence_window: int,
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The hyper-parameters of a dnn model as it stores them (`DNNReranker.__init__` documents
@@ -64,6 +67,11 @@ def _model_hparams(
         # Likewise: a model without an upstream part keeps the manifest of older versions.
         model_hparams["upstream_inputs"] = int(upstream_inputs)
         model_hparams["upstream_hidden"] = int(upstream_hidden)
+    if int(sequence_top) < 0 or int(sequence_window) < 1:
+        raise ValueError("sequence_top must be >= 0 and sequence_window >= 1")
+    if int(sequence_top):
+        model_hparams["sequence_top"] = int(sequence_top)
+        model_hparams["sequence_window"] = int(sequence_window)
     return model_hparams
 
 
@@ -76,6 +84,8 @@ _HPARAM_ARGS = (
     "feature_vocab",
     "upstream_inputs",
     "upstream_hidden",
+    "sequence_top",
+    "sequence_window",
     "extra",
 )
 
@@ -97,6 +107,12 @@ class DNNReranker(Reranker):
     (`models.upstream`: position and score normalised within the request), g a one-hidden-layer
     MLP. `score_parts` splits it into {"model": a * s_i, "upstream": g(x_i)}; without upstream
     features the score is a * s_i.
+
+    With `sequence_top` M > 0, the model also holds an item transition table (`models.sequence`:
+    per item its M most frequent successors, set with `set_transitions`) and adds c . f_i to the
+    user-item score, f_i the candidate's `SEQUENCE_FEATURES` (how often it followed the user's
+    last items in other users' sequences), c learned with the rest; a scales it too, and
+    `score_parts` names it "sequence".
     """
 
     def __init__(
@@ -112,6 +128,8 @@ class DNNReranker(Reranker):
         feature_vocab: list[str] | tuple[str, ...] = (),
         upstream_inputs: int = 0,
         upstream_hidden: int = 16,
+        sequence_top: int = 0,
+        sequence_window: int = 3,
         **extra: Any,
     ) -> None:
         """Build the tables and the MLP.
@@ -129,10 +147,22 @@ class DNNReranker(Reranker):
             upstream_inputs: U, the number of upstream features scored (0 = no upstream part;
                 `models.upstream.N_UPSTREAM_FEATURES` when trained on served lists).
             upstream_hidden: Hidden width of the upstream MLP.
+            sequence_top: M, successors kept per item in the transition table (0 = no table).
+            sequence_window: How many steps later a successor still counts (`models.sequence`).
             **extra: Rejected; present only to give a clear error on a misspelled hyper-parameter.
         """
         model_hparams = _model_hparams(
-            dim, history_len, mlp_hidden, dropout, init_std, feature_vocab, upstream_inputs, upstream_hidden, extra
+            dim,
+            history_len,
+            mlp_hidden,
+            dropout,
+            init_std,
+            feature_vocab,
+            upstream_inputs,
+            upstream_hidden,
+            sequence_top,
+            sequence_window,
+            extra,
         )
         mlp_hidden = model_hparams["mlp_hidden"]
         vocab = model_hparams.get("feature_vocab", [])
@@ -163,6 +193,17 @@ class DNNReranker(Reranker):
             self.upstream_net = nn.Sequential(nn.Linear(self._n_upstream, hidden), nn.ReLU(), nn.Linear(hidden, 1))
             # How much the user-item part counts next to the upstream term, learned with it.
             self.model_scale = nn.Parameter(torch.ones(()))
+        self.sequence_top = int(model_hparams.get("sequence_top", 0))
+        # Buffers, registered only for a model with a transition table (`set_transitions`).
+        self.seq_successors: Tensor
+        self.seq_counts: Tensor
+        self.seq_totals: Tensor
+        if self.sequence_top:
+            self.register_buffer("seq_successors", torch.zeros(n_items + 1, self.sequence_top, dtype=torch.int64))
+            self.register_buffer("seq_counts", torch.zeros(n_items + 1, self.sequence_top))
+            self.register_buffer("seq_totals", torch.zeros(n_items + 1))
+            # Zero: the table counts for nothing until training finds it useful.
+            self.seq_weight = nn.Parameter(torch.zeros(N_SEQUENCE_FEATURES))
         with torch.no_grad():
             for table in (self.user_emb, self.item_emb, self.hist_emb):
                 table.weight.normal_(0.0, init_std)
@@ -214,8 +255,16 @@ class DNNReranker(Reranker):
                 "upstream_net.2.bias": (1,),
                 "model_scale": (),
             }
+        if hp.get("sequence_top"):
+            top = hp["sequence_top"]
+            shapes |= {
+                "seq_successors": (items, top),
+                "seq_counts": (items, top),
+                "seq_totals": (items,),
+                "seq_weight": (N_SEQUENCE_FEATURES,),
+            }
         dtype = torch.get_default_dtype()
-        return {k: (shape, dtype) for k, shape in shapes.items()}
+        return {k: (shape, torch.int64 if k == "seq_successors" else dtype) for k, shape in shapes.items()}
 
     @property
     def dim(self) -> int:
@@ -226,6 +275,30 @@ class DNNReranker(Reranker):
     def n_upstream_features(self) -> int:
         """U of the upstream part (0 without one)."""
         return self._n_upstream
+
+    @torch.no_grad()
+    def set_transitions(self, successors: np.ndarray, counts: np.ndarray, totals: np.ndarray) -> None:
+        """Set the transition table (`models.sequence.transition_table` over this model's item rows).
+
+        Args:
+            successors: [n_items + 1, M] int64. counts: [n_items + 1, M] float32. totals: [n_items + 1].
+        """
+        if not self.sequence_top:
+            raise ValueError("this model has no transition table (sequence_top 0)")
+        shape = (self.n_items + 1, self.sequence_top)
+        if successors.shape != shape or counts.shape != shape or totals.shape != shape[:1]:
+            raise ValueError(f"a transition table of {shape} rows and columns expected")
+        self.seq_successors.copy_(torch.from_numpy(np.asarray(successors, dtype=np.int64)))
+        self.seq_counts.copy_(torch.from_numpy(np.asarray(counts, dtype=np.float32)))
+        self.seq_totals.copy_(torch.from_numpy(np.asarray(totals, dtype=np.float32)))
+
+    def sequence_features(self, history: Tensor, items: Tensor) -> Tensor:
+        """f [B, N, N_SEQUENCE_FEATURES] of candidates [B, N] after histories [B, H], from the table."""
+        return table_features((self.seq_successors, self.seq_counts, self.seq_totals), history, items)
+
+    def sequence_term(self, features: Tensor) -> Tensor:
+        """c . f: [B, N, N_SEQUENCE_FEATURES] -> [B, N] (before the scale a)."""
+        return features @ self.seq_weight
 
     def upstream_part(self, upstream: Tensor | None, like: Tensor) -> Tensor | None:
         """g(x) [B, N] of upstream features [B, N, U]; None without an upstream part or features."""
@@ -238,21 +311,44 @@ class DNNReranker(Reranker):
             )
         return self.upstream_net(upstream).squeeze(-1)
 
-    def forward(self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        user_vec: Tensor,
+        history: Tensor,
+        items: Tensor,
+        upstream: Tensor | None = None,
+        sequence: Tensor | None = None,
+    ) -> Tensor:
         """The sum of `score_parts`: [B, N]."""
-        parts = self.score_parts(user_vec, history, items, upstream)
-        s = parts["model"]
-        return s if "upstream" not in parts else s + parts["upstream"]
+        parts = self.score_parts(user_vec, history, items, upstream, sequence)
+        return cast(Tensor, sum(parts.values()))
 
     def score_parts(
-        self, user_vec: Tensor, history: Tensor, items: Tensor, upstream: Tensor | None = None
+        self,
+        user_vec: Tensor,
+        history: Tensor,
+        items: Tensor,
+        upstream: Tensor | None = None,
+        sequence: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """{"model": (scaled) user-item score, "upstream": upstream term (only with one and features)}."""
+        """{"model": (scaled) user-item score, "sequence": (scaled) transition term (with a table),
+        "upstream": upstream term (with an upstream part and features)}, each [B, N].
+
+        Args:
+            sequence: [B, N, N_SEQUENCE_FEATURES] features to use instead of the table's (a
+                trainer's, with the user's own transitions taken out).
+        """
         s = self.score(self.user_repr(user_vec, history), items)
+        parts = {"model": s}
+        if self.sequence_top:
+            f = self.sequence_features(history, items) if sequence is None else sequence
+            parts["sequence"] = self.sequence_term(f)
         if self._n_upstream:
-            s = self.model_scale * s
+            parts = {name: self.model_scale * part for name, part in parts.items()}
         g = self.upstream_part(upstream, s)
-        return {"model": s} if g is None else {"model": s, "upstream": g}
+        if g is not None:
+            parts["upstream"] = g
+        return parts
 
     @property
     def feature_vocab(self) -> list[str]:
@@ -326,6 +422,11 @@ class DNNReranker(Reranker):
             table.weight = nn.Parameter(torch.cat([w, mean]), requires_grad=w.requires_grad)
             table.num_embeddings = table.weight.shape[0]
         self.item_features = torch.cat([self.item_features, features])
+        if self.sequence_top:
+            # New items have no recorded successors, and nothing recorded leads to them.
+            self.seq_successors = torch.cat([self.seq_successors, self.seq_successors.new_zeros(k, self.sequence_top)])
+            self.seq_counts = torch.cat([self.seq_counts, self.seq_counts.new_zeros(k, self.sequence_top)])
+            self.seq_totals = torch.cat([self.seq_totals, self.seq_totals.new_zeros(k)])
         self.n_items += k
 
     def history_context(self, history: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ import orjson
 import torch
 
 from models.base import Reranker
+from models.sequence import fold_features
 from models.upstream import upstream_batch
 from streams.core.records import ContractError, parse_request
 from streams.core.scoring import SCORE_DECIMALS, rank_order
@@ -185,6 +186,8 @@ class ServedLists:
             (0 = unknown item or padding). upstream: [L, N, U] float32 `models.upstream` features.
         scores: [L, N] float64 raw upstream scores (NaN where absent or padding).
         labels: [L, N] float32 positive event weights (0 for the others). valid: [L, N] bool.
+        sequence: [L, N, S] float32 transition features (`with_sequence_features`); S = 0 until
+            set, and for a model without a transition table.
     """
 
     users: np.ndarray
@@ -194,6 +197,7 @@ class ServedLists:
     scores: np.ndarray
     labels: np.ndarray
     valid: np.ndarray
+    sequence: np.ndarray
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -258,7 +262,23 @@ def served_lists(
         if past.size:
             history[r, H - past.size :] = past
     upstream = upstream_batch([scores[r, : len(req.item_ids)] for r, req in enumerate(lists)], n)
-    return ServedLists(users, history, items, upstream, scores, labels, valid)
+    return ServedLists(users, history, items, upstream, scores, labels, valid, np.zeros((L, n, 0), np.float32))
+
+
+def with_sequence_features(
+    lists: ServedLists, tables: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+) -> ServedLists:
+    """The lists with transition features (`models.sequence`) from the fold tables of their
+    users (`fold_tables` over the sequences the model's table holds): a list's own user's steps,
+    the one to its answer among them, are not in the table its features come from, as a served
+    request's table never holds the step to an item its user has not taken yet."""
+    out = lists.take(np.arange(len(lists)))
+    with torch.no_grad():
+        feats = fold_features(
+            tables, torch.from_numpy(lists.users), torch.from_numpy(lists.history), torch.from_numpy(lists.items)
+        )
+    out.sequence = feats.numpy() * lists.valid[:, :, None]
+    return out
 
 
 def drop_pairs(lists: ServedLists, users: np.ndarray, items: np.ndarray) -> ServedLists:
@@ -278,6 +298,11 @@ def drop_pairs(lists: ServedLists, users: np.ndarray, items: np.ndarray) -> Serv
     return out.take(np.flatnonzero((out.labels > 0).any(axis=1)))
 
 
+def _sequence(lists: ServedLists) -> torch.Tensor | None:
+    """The lists' own transition features for the model, None when they have none."""
+    return torch.from_numpy(lists.sequence) if lists.sequence.shape[-1] else None
+
+
 def list_loss(model: Reranker, users: torch.Tensor, batch: ServedLists) -> torch.Tensor:
     """List-wise softmax loss over served lists: each list's positives, weighted by their labels,
     against every other candidate of the list.
@@ -287,7 +312,7 @@ def list_loss(model: Reranker, users: torch.Tensor, batch: ServedLists) -> torch
         batch: The lists, every one with a positive.
     """
     items = torch.from_numpy(batch.items)
-    s = model(users, torch.from_numpy(batch.history), items, torch.from_numpy(batch.upstream))
+    s = model(users, torch.from_numpy(batch.history), items, torch.from_numpy(batch.upstream), _sequence(batch))
     s = s.masked_fill(~torch.from_numpy(batch.valid), -torch.inf)
     y = torch.from_numpy(batch.labels)
     logp = torch.log_softmax(s, dim=1)
@@ -313,7 +338,9 @@ def list_scores(model: Reranker, lists: ServedLists, batch_size: int = 256) -> n
     for a in range(0, len(lists), batch_size):
         b = lists.take(np.arange(a, min(a + batch_size, len(lists))))
         users = uv[torch.from_numpy(b.users)]
-        s = model(users, torch.from_numpy(b.history), torch.from_numpy(b.items), torch.from_numpy(b.upstream))
+        s = model(
+            users, torch.from_numpy(b.history), torch.from_numpy(b.items), torch.from_numpy(b.upstream), _sequence(b)
+        )
         out.append(s.double().numpy())
     model.train(was_training)
     width = lists.items.shape[1]

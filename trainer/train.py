@@ -6,7 +6,7 @@ import inspect
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from models.artifact import ModelBundle, save_artifact
 from models.base import Reranker, get_model_class, training_stage_of
 from models.features import build_vocab, feature_rows
+from models.sequence import fold_features, fold_tables, transition_table
 from models.upstream import N_UPSTREAM_FEATURES
 from streams.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from trainer.data import (
@@ -39,6 +40,7 @@ from trainer.served import (
     list_loss,
     served_lists,
     split_newest,
+    with_sequence_features,
 )
 from trainer.validation import evaluate_split
 
@@ -87,6 +89,13 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     # 64 0.087 / 0.157, 128 0.085 (one seed). Without served lists it does nothing.
     "served_negatives": 64,
     "upstream_hidden": 16,
+    # Transition table (`models.sequence`, kinds that take one): successors kept per item, 0 =
+    # none; a successor up to this many steps later counts.
+    "sequence_top": 100,
+    "sequence_window": 3,
+    "sequence_lr": 3e-2,
+    # Examples learn the weights from tables of the users outside their fold (`fold_tables`).
+    "sequence_folds": 5,
     # Newest share of the labelled lists held out to stop the list-wise fit early.
     "served_val_share": 0.1,
     "served_lr": 1e-2,
@@ -142,6 +151,7 @@ def _batch_loss(
     weights: torch.Tensor,
     negs: torch.Tensor,
     hp: Mapping[str, Any],
+    sequence: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted loss of one batch.
 
@@ -149,6 +159,8 @@ def _batch_loss(
         users: [B] user rows; hist: [B, H] history rows; items: [B] event items;
         labels: [B] 1 positive / 0 explicit negative; weights: [B] |event weight|;
         negs: [B, K] sampled negative item rows.
+        sequence: [B, 1 + K, S] transition features of the event item and the negatives, for a
+            model with a transition table.
 
     Returns:
         Scalar loss: positives against their sampled negatives, explicit negatives pushed down
@@ -157,6 +169,8 @@ def _batch_loss(
     u = model.user_repr(model.embed_users(users), hist)
     cand = torch.cat([items.unsqueeze(1), negs], dim=1)
     s = model.score(u, cand)
+    if sequence is not None:
+        s = s + cast(Any, model).sequence_term(sequence)
     if hp["loss"] == "softmax":
         pos_loss = torch.logsumexp(s, dim=1) - s[:, 0]
     elif hp["loss"] == "bce":
@@ -212,8 +226,12 @@ def _fit(
     log: Callable[[str], None],
     epochs: int,
     served: ServedLists | None = None,
+    train_seqs: Sequence[Sequence[tuple[int, float]]] = (),
 ) -> tuple[int, dict[str, float], int]:
     """Train `model` in place for up to `epochs` epochs.
+
+    A model with a transition table learns its weights here, each example's features from a
+    table of ``train_seqs`` (the sequences the examples come from) without its own user's.
 
     With `served` lists and ``served_weight`` > 0, each step also takes a share of the lists (all
     of them once per epoch) and adds ``served_weight`` x their list-wise loss, the free user
@@ -235,12 +253,19 @@ def _fit(
     weights_t = torch.from_numpy(ex.weights)
     # int32 on the host; each batch is widened on its own, not the whole [E, H] matrix at once.
     hist_t = torch.from_numpy(ex.history)
-    opt = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    # The transition weights are two numbers that start at zero: at the embeddings' step size
+    # they would still be growing when the embeddings stop improving.
+    seq_params = [p for name, p in model.named_parameters() if name == "seq_weight"]
+    rest = [p for name, p in model.named_parameters() if name != "seq_weight"]
+    groups: list[dict[str, Any]] = [{"params": rest}, {"params": seq_params, "lr": float(hp["sequence_lr"])}]
+    opt = torch.optim.Adam(groups, lr=float(hp["lr"]))
     served_weight = float(hp["served_weight"]) if served is not None else 0.0
     n_lists = len(served) if served is not None and served_weight > 0 else 0
     list_bs = math.ceil(n_lists / max(1, math.ceil(n / bs))) if n_lists else 0
     M = int(hp.get("served_negatives", 0))
     pools = hard_negative_pools(served) if served is not None and M > 0 else None
+    # Examples learn the transition weights from the tables of the other users (`fold_tables`).
+    tables = _transitions(model, train_seqs, hp, folds=True) if getattr(model, "sequence_top", 0) else None
     best_epoch, best_metrics, best_ndcg, best_state = 0, {}, -math.inf, None
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -260,7 +285,12 @@ def _fit(
             if pools is not None:
                 hard = torch.from_numpy(draw_hard_negatives(pools, ex.users[idx.numpy()], M, rng, n_items))
                 negs = torch.cat([negs, torch.where(hard == items.unsqueeze(1), hard % n_items + 1, hard)], dim=1)
-            loss = _batch_loss(model, users_t[idx], hist_t[idx].long(), items, labels_t[idx], weights_t[idx], negs, hp)
+            hist = hist_t[idx].long()
+            sequence = None
+            if tables is not None:
+                with torch.no_grad():
+                    sequence = fold_features(tables, users_t[idx], hist, torch.cat([items.unsqueeze(1), negs], 1))
+            loss = _batch_loss(model, users_t[idx], hist, items, labels_t[idx], weights_t[idx], negs, hp, sequence)
             rows = list_perm[step * list_bs : (step + 1) * list_bs]
             if served is not None and rows.size:
                 lists = served.take(rows)
@@ -285,6 +315,18 @@ def _fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return best_epoch, best_metrics, epoch
+
+
+def _transitions(
+    model: Reranker, sequences: Sequence[Sequence[tuple[int, float]]], hp: Mapping[str, Any], *, folds: bool = False
+) -> Any:
+    """The `models.sequence.transition_table` of the positives of ``sequences`` for this model,
+    or with ``folds`` its `fold_tables` (by user row)."""
+    positives = [[i for i, w in seq if w > 0] for seq in sequences]
+    window, top = int(model.hparams["sequence_window"]), int(model.hparams["sequence_top"])
+    if folds:
+        return fold_tables(positives, model.n_items, window=window, top=top, folds=int(hp["sequence_folds"]))
+    return transition_table(positives, model.n_items, window=window, top=top)
 
 
 def _upstream_params(model: Reranker) -> torch.nn.ModuleList:
@@ -557,6 +599,9 @@ def train_model(
         model = cls(data.n_users, data.n_items, **kwargs)
         if features is not None:
             model.set_item_features(torch.arange(1, data.n_items + 1), torch.from_numpy(features))
+        if getattr(model, "sequence_top", 0):
+            # The validation carve-out's items stay out of the table while it measures the model.
+            cast(Any, model).set_transitions(*_transitions(model, train_seqs, hp))
         warm: dict[str, int] = {}
         # With no item in common the serving model's other weights fit none of these items.
         if (
@@ -571,7 +616,9 @@ def train_model(
         if served is not None:
             # Trained on the lists alone, after the rest (`_fit_upstream`).
             _upstream_params(model).requires_grad_(False)
-        best_epoch, best_metrics, epochs_run = _fit(model, ex, val, hp, rng, log, int(hp["max_epochs"]), served)
+        best_epoch, best_metrics, epochs_run = _fit(
+            model, ex, val, hp, rng, log, int(hp["max_epochs"]), served, train_seqs
+        )
         stage_info: dict[str, Any] = {}
         if stage is not None:
             pre_epochs, pre_seconds = epochs_run, time.perf_counter() - t0
@@ -590,8 +637,17 @@ def train_model(
             }
             epochs_run = stage_info.pop("epochs")
         model.fill_unknown_rows()
+        if getattr(model, "sequence_top", 0):
+            # Served, the table holds everything the model was trained from.
+            cast(Any, model).set_transitions(*_transitions(model, data.sequences, hp))
+            log(f"transition table: weights {[round(w, 4) for w in cast(Any, model).seq_weight.tolist()]}")
         served_metrics: dict[str, Any] = {}
         if served is not None:
+            if getattr(model, "sequence_top", 0):
+                tables = _transitions(model, data.sequences, hp, folds=True)
+                served = with_sequence_features(served, tables)
+                if served_val is not None:
+                    served_val = with_sequence_features(served_val, tables)
             served_metrics = _fit_upstream(model, served, served_val, hp, rng, log)
         model.eval()
         model.requires_grad_(False)

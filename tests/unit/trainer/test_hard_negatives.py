@@ -28,6 +28,7 @@ def lists() -> ServedLists:
         scores=np.full((n, w), np.nan),
         labels=labels,
         valid=valid,
+        sequence=np.zeros((n, w, 0), dtype=np.float32),
     )
 
 

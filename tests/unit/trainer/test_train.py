@@ -221,7 +221,9 @@ def test_warm_started_training_converges_on_planted_data(artifact: Path, world: 
     events = generate_events(world, 400, seed=10)
     _, cold_info = train_model(events, seed=2, log=lambda line: None)
     _, warm_info = train_model(events, seed=2, warm_from=serving, log=lambda line: None)
-    assert warm_info["metrics"]["ndcg@10"] >= cold_info["metrics"]["ndcg@10"] - 0.02
+    # 50 validation users: between seeds a cold start's NDCG@10 alone moves by 0.03-0.05
+    # (0.570-0.631 over seeds 3-6), so closer than that says nothing.
+    assert warm_info["metrics"]["ndcg@10"] >= cold_info["metrics"]["ndcg@10"] - 0.05
     assert warm_info["metrics"]["ndcg@10"] > 0.5
     # It starts near the end: early stopping needs fewer epochs.
     assert warm_info["training"]["epochs"] <= cold_info["training"]["epochs"]
