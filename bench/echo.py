@@ -10,7 +10,12 @@ With ``--wait-ack`` each send waits for the broker's acknowledgement before the
 next request is handled (the naive echo); without it sends are queued and the
 producer pipelines them, as the worker's faust producer does.
 
+With ``--also-read TOPIC`` the same consumer also reads TOPIC from its end and
+drops what arrives: one fetch then covers both topics, as the worker's covers
+requests and events, so the broker's cost of a topic holding a history shows.
+
     python -m bench.echo --broker HOST:PORT [--fetch-wait-ms 5] [--linger-ms 1] [--wait-ack]
+        [--also-read user-events]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ async def echo(
     linger_ms: float,
     stop: asyncio.Event,
     wait_ack: bool = False,
+    also_read: str | None = None,
 ) -> int:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -46,13 +52,18 @@ async def echo(
     )
     await consumer.start()
     await producer.start()
-    consumer.assign([TopicPartition(requests_topic, p) for p in range(partitions)])
+    others = [TopicPartition(also_read, p) for p in range(partitions)] if also_read else []
+    consumer.assign([TopicPartition(requests_topic, p) for p in range(partitions)] + others)
+    if others:
+        await consumer.seek_to_end(*others)
     print("echo: ready", flush=True)
     handled = 0
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=100)
-            for records in batches.values():
+            for tp, records in batches.items():
+                if tp.topic != requests_topic:
+                    continue
                 for record in records:
                     request = orjson.loads(record.value)
                     key = str(request.get("user_id", "")).encode() or record.key
@@ -81,6 +92,7 @@ def main() -> None:
         action="store_true",
         help="wait for each result's acknowledgement before the next (the naive echo)",
     )
+    ap.add_argument("--also-read", help="a topic the consumer also reads, from its end, and drops")
     a = ap.parse_args()
 
     async def run() -> int:
@@ -89,7 +101,15 @@ def main() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await echo(
-            a.broker, a.requests_topic, a.results_topic, a.partitions, a.fetch_wait_ms, a.linger_ms, stop, a.wait_ack
+            a.broker,
+            a.requests_topic,
+            a.results_topic,
+            a.partitions,
+            a.fetch_wait_ms,
+            a.linger_ms,
+            stop,
+            a.wait_ack,
+            a.also_read,
         )
 
     handled = asyncio.run(run())

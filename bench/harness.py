@@ -57,7 +57,8 @@ DEFAULT_WORK = REPO / "var" / "bench"
 # The load generator's result consumer keeps the project's default fetch wait whatever the
 # service under test uses, so a change of the worker's settings never changes the client.
 CLIENT_FETCH_WAIT_MS = 5
-TARGETS = ("worker", "echo", "echo-naive")
+# "echo-naive-events": the naive echo whose consumer also reads the events topic (from its end).
+TARGETS = ("worker", "echo", "echo-naive", "echo-naive-events")
 
 
 def say(line: str) -> None:
@@ -321,7 +322,7 @@ def start_worker(
     return Service(f"worker-{index}", process, log_path, metrics_port, data_dir)
 
 
-def start_echo(bootstrap: str, workdir: Path, settings: Settings, *, naive: bool) -> Service:
+def start_echo(bootstrap: str, workdir: Path, settings: Settings, *, naive: bool, events: bool = False) -> Service:
     log_path = workdir / "echo.log"
     cmd = [
         sys.executable,
@@ -338,6 +339,8 @@ def start_echo(bootstrap: str, workdir: Path, settings: Settings, *, naive: bool
     ]
     if naive:
         cmd.append("--wait-ack")
+    if events:
+        cmd += ["--also-read", settings.events_topic]
     process = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
     return Service("echo-naive" if naive else "echo", process, log_path)
 
@@ -604,7 +607,15 @@ def measure(bw: BenchWorld, cfg: RunConfig, rate: float, work: Path) -> dict[str
                     record["state_events"] = len(events)
                     record["state_events_s"] = round(done - started, 2)
             else:
-                services = [start_echo(broker.bootstrap, run_dir, settings, naive=cfg.target == "echo-naive")]
+                services = [
+                    start_echo(
+                        broker.bootstrap,
+                        run_dir,
+                        settings,
+                        naive=cfg.target.startswith("echo-naive"),
+                        events=cfg.target == "echo-naive-events",
+                    )
+                ]
                 ok = asyncio.run(
                     probe(
                         broker.bootstrap,
