@@ -108,6 +108,19 @@ class Reranker(nn.Module):
         ignores the upstream order, and callers need not compute them."""
         return 0
 
+    def numpy_scores(
+        self,
+        user_vec: np.ndarray,
+        history: np.ndarray,
+        items: np.ndarray,
+        upstream: np.ndarray | None,
+        cache: dict[str, Any],
+    ) -> np.ndarray | None:
+        """`forward` without torch, for serving (same arguments as numpy arrays; ``cache`` as in
+        `online_vectors`), or None for a kind without such a path: callers then use `forward`.
+        A kind's version must agree with `forward` to float32 rounding."""
+        return None
+
     def forward(
         self,
         user_vec: Tensor,

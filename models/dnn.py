@@ -22,6 +22,7 @@ from models.dnn_numpy import (
     item_terms_batch,
     numpy_params,
     score_and_grad_batch_np,
+    scores_np,
 )
 from models.sequence import N_SEQUENCE_FEATURES, table_features
 
@@ -511,6 +512,25 @@ class DNNReranker(Reranker):
         self.user_emb.weight[0].zero_()
         self.hist_emb.weight[0].zero_()
 
+    def _numpy_params(self, cache: dict[str, Any]) -> dict[str, Any]:
+        """`numpy_params` of this model, kept in ``cache``."""
+        p = cache.get("dnn_numpy_params")
+        if p is None:
+            p = cache["dnn_numpy_params"] = numpy_params(self)
+        return p
+
+    def numpy_scores(
+        self,
+        user_vec: np.ndarray,
+        history: np.ndarray,
+        items: np.ndarray,
+        upstream: np.ndarray | None,
+        cache: dict[str, Any],
+    ) -> np.ndarray | None:
+        """`forward` in numpy (`models.dnn_numpy.scores_np`), for serving; the eval-mode forward
+        (no dropout)."""
+        return scores_np(self._numpy_params(cache), user_vec, history, items, upstream)
+
     def online_vectors(
         self,
         vecs: np.ndarray,
@@ -540,9 +560,7 @@ class DNNReranker(Reranker):
         Returns:
             [B, D] float32 new vectors (`vecs` itself).
         """
-        p = cache.get("online_dnn_params")
-        if p is None:
-            p = cache["online_dnn_params"] = numpy_params(self)
+        p = self._numpy_params(cache)
         # u = vec + ctx with ctx fixed, so dLoss/dvec = dLoss/du.
         ctx = history_context_batch_np(p, histories)
 

@@ -1,5 +1,6 @@
 """Numpy twins of `DNNReranker`'s scoring for the online update: scores and a hand-derived
-gradient w.r.t. the user representation, for B users at once.
+gradient w.r.t. the user representation, for B users at once; and `scores_np`, the whole
+forward for serving.
 
 Why not torch: the online update must give a user's vector the same bits whether its event is
 updated alone or inside a batch of any size (the worker batches what has arrived, so a replay with
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from models.sequence import RECENT_ITEMS
 
 if TYPE_CHECKING:
     from models.dnn import DNNReranker
@@ -59,6 +62,15 @@ def numpy_params(model: DNNReranker) -> dict[str, Any]:
         "hidden": [(f(layer.weight), f(layer.bias)) for layer in model.mlp[1:]],
         "history_len": model.history_len,
         "dim": d,
+        # For `scores_np` (serving): the parts after the user-item score.
+        "scale": float(model.model_scale.detach()) if model.n_upstream_features else 1.0,
+        "upstream": [(f(model.upstream_net[i].weight), f(model.upstream_net[i].bias)) for i in (0, 2)]
+        if model.n_upstream_features
+        else [],
+        "table": tuple(t.numpy() for t in (model.seq_successors, model.seq_counts, model.seq_totals))
+        if model.sequence_top
+        else None,
+        "seq_weight": f(model.seq_weight) if model.sequence_top else None,
     }
 
 
@@ -142,3 +154,45 @@ def score_and_grad_batch_np(
     # gx is now dLoss/d(first-layer output), [B, N, h1].
     grad_u += np.matmul(gx.sum(axis=1)[:, None, :], p["w_u"])[:, 0] + (np.matmul(gx, p["w_m"]) * q).sum(axis=1)
     return s, grad_u
+
+
+def transition_features_np(p: dict[str, Any], histories: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """`models.sequence.table_features` of B users' candidates: [B, H], [B, N] -> [B, N, 2]."""
+    successors, counts, totals = p["table"]
+    top = successors.shape[1]
+    recent = histories[:, -RECENT_ITEMS:][:, ::-1]
+    b, k = recent.shape
+    pair = np.zeros((b, k, items.shape[1]), dtype=np.float32)
+    for r in range(b):
+        for j, src in enumerate(recent[r].tolist()):
+            if src <= 0 or totals[src] <= 0:
+                continue
+            row = successors[src]
+            at = np.minimum(np.searchsorted(row, items[r]), top - 1)
+            found = (row[at] == items[r]) & (items[r] > 0)
+            pair[r, j] = counts[src][at] * found
+    tot = totals[recent]
+    present = tot > 0
+    share = pair / np.maximum(tot, 1e-12)[:, :, None] * present[:, :, None]
+    recent_share = share.sum(axis=1) / np.maximum(present.sum(axis=1, keepdims=True), 1)
+    return np.log1p(top * np.stack([share[:, 0], recent_share], axis=-1)).astype(np.float32)
+
+
+def scores_np(
+    p: dict[str, Any], user_vecs: np.ndarray, histories: np.ndarray, items: np.ndarray, upstream: np.ndarray | None
+) -> np.ndarray:
+    """`DNNReranker.forward` in numpy: [B, D], [B, H], [B, N], [B, N, U] or None -> [B, N] float32.
+
+    A request's forward in torch is some forty small operator calls, each with a fixed cost that
+    a [1, 100] batch does not amortise; here it is a dozen numpy calls. Scores agree with torch's
+    to float32 rounding (tests/unit/models/test_dnn_numpy_scores.py states the tolerance).
+    """
+    u = user_vecs + history_context_batch_np(p, histories)
+    s, _ = score_and_grad_batch_np(p, u, items)
+    if p["table"] is not None:
+        s = s + transition_features_np(p, histories, items) @ p["seq_weight"]
+    s = p["scale"] * s
+    if p["upstream"] and upstream is not None:
+        (w0, b0), (w2, b2) = p["upstream"]
+        s = s + (np.maximum(upstream @ w0.T + b0, 0.0) @ w2.T + b2)[:, :, 0]
+    return s.astype(np.float32, copy=False)

@@ -84,12 +84,15 @@ def _model_scores(bundle: ModelBundle, inputs: Sequence[ScoringInput]) -> np.nda
         items[row, : len(request.candidates)] = [index.get(c, 0) for c in request.candidates]
     users = np.stack([x.user_vector for x in inputs]).astype(np.float32, copy=False)
     histories = np.stack([x.history for x in inputs])
-    args = [torch.from_numpy(users), torch.from_numpy(histories), torch.from_numpy(items)]
     # Only a model with an upstream part pays for the features.
-    if getattr(bundle.model, "n_upstream_features", 0):
-        args.append(torch.from_numpy(upstream_batch([x.upstream for x in inputs], width)))
-    with torch.inference_mode():
-        scores = bundle.model(*args).numpy()
+    upstream = upstream_batch([x.upstream for x in inputs], width) if bundle.model.n_upstream_features else None
+    scores = bundle.model.numpy_scores(users, histories, items, upstream, bundle.cache)
+    if scores is None:
+        args = [torch.from_numpy(users), torch.from_numpy(histories), torch.from_numpy(items)]
+        if upstream is not None:
+            args.append(torch.from_numpy(upstream))
+        with torch.inference_mode():
+            scores = bundle.model(*args).numpy()
     # The same item can score a few ulps differently at another position or in
     # another batch (vectorised kernels); rounding makes equal scores equal, so
     # ties break by the rules below and live and offline scoring agree.

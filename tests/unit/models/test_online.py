@@ -270,6 +270,6 @@ def test_dnn_keeps_its_numpy_weights_in_the_bundles_cache(bundle: ModelBundle) -
     b = dataclasses.replace(bundle, cache={})
     vecs, hists, items, weights, seeds = random_events(b, 4, seed=6)
     first = online_update_batch(b, vecs, hists, items, weights, seeds, steps=1, lr=0.05, n_negatives=4)
-    params = b.cache["online_dnn_params"]
+    params = b.cache["dnn_numpy_params"]
     again = online_update_batch(b, vecs, hists, items, weights, seeds, steps=1, lr=0.05, n_negatives=4)
-    assert b.cache["online_dnn_params"] is params and np.array_equal(first, again)
+    assert b.cache["dnn_numpy_params"] is params and np.array_equal(first, again)

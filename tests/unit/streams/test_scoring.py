@@ -54,9 +54,16 @@ def test_size_groups_bound_the_padding_and_keep_every_request_once() -> None:
 def test_one_large_request_does_not_pad_the_small_ones(bundle) -> None:  # type: ignore[no-untyped-def]
     cells: list[tuple[int, int]] = []
 
-    def spy(users, histories, items):  # type: ignore[no-untyped-def]
-        cells.append(tuple(items.shape))
-        return bundle.model(users, histories, items)
+    class Spy:
+        """The model, recording the shape of each batch it scores."""
+
+        n_upstream_features = bundle.model.n_upstream_features
+
+        def numpy_scores(self, users, histories, items, upstream, cache):  # type: ignore[no-untyped-def]
+            cells.append(tuple(items.shape))
+            return bundle.model.numpy_scores(users, histories, items, upstream, cache)
+
+    spy = Spy()
 
     users = list(bundle.user_index)
     items = bundle.item_ids[1:]
