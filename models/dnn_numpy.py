@@ -38,7 +38,10 @@ def numpy_params(model: DNNReranker) -> dict[str, Any]:
         "proj_w" [D, D], "proj_b" [D], "item_emb" [I+1, D], "item_bias" [I+1], "w_u", "w_q",
         "w_m" [h1, D] and "b1" [h1] (the first MLP layer split by input block; h1 = 1 when the
         MLP has no hidden layer) and "hidden": list of (weight [out, in], bias [out]) for the
-        later layers, the final one included.
+        later layers, the final one included; for `scores_np`: "scale" (the user-item scale a, 1
+        without an upstream part), "upstream" (the upstream MLP's two (weight, bias) layers, or
+        []), "table" ((successors, counts, totals) of the transition table, or None) and
+        "seq_weight" [N_SEQUENCE_FEATURES] (or None).
     """
     f = lambda t: t.detach().cpu().numpy().astype(np.float32, copy=True)
     logits = f(model.pos_logits)
