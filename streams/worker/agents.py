@@ -130,9 +130,10 @@ def register_agents(app: RerankerApp, settings: Settings, topics: Topics, proces
     """The worker's consuming paths on ``app``: both input topics are subscribed without a faust
     stream (its consumer hands their messages over per fetch), and tasks apply the events and
     answer the requests."""
+    results = app.own_producer(settings.results_topic)
     sender = OutputSender(
         {
-            settings.results_topic: topics.results,
+            settings.results_topic: results,
             settings.dead_letter_topic: topics.dead_letters,
             # Inputs found on the wrong partition go back to their own (Processor._misplaced).
             settings.events_topic: topics.events,
@@ -142,7 +143,15 @@ def register_agents(app: RerankerApp, settings: Settings, topics: Topics, proces
         processor.error_result,
     )
     events = EventsPath(app, settings, processor, table, sender, app.fetch_log)
-    gate = RequestGate(settings, processor, sender, app.fetch_log, events.applied, partial(ack_messages_of, app))
+    gate = RequestGate(
+        settings,
+        processor,
+        sender,
+        app.fetch_log,
+        events.applied,
+        partial(ack_messages_of, app),
+        delivery_time=results.ack_time,
+    )
     events.gate = gate
     for topic, sink in ((topics.events, events.deliver), (topics.requests, gate.deliver)):
         app.topics.add(topic)

@@ -40,6 +40,10 @@ def _acks(value: Any) -> int:
     return -1 if str(value) == "all" else int(value)
 
 
+# Records the consumer decodes and hands over per call (``max.poll.records`` overrides it): it runs on
+# the event loop, so a fetch of a backlog is taken a bounded slice at a time.
+MAX_POLL_RECORDS = 1000
+
 # Kafka client properties (the *_extra_config settings) that faust's app settings can carry to its
 # aiokafka consumer and producer, with the conversion to faust's unit. Others have no equivalent
 # there, or are settings of their own (session, heartbeat, fetch wait, linger, security), and are
@@ -149,6 +153,7 @@ def build_worker(
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_linger=settings.producer_linger_ms / 1000.0,
+        broker_max_poll_records=MAX_POLL_RECORDS,
         # faust's default (1,000,000) is below max_message_bytes: a result of a large request, or
         # a dead letter of one, was refused and the worker stopped answering.
         producer_max_request_size=settings.worker_max_request_bytes(),
@@ -161,6 +166,7 @@ def build_worker(
 
         torch.set_num_threads(settings.torch_threads)
     app.fetch_wait_ms = settings.consumer_fetch_wait_ms
+    app.priority_topics = {settings.requests_topic}
     app.verify_end_offsets = settings.verify_end_offsets
     topics = define_topics(app, settings)
     table = define_user_state_table(app, settings)

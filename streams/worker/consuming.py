@@ -40,6 +40,13 @@ RETRY_S = 1.0
 # long behind the events path. The chunk size follows the measured cost per event.
 CHUNK_TARGET_S = 0.02
 MIN_CHUNK = 32
+# Answers whose time from release to sent is remembered, and the most of the bound that the
+# longest of them may take off a wait.
+ANSWER_TIMES_KEPT = 64
+ANSWER_SHARE_MAX = 0.1
+# How far ahead of a chunk held requests' deadlines are looked at: the chunk's own time, and as
+# much again for what runs before the next look (a slice of fetched records, the chunk's sends).
+DEADLINE_LOOKAHEAD_S = 2 * CHUNK_TARGET_S
 # Most buffered events looked at to fill one chunk when some partitions wait for a request.
 SCAN_FACTOR = 4
 
@@ -102,8 +109,10 @@ class RequestGate:
         fetch_log: FetchLog,
         applied: Callable[[int], int | None],
         ack: Callable[[list[Message]], None],
+        delivery_time: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.settings = settings
+        self.delivery_time = delivery_time
         self.processor = processor
         self.sender = sender
         self.fetch_log = fetch_log
@@ -114,6 +123,14 @@ class RequestGate:
         # Requests handed over and not yet taken in: taken before the next chunk of events.
         self.inbox: deque[Message] = deque()
         self.has_requests = asyncio.Event()
+        # How long the latest answers took from release to sent; with the results' recent time from
+        # sent to acknowledged (``delivery_time``), a wait ends that much before its bound, so the
+        # answer (not only the end of the wait) is on the broker within read_barrier_max_ms.
+        self.answer_times: deque[float] = deque(maxlen=ANSWER_TIMES_KEPT)
+
+    def answer_time(self) -> float:
+        taken = max(self.answer_times, default=0.0) + self.delivery_time()
+        return min(taken, self.settings.read_barrier_max_ms / 1000.0 * ANSWER_SHARE_MAX)
 
     def deliver(self, messages: list[Message]) -> None:
         """The consumer's hand-over of one fetch's requests (runs on the event loop)."""
@@ -182,9 +199,12 @@ class RequestGate:
         self.barrier.fix_targets(self.fetched)
         return self.barrier.limits()
 
-    async def answer_ready(self) -> None:
+    async def answer_ready(self, lookahead: float = 0.0) -> None:
+        """Answer the held requests whose events are applied, and those whose wait runs out
+        within ``lookahead`` seconds (stale): the caller is about to hold the loop that long."""
         now = asyncio.get_running_loop().time()
-        ready, stale = self.barrier.release(self.fetched, self.applied, now)
+        ahead = lookahead + self.answer_time()
+        ready, stale = self.barrier.release(self.fetched, self.applied, now + ahead)
         if not ready and not stale:
             return
         released: list[tuple[Held[Message], bool]] = [(h, False) for h in ready] + [(h, True) for h in stale]
@@ -196,8 +216,10 @@ class RequestGate:
         for _, _, waited in items:
             if waited is not None:
                 metrics.read_barrier_wait.observe(waited)
+        t0 = time.perf_counter()
         outputs = self.processor.process([in_message(m, stale=s) for m, s, _ in items])
         await self.sender.send_all(outputs)
+        self.answer_times.append(time.perf_counter() - t0)
         self.ack([m for m, _, _ in items])
 
     async def run(self) -> None:
@@ -300,6 +322,10 @@ class EventsPath:
                 await self.gate.take_in()
             chunk = self._take()
             if chunk:
+                if self.gate is not None:
+                    # A request whose wait would run out while the chunk holds the loop is answered
+                    # now: after the chunk it would be late by the chunk's time.
+                    await self.gate.answer_ready(lookahead=DEADLINE_LOOKAHEAD_S)
                 started = time.perf_counter()
                 try:
                     await self._apply(chunk)

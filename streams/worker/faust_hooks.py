@@ -26,6 +26,15 @@ The consuming path of the worker (streams/worker/consuming.py):
   (``_Consumer._drain_messages``). Behind a backlog of events, faust's way let requests in only a
   few per turn of a busy loop, slower than they came (measured: 70-160 of 200 a second, their
   age at arrival growing to seconds); other topics still go faust's way.
+* faust runs its aiokafka consumer in a thread of its own, with its own event loop: every fetch
+  then crossed threads twice (a call into the consumer's loop, its result back) and both threads
+  took turns at the GIL, so the consumer's socket writes waited for the scoring and the scoring for
+  them (py-spy at 200 requests/s: 15% of the worker's samples in those writes and wake-ups). The
+  consumer service runs on the app's loop instead (``_ConsumerThread.start``, ``call_thread``); its
+  records are decoded there, ``broker_max_poll_records`` at a time, the requests topic's first
+  (``RerankerApp.priority_topics``), so a backlog's fetch is never one long hold of the loop.
+* Results go through a producer of their own (``OwnProducer``), flushed before each commit like
+  faust's: faust's producer also carries the changelog, and a result waited behind it.
 * Read-your-writes needs, per partition, the high watermark of a fetch response handled after a
   request arrived. aiokafka keeps only the newest one, without saying which response set it, so
   the fetcher's response handler is wrapped to number the responses (``FetchLog``).
@@ -44,11 +53,14 @@ import os
 import signal
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import aiokafka
 import faust
+import mode
 from aiokafka import TopicPartition
 from faust import streams as faust_streams
 from faust.auth import SASLCredentials, SSLCredentials
@@ -161,9 +173,64 @@ def watch_fetches(fetcher: Any, log_: FetchLog) -> None:
     log_.active = True
 
 
+class _SameLoop:
+    """Stands in for mode's ``WorkerThread`` of a consumer that runs on the app's loop."""
+
+    def stop(self) -> None:
+        return None
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms: ClassVar[int] = 1500
     verify_end_offsets: ClassVar[bool] = True
+
+    async def start(self) -> None:
+        """mode's ``ServiceThread.start`` without the thread: the service runs on the app's loop."""
+        assert not self._thread_started.is_set()
+        self._thread_started.set()
+        self._thread_running = asyncio.Future(loop=self.parent_loop)
+        self._thread = _SameLoop()  # type: ignore[assignment]
+        self._serving = asyncio.ensure_future(self._serve(), loop=self.parent_loop)
+        try:
+            if not self.should_stop and self.wait_for_thread:
+                await self._thread_running
+        finally:
+            self._thread_running = None
+
+    async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        result = fun(*args, **kwargs)
+        return await result if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future) else result
+
+    async def cast_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        result = fun(*args, **kwargs)
+        if asyncio.iscoroutine(result):
+            self.add_future(result)
+
+    async def _gather_remaining_tasks(self) -> None:
+        # The loop is the app's: its other tasks are not this service's to cancel.
+        return None
+
+    async def _fetch_records(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Mapping[Any, list[Any]]:
+        """The priority topics' records first and whole, then up to ``max_records`` of the rest."""
+        topics: set[str] = getattr(self.app, "priority_topics", set())
+        # None or empty: every assigned partition (aiokafka's ``fetched_records``).
+        partitions = active_partitions or consumer.assignment()
+        priority = {tp for tp in partitions if tp.topic in topics}
+        if not priority:
+            return await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        first = dict(await super()._fetch_records(consumer, priority, timeout=0, max_records=None))
+        rest = await super()._fetch_records(
+            consumer, active_partitions, timeout=0 if first else timeout, max_records=max_records
+        )
+        for tp, records in rest.items():
+            first[tp] = first.get(tp, []) + list(records)
+        return first
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -203,7 +270,7 @@ class _Consumer(faust_aiokafka.Consumer):
     thread_class: ClassVar[type[_ConsumerThread]] = _ConsumerThread
 
     def _new_consumer_thread(self) -> _ConsumerThread:
-        return self.thread_class(self, loop=self.loop, beacon=self.beacon)
+        return self.thread_class(self, loop=self.loop, thread_loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - faust's loop, see below
         """faust's ``Consumer._drain_messages`` (faust-streaming 0.11), with the messages of each
@@ -273,6 +340,13 @@ class _Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(fetching)
+
+    async def _commit_offsets(self, offsets: Mapping[Any, int], start_new_transaction: bool = True) -> bool:
+        """faust flushes its producer before it commits; the results' own producer is flushed too,
+        so no offset is committed before the outputs of what it covers are delivered."""
+        for producer in getattr(self.app, "own_producers", ()):
+            await producer.flush()
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
     def pause_fetching(self, tp: TP) -> None:
         """Stop fetching ``tp`` (faust's own flow control for a full stream buffer)."""
@@ -361,6 +435,74 @@ class PromptTableManager(TableManager):
             await self.recovery.start()
 
 
+# Sends whose time to acknowledgement an own producer remembers.
+ACK_TIMES_KEPT = 64
+
+
+class OwnProducer(mode.Service):
+    """An aiokafka producer of its own for one output topic, made like faust's (same client
+    settings and credentials, ``Producer._new_producer``) and flushed before every commit.
+
+    faust's producer also carries the table's changelog and the events path's outputs. aiokafka
+    sends one produce request at a time per broker and appends to a partition's batch only while
+    it is not full, so during a backlog a result waited behind megabytes of changelog (measured:
+    up to 180 ms in ``send``, then as long again to the broker). On a connection of its own a
+    result is behind other results only.
+    """
+
+    def __init__(self, app: faust.App, topic: str, **kwargs: Any) -> None:
+        super().__init__(loop=app.loop, **kwargs)
+        self.app = app
+        self.topic = topic
+        self._producer: aiokafka.AIOKafkaProducer | None = None
+        # Seconds from send to the broker's acknowledgement of the latest messages.
+        self.ack_times: deque[float] = deque(maxlen=ACK_TIMES_KEPT)
+
+    def ack_time(self) -> float:
+        """The longest of the latest sends' times to acknowledgement (0 before any)."""
+        return max(self.ack_times, default=0.0)
+
+    def _acked(self, handed: float, delivery: asyncio.Future[Any]) -> None:
+        if not delivery.cancelled() and delivery.exception() is None:
+            self.ack_times.append(self.loop.time() - handed)
+
+    async def on_start(self) -> None:
+        faust_producer: Any = self.app.producer  # faust's aiokafka Producer (``_new_producer``)
+        settings = {
+            **faust_producer._settings_default(),
+            **faust_producer._settings_auth(),
+            **faust_producer._settings_extra(),
+        }
+        # aiokafka keeps one open batch per partition; at faust's 16 KiB (three results of 100
+        # candidates) the results answered together went out in several round trips.
+        settings["max_batch_size"] = max(settings["max_batch_size"], settings["max_request_size"])
+        self._producer = aiokafka.AIOKafkaProducer(**settings)
+        await self._producer.start()
+
+    async def on_stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()  # sends what it holds first
+
+    async def flush(self) -> None:
+        if self._producer is not None:
+            await self._producer.flush()
+
+    async def send(
+        self, *, key: bytes | None, value: bytes, partition: int | None = None, timestamp: float | None = None
+    ) -> asyncio.Future[Any]:
+        """Hands the message to the producer; returns the future of its delivery."""
+        if self._producer is None:
+            raise RuntimeError(f"the producer of {self.topic} is not running")
+        timestamp_ms = int(timestamp * 1000) if timestamp is not None else None
+        handed = self.loop.time()
+        delivery = await self._producer.send(
+            self.topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms
+        )
+        delivery.add_done_callback(partial(self._acked, handed))
+        return delivery
+
+
 class RerankerApp(faust.App):
     """faust.App whose consumer has the settings above (``_new_transport`` is faust's factory)."""
 
@@ -373,6 +515,16 @@ class RerankerApp(faust.App):
         # Per topic, where its messages go, in lists (one or a few per fetch), instead of faust's
         # channels and streams (see the module's docstring); set before the app starts.
         self.bulk_sinks: dict[str, Callable[[list[Message]], None]] = {}
+        # Topics whose fetched records are handed over before any other's, all of them each time.
+        self.priority_topics: set[str] = set()
+        # Producers besides faust's (started and stopped with the app, flushed before commits).
+        self.own_producers: list[OwnProducer] = []
+
+    def own_producer(self, topic: str) -> OwnProducer:
+        producer = OwnProducer(self, topic)
+        self.own_producers.append(producer)
+        self.add_dependency(producer)
+        return producer
 
     # (events topic, {partition: offset}) below which the serving model holds every event.
     start_offsets: Callable[[], tuple[str, Mapping[int, int]]] | None = None
