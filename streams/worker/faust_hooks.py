@@ -29,7 +29,8 @@ The consuming path of the worker (streams/worker/consuming.py):
 * faust runs its aiokafka consumer in a thread of its own, with its own event loop: every fetch
   then crossed threads twice (a call into the consumer's loop, its result back) and both threads
   took turns at the GIL, so the consumer's socket writes waited for the scoring and the scoring for
-  them (py-spy at 200 requests/s: 15% of the worker's samples in those writes and wake-ups). The
+  them (py-spy at 200 requests/s: socket writes 9% of the worker's samples, two thirds of them
+  fetch requests, and the cross-thread wake-ups 6%). The
   consumer service runs on the app's loop instead (``_ConsumerThread.start``, ``call_thread``); its
   records are decoded there, ``broker_max_poll_records`` at a time, the requests topic's first
   (``RerankerApp.priority_topics``), so a backlog's fetch is never one long hold of the loop.
@@ -71,6 +72,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP, Message, TableT
 from faust.types.auth import SASLMechanism
+from mode.utils.futures import maybe_async
 
 from streams.kafka.security import ssl_context
 from streams.settings import Settings
@@ -190,6 +192,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         self._thread_started.set()
         self._thread_running = asyncio.Future(loop=self.parent_loop)
         self._thread = _SameLoop()  # type: ignore[assignment]
+        # Kept referenced: the loop holds only a weak reference to a task.
         self._serving = asyncio.ensure_future(self._serve(), loop=self.parent_loop)
         try:
             if not self.should_stop and self.wait_for_thread:
@@ -198,13 +201,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             self._thread_running = None
 
     async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        result = fun(*args, **kwargs)
-        return await result if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future) else result
-
-    async def cast_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        result = fun(*args, **kwargs)
-        if asyncio.iscoroutine(result):
-            self.add_future(result)
+        # The same loop: called directly, not through the method queue (two more loop turns a fetch).
+        return await maybe_async(fun(*args, **kwargs))
 
     async def _gather_remaining_tasks(self) -> None:
         # The loop is the app's: its other tasks are not this service's to cancel.
