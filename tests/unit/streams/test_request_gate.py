@@ -72,7 +72,7 @@ def run(coro: Any) -> Any:
 
 def test_without_answer_times_a_request_waits_until_its_bound() -> None:
     async def scenario() -> int:
-        gate, processor, request = gate_and_request(wait_left_s=0.05)
+        gate, processor, request = gate_and_request(wait_left_s=0.2)
         await gate.submit([request])
         return len(processor.answered)
 
@@ -81,16 +81,16 @@ def test_without_answer_times_a_request_waits_until_its_bound() -> None:
 
 def test_a_wait_ends_as_much_before_the_bound_as_answers_take() -> None:
     async def scenario() -> tuple[int, bool]:
-        gate, processor, request = gate_and_request(wait_left_s=0.05)
-        gate.answer_times.append(0.03)  # release to sent
+        gate, processor, request = gate_and_request(wait_left_s=0.08)
+        gate.answer_times.append(0.02)  # release to sent
         await gate.submit([request])
         held_after_short_answers = len(processor.answered)
-        gate.answer_times.append(0.07)  # one answer took 0.07 s: more than the 0.05 s left
+        gate.answer_times.append(0.09)  # one answer took 0.09 s: more than the 0.08 s left
         await gate.answer_ready()
         return held_after_short_answers, bool(processor.answered and processor.answered[0].stale)
 
     held, stale = run(scenario())
-    assert held == 0  # 0.03 s of answering leaves 0.02 s to wait
+    assert held == 0  # 0.02 s of answering leaves 0.06 s to wait
     assert stale  # released before its bound, flagged stale: its events were not applied
 
 
