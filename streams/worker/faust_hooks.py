@@ -352,6 +352,15 @@ class _Consumer(faust_aiokafka.Consumer):
 
     def resume_fetching(self, tp: TP) -> None:
         self.on_buffer_drop(tp)
+        # A poll in progress waits up to a second (faust's getmany timeout) for records of the
+        # partitions that were active when it began, while aiokafka may already hold this one's
+        # (it fetched them before the pause): the ingestion windows measured 0.5-1 s from a resume
+        # to the next hand-over, the worker idle in between. The poll re-reads the active set
+        # (the same set object) when woken.
+        fetcher = getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
+        for waiter in list(getattr(fetcher, "_fetch_waiters", ())):
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def perform_seek(self) -> None:
         """faust's seek to the committed offsets after each assignment (``Consumer.perform_seek``,
