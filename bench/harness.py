@@ -973,6 +973,8 @@ def ingest(
     finally:
         if worker is not None:
             worker.stop()
+            if KEEP_LOGS:
+                shutil.copy(worker.log_path, work / f"{worker.name}-ingest-{int(time.time())}.log")
         shutil.rmtree(run_dir, ignore_errors=True)
     return record
 
