@@ -145,6 +145,10 @@ class Settings:
     # index and filter blocks) and the memtables.
     rocksdb_block_cache_mb: int = 128
     rocksdb_write_buffer_mb: int = 64
+    # Users whose states a worker keeps decoded in memory besides the store (the most recently
+    # used; 0 = none): their next event or request skips reading and decoding the state. About
+    # 4 KB each with a 50-item history and 64-dim vectors.
+    state_cache_users: int = 20_000
     data_dir: str = ""
     web_host: str = "127.0.0.1"
     web_port: int = 0
@@ -306,6 +310,8 @@ class Settings:
             raise SettingsError("store must be memory:// or rocksdb://")
         if self.rocksdb_block_cache_mb < 1 or self.rocksdb_write_buffer_mb < 1:
             raise SettingsError("rocksdb_block_cache_mb and rocksdb_write_buffer_mb must be >= 1")
+        if self.state_cache_users < 0:
+            raise SettingsError("state_cache_users must be >= 0 (0 keeps no decoded states)")
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be text or json")
         if self.max_clock_skew_s < 0 or self.max_model_bytes < 1:

@@ -26,7 +26,7 @@ from streams.worker.faust_hooks import (
 from streams.worker.items import ItemCatalog
 from streams.worker.model_swap import ModelSwapper
 from streams.worker.monitoring import register_monitor
-from streams.worker.tables import TableStateStore, define_user_state_table
+from streams.worker.tables import TableStates, TableStateStore, define_user_state_table
 from streams.worker.topics import Topics, define_topics
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,9 @@ def build_worker(
     )
     metrics = metrics or WorkerMetrics()
     metrics.set_serving_model(bundle.name, bundle.version)
-    processor = Processor(bundle, settings, TableStateStore(table), metrics, partitions=partitions, check_keys=True)
-    register_agents(app, settings, topics, processor, table)
+    states = TableStates(table, settings.state_cache_users)
+    processor = Processor(bundle, settings, TableStateStore(states), metrics, partitions=partitions, check_keys=True)
+    register_agents(app, settings, topics, processor, states)
     register_monitor(app, table, [settings.events_topic, settings.requests_topic], metrics)
     catalog = ItemCatalog(settings, processor)
 

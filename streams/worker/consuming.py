@@ -21,14 +21,14 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import faust
-from faust.types import TP, Message, TableT
+from faust.types import TP, Message
 
 from streams.core.processing import InMessage, OutMessage, Processor
 from streams.core.read_barrier import Fetched, Held, ReadBarrier
 from streams.core.state import UserState, encode_state
 from streams.settings import Settings
 from streams.worker.faust_hooks import FetchLog, ack_messages, write_table_states
-from streams.worker.tables import FAULT_KILL_AFTER_STATE_WRITE_ENV, read_state
+from streams.worker.tables import FAULT_KILL_AFTER_STATE_WRITE_ENV, TableStates
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ class ChunkStore:
     """processing.StateStore for one chunk of events: reads the table's store, keeps the chunk's
     writes and writes them together in :meth:`flush`."""
 
-    def __init__(self, app: faust.App, table: TableT) -> None:
+    def __init__(self, app: faust.App, states: TableStates) -> None:
         self.app = app
-        self.table = table
+        self.states = states
         self.pending: dict[str, tuple[int, UserState]] = {}
         kill = os.environ.get(FAULT_KILL_AFTER_STATE_WRITE_ENV)
         self.kill_after_writing = kill.encode() if kill else None
@@ -70,18 +70,27 @@ class ChunkStore:
         hit = self.pending.get(user_id)
         if hit is not None:
             return hit[1]
-        return read_state(self.table, user_id, source)
+        return self.states.read(user_id, source)
 
     def put(self, user_id: str, state: UserState, source: InMessage) -> None:
         self.pending[user_id] = (source.partition or 0, state)
 
     async def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        if not pending:
+            return
         writes: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-        for user_id, (partition, state) in self.pending.items():
+        for user_id, (partition, state) in pending.items():
             writes[partition].append((user_id.encode(), encode_state(state)))
-        self.pending = {}
-        if writes:
-            await write_table_states(self.app, self.table, writes, kill_after_writing=self.kill_after_writing)
+        recent = self.states.recent
+        try:
+            await write_table_states(self.app, self.states.table, writes, kill_after_writing=self.kill_after_writing)
+        except BaseException:
+            # Some of the states may be in the store and some not: read them from it again.
+            recent.clear()
+            raise
+        for user_id, (partition, state) in pending.items():
+            recent.put(user_id, partition, state)
 
 
 def in_message(message: Message, *, stale: bool = False) -> InMessage:
@@ -244,7 +253,7 @@ class EventsPath:
         app: faust.App,
         settings: Settings,
         processor: Processor,
-        table: TableT,
+        states: TableStates,
         sender: Sender,
         fetch_log: FetchLog,
     ) -> None:
@@ -253,7 +262,7 @@ class EventsPath:
         self.processor = processor
         self.sender = sender
         self.fetch_log = fetch_log
-        self.store = ChunkStore(app, table)
+        self.store = ChunkStore(app, states)
         self.buffer: deque[Message] = deque()
         self.has_events = asyncio.Event()
         # Per events partition, the offset below which every delivered event is applied.

@@ -6,7 +6,7 @@ import faust
 from faust.types import TableT
 
 from streams.core.processing import InMessage
-from streams.core.state import UserState, decode_state
+from streams.core.state import RecentStates, UserState, decode_state
 from streams.settings import Settings
 from streams.worker.faust_hooks import as_partition, read_table_value
 
@@ -33,22 +33,41 @@ def define_user_state_table(app: faust.App, settings: Settings) -> TableT:
     )
 
 
-def read_state(table: TableT, user_id: str, source: InMessage) -> UserState | None:
-    """The user's state in ``table``, read from the store of ``source``'s partition."""
-    with as_partition(source.topic, source.partition or 0):
-        raw = read_table_value(table, user_id.encode())
-    return decode_state(raw) if raw is not None else None
+class TableStates:
+    """Reads of the user-state table's store (under the partition of the message they serve),
+    with the users' recent states kept decoded (`RecentStates`, ``settings.state_cache_users``).
+
+    Writes go through `ChunkStore.flush` (streams/worker/consuming.py), which puts what it wrote
+    in ``recent``; the worker clears ``recent`` at every rebalance (streams/worker/agents.py).
+    """
+
+    def __init__(self, table: TableT, max_users: int) -> None:
+        self.table = table
+        self.recent = RecentStates(max_users)
+
+    def read(self, user_id: str, source: InMessage) -> UserState | None:
+        partition = source.partition or 0
+        state = self.recent.get(user_id, partition)
+        if state is not None:
+            return state
+        with as_partition(source.topic, partition):
+            raw = read_table_value(self.table, user_id.encode())
+        if raw is None:
+            return None
+        state = decode_state(raw)
+        self.recent.put(user_id, partition, state)
+        return state
 
 
 class TableStateStore:
-    """processing.StateStore over a faust Table for the request path, which only reads: states
+    """processing.StateStore over the table for the request path, which only reads: states
     are written by the events path (streams/worker/consuming.py, ``ChunkStore``), a chunk at a time."""
 
-    def __init__(self, table: TableT) -> None:
-        self.table = table
+    def __init__(self, states: TableStates) -> None:
+        self.states = states
 
     def get(self, user_id: str, source: InMessage) -> UserState | None:
-        return read_state(self.table, user_id, source)
+        return self.states.read(user_id, source)
 
     def put(self, user_id: str, state: UserState, source: InMessage) -> None:
         raise RuntimeError(

@@ -172,3 +172,48 @@ def test_join_kill_and_restart_during_a_replay_keep_answers_and_states_exact(bro
     assert figures["identical_rankings"] == figures["requests"], figures
     assert figures["states_equal"] == figures["users"] > 0, figures
     assert figures["probes_answered"] == 12, figures
+
+
+def test_a_partition_back_from_another_worker_serves_that_workers_writes(broker, trained_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A worker keeps its users' recent states decoded in memory (streams/worker/tables.py,
+    # TableStates). Partitions that go to a second worker, which applies more events there, and
+    # come back when it stops must be served from the store that recovery rebuilt from the
+    # changelog, not from what the first worker had decoded before they left.
+    settings = isolated_settings(broker)
+    world = trained_world.world
+    users = world.users[:24]
+
+    def explain_all(tag: str) -> dict[str, int]:
+        requests = [
+            {"request_id": f"{tag}-{u}", "user_id": u, "candidates": [{"item_id": world.items[0]}], "explain": True}
+            for u in users
+        ]
+        got = ask(settings, requests, 90)
+        assert len(got) == len(users), sorted(got)
+        return {r["user_id"]: r["state"]["events_applied"] for r in got.values()}
+
+    def events_for_each(count: int, seed: int, start_ts: float) -> None:
+        events = generate_events(world, count * len(users), seed=seed, start_ts=start_ts)
+        for n, event in enumerate(events):
+            event["user_id"] = users[n % len(users)]
+        produce_records(settings, settings.events_topic, events)
+
+    first = start_worker(settings, trained_world.model_dir, tmp_path)
+    second = None
+    try:
+        events_for_each(2, seed=81, start_ts=1.75e9)
+        # Read-your-writes: each answer has its user's events applied (and their states decoded).
+        assert set(explain_all("one").values()) == {2}
+        second = start_worker(settings, trained_world.model_dir, tmp_path)
+        wait_until(lambda: scraped(second.metrics_port, "reranker_users_in_state") > 0, 120, what="partitions moved")
+        events_for_each(3, seed=82, start_ts=1.75e9 + 100)
+        assert set(explain_all("two").values()) == {5}
+        assert scraped(second.metrics_port, "reranker_events_total", 'outcome="ok"') > 0, "the second applied nothing"
+        assert second.stop() == 0
+        second = None
+        # Only the first worker is left to answer, for every partition.
+        assert explain_all("three") == dict.fromkeys(users, 5)
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()

@@ -1,13 +1,19 @@
+import dataclasses
+
 import numpy as np
 
 from streams.core.state import (
+    Interaction,
+    RecentStates,
     UserState,
     already_trained,
     apply_event,
+    apply_events,
     decode_state,
     encode_state,
     history_rows,
     initial_state,
+    state_history_rows,
     update_seed,
 )
 
@@ -96,3 +102,64 @@ def test_history_is_capped(bundle) -> None:  # type: ignore[no-untyped-def]
             bundle, state, "fresh", bundle.item_ids[1 + n % 5], "view", n, 0.5, **{**ONLINE, "online": False}
         )
     assert len(state.history) == bundle.history_len
+
+
+def test_history_rows_memo_follows_the_history_and_changes_nothing(bundle) -> None:  # type: ignore[no-untyped-def]
+    # Positive, negative and count-only events, an unknown item, more events than the history
+    # holds, a model swap (another version) and a decode (no memo) on the way.
+    users = ["u-a", "u-b", next(iter(bundle.user_index))]
+    memo_states = [initial_state(bundle, user) for user in users]
+    plain_states = list(memo_states)
+    weights = [1.0, 0.5, -1.0, 0.0, 1.0, 1.0]
+    # A next model whose rows of the same items differ: a memo of the old one must not serve it.
+    top = max(bundle.item_index.values())
+    swapped = dataclasses.replace(
+        bundle,
+        version=bundle.version + "-next",
+        item_index={item: top + 1 - row for item, row in bundle.item_index.items()},
+    )
+    for n in range(bundle.history_len + 12):
+        model = swapped if n >= bundle.history_len else bundle
+        item = "unknown-item" if n % 7 == 3 else model.item_ids[1 + (n * 5) % (len(model.item_ids) - 1)]
+        interactions = [
+            Interaction(user, item, "click", float(n), weights[(n + k) % len(weights)], n)
+            for k, user in enumerate(users)
+        ]
+        memo_states = apply_events(model, memo_states, interactions, **ONLINE)
+        # The same events on states that never carry a memo.
+        plain_states = apply_events(
+            model, [dataclasses.replace(s, rows_memo=None) for s in plain_states], interactions, **ONLINE
+        )
+        for memo_state, plain_state in zip(memo_states, plain_states):
+            # The memo changes nothing of the state: vectors bit for bit, the rest exactly.
+            assert np.array_equal(memo_state.vector, plain_state.vector)
+            fields = ("history", "counts", "applied", "model_version", "last_ts", "last_offset")
+            assert [getattr(memo_state, f) for f in fields] == [getattr(plain_state, f) for f in fields]
+            if memo_state.rows_memo is not None:
+                version, rows = memo_state.rows_memo
+                assert version == model.version
+                assert np.array_equal(rows, history_rows(model, memo_state.history)), n
+            assert np.array_equal(state_history_rows(model, memo_state), history_rows(model, memo_state.history))
+        if n == 5:
+            memo_states = [decode_state(encode_state(s)) for s in memo_states]
+    assert any(s.rows_memo is not None for s in memo_states)
+
+
+def test_recent_states_keep_the_latest_put_per_user_up_to_the_bound() -> None:
+    def state(n: int) -> UserState:
+        return UserState(vector=np.full(2, n, dtype=np.float32), history=[], applied=n)
+
+    recent = RecentStates(2)
+    recent.put("a", 0, state(1))
+    recent.put("b", 1, state(2))
+    assert recent.get("a", 0) is not None and recent.get("a", 0).applied == 1  # type: ignore[union-attr]
+    assert recent.get("a", 1) is None  # another partition's store: not this entry
+    recent.put("a", 0, state(3))  # a new write replaces, and makes "a" the latest
+    recent.put("c", 0, state(4))  # over the bound: the least recently put ("b") goes
+    assert recent.get("b", 1) is None and len(recent) == 2
+    assert recent.get("a", 0).applied == 3 and recent.get("c", 0).applied == 4  # type: ignore[union-attr]
+    recent.clear()
+    assert len(recent) == 0 and recent.get("a", 0) is None
+    off = RecentStates(0)
+    off.put("a", 0, state(1))
+    assert off.get("a", 0) is None and len(off) == 0
