@@ -35,7 +35,7 @@ class UserState:
         last_ts: ts of the last event applied.
         last_offset: Kafka offset of the last event applied (a user's events all come from one
             partition), so an event redelivered after a crash is not learned twice.
-        rows_memo: (model version, `history_rows` of ``history`` for that model), carried from
+        rows_memo: (`rows_key` of a model, `history_rows` of ``history`` for it), carried from
             state to state by `apply_events` so that an update looks up one new item, not the
             whole history; not part of the state's value (neither compared nor encoded).
     """
@@ -47,7 +47,7 @@ class UserState:
     model_version: str = ""
     last_ts: float = 0.0
     last_offset: int | None = None
-    rows_memo: tuple[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    rows_memo: tuple[tuple[str, int], np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 def encode_state(state: UserState) -> bytes:
@@ -80,8 +80,14 @@ def decode_state(raw: bytes) -> UserState:
 def initial_state(bundle: ModelBundle, user_id: str) -> UserState:
     """State as of the model's training: its learned vector and history, or zeros for a new user."""
     row = bundle.user_index.get(user_id, 0)
-    vector = bundle.model.user_vectors()[row].detach().cpu().numpy().astype(np.float32, copy=True)
-    history = [bundle.item_ids[r] for r in bundle.user_history[row] if r > 0]
+    vectors = bundle.cache.get("user_vectors")
+    if vectors is None:
+        # Every user met for the first time starts here: indexing the torch weights each time
+        # cost more than the rest of the state.
+        vectors = bundle.cache["user_vectors"] = bundle.model.user_vectors().cpu().numpy()
+    vector = np.array(vectors[row], dtype=np.float32)
+    item_ids = bundle.item_ids
+    history = [item_ids[r] for r in bundle.user_history[row].tolist() if r > 0]
     return UserState(vector=vector, history=history, model_version=bundle.version)
 
 
@@ -95,10 +101,16 @@ def history_rows(bundle: ModelBundle, history: list[str]) -> np.ndarray:
     return rows
 
 
+def rows_key(bundle: ModelBundle) -> tuple[str, int]:
+    """What a history's item rows depend on: the model, and how many items it has (items from
+    the items topic get new rows appended, `ModelBundle.register_items`; no row ever changes)."""
+    return bundle.version, len(bundle.item_ids)
+
+
 def state_history_rows(bundle: ModelBundle, state: UserState) -> np.ndarray:
     """`history_rows` of the state's history for ``bundle`` (from its memo when it has one)."""
     memo = state.rows_memo
-    if memo is not None and memo[0] == bundle.version:
+    if memo is not None and memo[0] == rows_key(bundle):
         return memo[1]
     return history_rows(bundle, state.history)
 
@@ -261,7 +273,8 @@ def _advanced(
     """
     history = state.history
     if history_of_state is None:
-        history_of_state = state.rows_memo[1] if state.rows_memo and state.rows_memo[0] == bundle.version else None
+        memo = state.rows_memo
+        history_of_state = memo[1] if memo is not None and memo[0] == rows_key(bundle) else None
     rows = history_of_state
     if it.weight > 0:
         history = (history + [it.item_id])[-bundle.history_len :]
@@ -281,7 +294,7 @@ def _advanced(
         model_version=state.model_version,
         last_ts=max(state.last_ts, it.ts),
         last_offset=it.offset if it.offset is not None else state.last_offset,
-        rows_memo=(bundle.version, rows) if rows is not None else None,
+        rows_memo=(rows_key(bundle), rows) if rows is not None else None,
     )
 
 
