@@ -22,7 +22,7 @@ import orjson
 from models import ModelBundle, online_update_batch
 
 
-@dataclass
+@dataclass(slots=True)
 class UserState:
     """What a worker keeps for one user.
 
@@ -144,7 +144,7 @@ def update_seed(user_id: str, applied: int) -> int:
     return int.from_bytes(digest, "little")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Interaction:
     """One event to apply to a user's state (the arguments of `apply_event`, as a record).
 

@@ -70,7 +70,7 @@ class ChunkStore:
         hit = self.pending.get(user_id)
         if hit is not None:
             return hit[1]
-        return self.states.read(user_id, source)
+        return self.states.read(user_id, source, remember=False)
 
     def put(self, user_id: str, state: UserState, source: InMessage) -> None:
         self.pending[user_id] = (source.partition or 0, state)

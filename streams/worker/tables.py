@@ -45,7 +45,9 @@ class TableStates:
         self.table = table
         self.recent = RecentStates(max_users)
 
-    def read(self, user_id: str, source: InMessage) -> UserState | None:
+    def read(self, user_id: str, source: InMessage, *, remember: bool = True) -> UserState | None:
+        """The user's state (None when the store has none); ``remember`` keeps a state read from
+        the store in ``recent`` (the events path does not: it puts the state it writes)."""
         partition = source.partition or 0
         state = self.recent.get(user_id, partition)
         if state is not None:
@@ -55,7 +57,8 @@ class TableStates:
         if raw is None:
             return None
         state = decode_state(raw)
-        self.recent.put(user_id, partition, state)
+        if remember:
+            self.recent.put(user_id, partition, state)
         return state
 
 
