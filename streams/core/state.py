@@ -299,7 +299,7 @@ def _advanced(
 
 
 class RecentStates:
-    """The decoded states of the users most recently read or written, at most ``max_users`` of
+    """The decoded states of the users most recently used, at most ``max_users`` of
     them (0 keeps none), each with the store partition it belongs to.
 
     Decoding a state from the store took about a tenth of a worker's time per event; a user's
