@@ -107,12 +107,15 @@ def rows_key(bundle: ModelBundle) -> tuple[str, int]:
     return bundle.version, len(bundle.item_ids)
 
 
+def _memo_rows(bundle: ModelBundle, state: UserState) -> np.ndarray | None:
+    memo = state.rows_memo
+    return memo[1] if memo is not None and memo[0] == rows_key(bundle) else None
+
+
 def state_history_rows(bundle: ModelBundle, state: UserState) -> np.ndarray:
     """`history_rows` of the state's history for ``bundle`` (from its memo when it has one)."""
-    memo = state.rows_memo
-    if memo is not None and memo[0] == rows_key(bundle):
-        return memo[1]
-    return history_rows(bundle, state.history)
+    rows = _memo_rows(bundle, state)
+    return rows if rows is not None else history_rows(bundle, state.history)
 
 
 def already_trained(
@@ -232,15 +235,12 @@ def apply_events(
     vectors = [state.vector for state in states]
     rows = [bundle.item_index.get(it.item_id, 0) for it in interactions]
     learn = [i for i, (row, it) in enumerate(zip(rows, interactions)) if online and row and it.weight != 0.0]
-    histories: list[np.ndarray | None] = [None] * len(states)
+    histories = {i: state_history_rows(bundle, states[i]) for i in learn}
     if learn:
-        learn_histories = [state_history_rows(bundle, states[i]) for i in learn]
-        for i, history in zip(learn, learn_histories):
-            histories[i] = history
         learned = online_update_batch(
             bundle,
             np.stack([np.asarray(states[i].vector, dtype=np.float32).reshape(-1) for i in learn]),
-            np.stack(learn_histories),
+            np.stack([histories[i] for i in learn]),
             np.array([rows[i] for i in learn], dtype=np.int64),
             np.array([interactions[i].weight for i in learn], dtype=np.float64),
             [update_seed(interactions[i].user_id, states[i].applied) for i in learn],
@@ -251,8 +251,8 @@ def apply_events(
         for k, i in enumerate(learn):
             vectors[i] = learned[k].copy()  # its own buffer, not a view pinning the whole batch
     return [
-        _advanced(bundle, state, it, vector, row, history)
-        for state, it, vector, row, history in zip(states, interactions, vectors, rows, histories)
+        _advanced(bundle, state, it, vector, row, histories.get(i))
+        for i, (state, it, vector, row) in enumerate(zip(states, interactions, vectors, rows))
     ]
 
 
@@ -272,10 +272,7 @@ def _advanced(
             new state's memo.
     """
     history = state.history
-    if history_of_state is None:
-        memo = state.rows_memo
-        history_of_state = memo[1] if memo is not None and memo[0] == rows_key(bundle) else None
-    rows = history_of_state
+    rows = history_of_state if history_of_state is not None else _memo_rows(bundle, state)
     if it.weight > 0:
         history = (history + [it.item_id])[-bundle.history_len :]
         if rows is not None and len(rows):

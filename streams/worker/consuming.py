@@ -82,15 +82,17 @@ class ChunkStore:
         writes: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         for user_id, (partition, state) in pending.items():
             writes[partition].append((user_id.encode(), encode_state(state)))
+        # Kept before the write, which puts every state in the store before its first await: a
+        # request answered while the changelog is sent reads what the store holds.
         recent = self.states.recent
+        for user_id, (partition, state) in pending.items():
+            recent.put(user_id, partition, state)
         try:
             await write_table_states(self.app, self.states.table, writes, kill_after_writing=self.kill_after_writing)
         except BaseException:
             # Some of the states may be in the store and some not: read them from it again.
             recent.clear()
             raise
-        for user_id, (partition, state) in pending.items():
-            recent.put(user_id, partition, state)
 
 
 def in_message(message: Message, *, stale: bool = False) -> InMessage:
