@@ -225,7 +225,7 @@ def run_worker(worker: Worker, log_level: str = "INFO") -> None:
     # Most objects of a chunk of events or a batch of requests are freed before the next one, so
     # young collections are needed far less often than Python's default (700 net allocations).
     # Measured (BENCHMARKS.md, "The collector's threshold"): the collector's time during
-    # ingestion 0.03-0.05 s in every 2 s instead of 0.11-0.13 s.
+    # ingestion 0.00-0.05 s in every 2 s instead of 0.07-0.13 s.
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     # The command has set up logging (streams/logs.py, the same for every service); faust's own
     # setup would replace it with its coloured text and send print() output into the log.
