@@ -341,13 +341,17 @@ def read_topic(
 class ResultCollector:
     """Reads a results topic from its current end, without joining a consumer group.
 
-    Create it before sending requests, so no answer can slip in before it starts.
+    Create it before sending requests, so no answer can slip in before it starts. The end is
+    each partition's high watermark from a fetch response (`_learn_ends`): the embedded broker's
+    ListOffsets(latest) names the start of the last record batch, and reading from there handed
+    a replay the previous replay's answers to the same request ids (first result wins).
     """
 
-    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+    def __init__(self, settings: Settings, topic: str | None = None, max_idle: float = 10.0) -> None:
         self.topic = topic or settings.results_topic
         self.consumer = Consumer(consumer_config(settings))
-        ends = end_offsets(self.consumer, self.topic)
+        partitions = partitions_of(self.consumer, self.topic)
+        ends = _learn_ends(settings, self.topic, partitions, max_idle)["high"]
         self.consumer.assign([TopicPartition(self.topic, p, off) for p, off in ends.items()])
 
     def poll(self, timeout: float) -> list[dict[str, Any]]:
